@@ -1,5 +1,5 @@
 """Torch7 `nn` modules that PyTorch lacks (View, Concat, ConcatTable, CAddTable, MulConstant, Dropout v1,
-LogSoftMax/SoftMax) and the Lua class name every module carries."""
+SpatialDropout, LogSoftMax/SoftMax) and the Lua class name every module carries."""
 import math
 
 import torch
@@ -16,7 +16,6 @@ _DEFAULT_LUA_TYPES = {
     nn.MaxPool2d: 'nn.SpatialMaxPooling',
     nn.AvgPool2d: 'nn.SpatialAveragePooling',
     nn.Dropout: 'nn.Dropout',
-    nn.Dropout2d: 'nn.SpatialDropout',
     nn.Linear: 'nn.Linear',
     nn.Identity: 'nn.Identity',
 }
@@ -170,6 +169,23 @@ class Dropout(nn.Dropout):
         if self.training:
             return super().forward(x) * (1 - self.p)
         return x * (1 - self.p)
+
+
+class SpatialDropout(nn.Dropout2d):
+    """nn.SpatialDropout: drops whole feature maps without rescaling while training and multiplies by 1-p at
+    test time. PyTorch's Dropout2d rescales while training instead; the difference shows at test time, where the
+    following conv and BatchNorm statistics of a Lua-trained AlexNet expect the 1-p scale."""
+
+    lua_type = 'nn.SpatialDropout'
+
+    def forward(self, x):
+        if not self.training:
+            return x * (1 - self.p)
+        if x.dim() not in (3, 4):
+            raise ValueError(f'nn.SpatialDropout: input must be 4D (nbatch, nfeat, h, w) or 3D (nfeat, h, w), '
+                             f'got {x.dim()}D')
+        keep = x.new_empty(x.shape[:-2] + (1, 1)).bernoulli_(1 - self.p)
+        return x * keep
 
 
 def _channel_dim(x):
