@@ -1,0 +1,629 @@
+"""Port of torch7's File.lua readObject with the Tensor/Storage readers of generic/Tensor.c and generic/Storage.c."""
+
+import ctypes
+import io
+import math
+import os
+import re
+import struct
+import sys
+
+import torch
+import torchfile
+
+from errors import UserError
+
+
+class T7Error(UserError):
+    """A Torch7 file that cannot be read or a value that cannot be written (a UserError: main.py prints it)."""
+
+
+# Torch7 class name -> dtype. CPU and cutorch types alike: tensors are loaded on the CPU.
+TENSOR_DTYPES = {
+    'torch.ByteTensor': torch.uint8, 'torch.CharTensor': torch.int8, 'torch.ShortTensor': torch.int16,
+    'torch.IntTensor': torch.int32, 'torch.LongTensor': torch.int64, 'torch.FloatTensor': torch.float32,
+    'torch.DoubleTensor': torch.float64, 'torch.HalfTensor': torch.float16,
+    'torch.CudaByteTensor': torch.uint8, 'torch.CudaCharTensor': torch.int8,
+    'torch.CudaShortTensor': torch.int16, 'torch.CudaIntTensor': torch.int32,
+    'torch.CudaLongTensor': torch.int64, 'torch.CudaTensor': torch.float32,
+    'torch.CudaDoubleTensor': torch.float64, 'torch.CudaHalfTensor': torch.float16,
+}
+STORAGE_DTYPES = {name[:-len('Tensor')] + 'Storage': dtype for name, dtype in TENSOR_DTYPES.items()}
+
+# Every Lua-written file interleaves objects with at least this many bytes, which bounds counts before allocating.
+_MIN_OBJECT_BYTES = 4
+_MAX_DEPTH = 2000
+_MAX_TENSOR_DIMS = 64
+
+
+class TorchObject:
+    """An instance of a Torch7 class without its own serializer (nn modules, dataLoader, ...).
+
+    Fields are reachable as `obj.fields[name]`, `obj[name]` or `obj.name`; assigning `obj.name = v` sets a field.
+    """
+
+    __slots__ = ('typename', 'fields', 'version')
+
+    def __init__(self, typename, fields=None, version=1):
+        object.__setattr__(self, 'typename', typename)
+        object.__setattr__(self, 'fields', {} if fields is None else fields)
+        object.__setattr__(self, 'version', version)
+
+    def __getattr__(self, name):
+        try:
+            return object.__getattribute__(self, 'fields')[name]
+        except KeyError:
+            raise AttributeError(f'{self.typename} object has no field {name!r}') from None
+
+    def __setattr__(self, name, value):
+        if name in TorchObject.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            self.fields[name] = value
+
+    def __getitem__(self, name):
+        return self.fields[name]
+
+    def __setitem__(self, name, value):
+        self.fields[name] = value
+
+    def __contains__(self, name):
+        return name in self.fields
+
+    def __repr__(self):
+        return f'TorchObject({self.typename}, fields={sorted(map(str, self.fields))})'
+
+
+class Storage:
+    """A Torch7 storage: `data` is a 1-D CPU tensor owning the elements; tensors read from the same file share it."""
+
+    __slots__ = ('typename', 'data')
+
+    def __init__(self, typename, data):
+        self.typename = typename
+        self.data = data
+
+    def __len__(self):
+        return self.data.numel()
+
+    def __eq__(self, other):
+        return (isinstance(other, Storage) and self.data.dtype == other.data.dtype
+                and self.data.shape == other.data.shape and bool(torch.equal(self.data, other.data)))
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        return f'Storage({self.typename}, size={len(self)})'
+
+
+class LuaFunction:
+    """A serialized Lua function, kept as inert bytecode and upvalues; it is never executed.
+
+    `typeidx` is the File.lua object type it was stored with (6 function, 7 legacy recursive, 8 recursive)
+    so that writing it back reproduces the same layout.
+    """
+
+    __slots__ = ('dumped', 'upvalues', 'typeidx')
+
+    def __init__(self, dumped, upvalues=None, typeidx=torchfile.TYPE_RECUR_FUNCTION):
+        self.dumped = dumped
+        self.upvalues = {} if upvalues is None else upvalues
+        self.typeidx = typeidx
+
+    def __repr__(self):
+        return f'LuaFunction({len(self.dumped)} bytes of bytecode)'
+
+
+class _InProgress:
+    """Marks an object index whose tensor or storage is still being read."""
+
+
+_IN_PROGRESS = _InProgress()
+
+
+class _BinaryStream:
+    """Sequential little-endian reads from a file object of known length, with every size checked first."""
+
+    _INT = struct.Struct('<i')
+    _LONG = struct.Struct('<q')
+    _DOUBLE = struct.Struct('<d')
+
+    def __init__(self, f, length):
+        self.f = f
+        self.pos = 0
+        self.length = length
+
+    def remaining(self):
+        return self.length - self.pos
+
+    def _need(self, n, what):
+        if n > self.length - self.pos:
+            raise T7Error(f'truncated t7 file: {what} needs {n} bytes at byte {self.pos}, '
+                          f'only {self.length - self.pos} left')
+
+    def raw(self, n, what):
+        self._need(n, what)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise T7Error(f'truncated t7 file: {what} needs {n} bytes at byte {self.pos}, got {len(data)}')
+        self.pos += n
+        return data
+
+    def int(self, what='an int'):
+        return self._INT.unpack(self.raw(4, what))[0]
+
+    def long(self, what='a long'):
+        return self._LONG.unpack(self.raw(8, what))[0]
+
+    def double(self, what='a number'):
+        return self._DOUBLE.unpack(self.raw(8, what))[0]
+
+    def longs(self, n, what):
+        return list(struct.unpack(f'<{n}q', self.raw(8 * n, what)))
+
+    def chars(self, n, what):
+        return self.raw(n, what)
+
+    def fill(self, tensor, what):
+        """Reads the elements of a contiguous tensor straight into its memory."""
+        nbytes = tensor.numel() * tensor.element_size()
+        self._need(nbytes, what)
+        if nbytes:
+            # A ctypes view, not .numpy(): numpy sharing would make the tensor's storage non-resizable.
+            view = memoryview((ctypes.c_char * nbytes).from_address(tensor.data_ptr())).cast('B')
+            got = self.f.readinto(view)
+            while got is not None and 0 < got < nbytes:
+                more = self.f.readinto(view[got:])
+                if not more:
+                    break
+                got += more
+            if got != nbytes:
+                raise T7Error(f'truncated t7 file: {what} needs {nbytes} bytes at byte {self.pos}, got {got}')
+            if sys.byteorder != 'little':
+                tensor.copy_(torch.from_numpy(tensor.numpy().byteswap().copy()))
+        self.pos += nbytes
+
+    def min_bytes(self, kind):
+        """Smallest encoding of one element of a storage of this dtype."""
+        return kind.itemsize
+
+
+class _AsciiStream:
+    """Reads Torch7's ascii mode: numbers as whitespace-separated text, chars raw, one newline after each write."""
+
+    _TOKEN = re.compile(rb'[ \t\n\r\v\f]*([^ \t\n\r\v\f]+)')
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+        self.length = len(data)
+
+    def remaining(self):
+        return self.length - self.pos
+
+    def _end_of_item(self):
+        # Torch's auto-spacing writes one newline after every write call; the reader swallows exactly that one.
+        if self.pos < self.length and self.data[self.pos] == 0x0A:
+            self.pos += 1
+
+    def _tokens(self, n, what, parse):
+        values = []
+        for _ in range(n):
+            m = self._TOKEN.match(self.data, self.pos)
+            if m is None:
+                raise T7Error(f'truncated t7 file: {what} expected at byte {self.pos}')
+            try:
+                values.append(parse(m.group(1)))
+            except ValueError:
+                raise T7Error(f'corrupt ascii t7 file: {what} expected at byte {m.start(1)}, '
+                              f'found {m.group(1)[:20]!r}') from None
+            self.pos = m.end()
+        if n:
+            self._end_of_item()
+        return values
+
+    def int(self, what='an int'):
+        value = self._tokens(1, what, int)[0]
+        if not -2 ** 31 <= value < 2 ** 31:
+            raise T7Error(f'corrupt ascii t7 file: {what} {value} out of range before byte {self.pos}')
+        return value
+
+    def long(self, what='a long'):
+        return self.longs(1, what)[0]
+
+    def double(self, what='a number'):
+        return self._tokens(1, what, float)[0]
+
+    def longs(self, n, what):
+        values = self._tokens(n, what, int)
+        if any(not -2 ** 63 <= v < 2 ** 63 for v in values):
+            raise T7Error(f'corrupt ascii t7 file: {what} out of range before byte {self.pos}')
+        return values
+
+    def chars(self, n, what):
+        if n > self.length - self.pos:
+            raise T7Error(f'truncated t7 file: {what} needs {n} bytes at byte {self.pos}, '
+                          f'only {self.length - self.pos} left')
+        data = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        if n:
+            self._end_of_item()
+        return data
+
+    def fill(self, tensor, what):
+        n = tensor.numel()
+        if tensor.element_size() == 1:
+            raw = self.chars(n, what)
+            if n:
+                tensor.copy_(torch.frombuffer(bytearray(raw), dtype=tensor.dtype))
+            return
+        parse = float if tensor.is_floating_point() else int
+        values = self._tokens(n, what, parse)
+        try:
+            tensor.copy_(torch.tensor(values, dtype=torch.float64 if parse is float else torch.int64))
+        except RuntimeError as e:
+            raise T7Error(f'corrupt ascii t7 file: {what} before byte {self.pos}: {e}') from None
+
+    def min_bytes(self, kind):
+        # A number in ascii takes a digit and a separator, a char its own byte.
+        return 1 if kind.itemsize == 1 else 2
+
+
+class _Reader(torchfile.T7Reader):
+    """torchfile's reader with its read loop redone (bounds checks, shared storages, str, Cuda*/Half types, ascii);
+    torchfile's own readers still serve the tds.Vec and tds.Hash classes."""
+
+    def __init__(self, stream):
+        super().__init__(None, use_list_heuristic=False, use_int_heuristic=True, utf8_decode_strings=True)
+        self.s = stream
+        self.depth = 0
+        self.tables = []              # every container built, for the list fix-up pass
+        self.in_progress = set()      # ids of tables whose entries are being read
+        self.referenced_early = set() # ids of those tables that were referenced before they were complete
+        self.replaced = {}            # id(placeholder dict) -> list that replaced it
+
+    # torchfile's readers for tds.Vec and tds.Hash call back into these two, which go through the checked stream.
+    def read_int(self):
+        return self.s.int()
+
+    def read_string(self, disable_utf8=False):
+        start = self.s.pos
+        size = self.s.int('a string length')
+        if size < 0:
+            raise T7Error(f'corrupt t7 file: negative string length {size} at byte {start}')
+        data = self.s.chars(size, 'a string')
+        if disable_utf8:
+            return data
+        try:
+            return data.decode('utf-8')
+        except UnicodeDecodeError:
+            return data
+
+    def read_class_name(self, what):
+        start = self.s.pos
+        name = self.read_string(disable_utf8=True)
+        try:
+            return name.decode('ascii')
+        except UnicodeDecodeError:
+            raise T7Error(f'corrupt t7 file: {what} at byte {start} is not ASCII: {name[:40]!r}') from None
+
+    def read_obj(self):
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise T7Error(f'corrupt t7 file: objects nested deeper than {_MAX_DEPTH} levels at byte {self.s.pos}')
+        try:
+            return self._read_obj()
+        finally:
+            self.depth -= 1
+
+    def _read_obj(self):
+        start = self.s.pos
+        typeidx = self.s.int('an object type')
+        if typeidx == torchfile.TYPE_NIL:
+            return None
+        if typeidx == torchfile.TYPE_NUMBER:
+            x = self.s.double()
+            if x.is_integer() and abs(x) <= 2 ** 53:
+                return int(x)
+            return x
+        if typeidx == torchfile.TYPE_BOOLEAN:
+            return self.s.int('a boolean') == 1
+        if typeidx == torchfile.TYPE_STRING:
+            return self.read_string()
+        if typeidx == torchfile.TYPE_FUNCTION:
+            func = LuaFunction(b'', None, typeidx)
+            self._read_function_body(func)
+            return func
+        if typeidx not in (torchfile.TYPE_TABLE, torchfile.TYPE_TORCH, torchfile.TYPE_RECUR_FUNCTION,
+                           torchfile.LEGACY_TYPE_RECUR_FUNCTION):
+            hint = ' (this does not look like a Torch7 file)' if start == 0 else ''
+            raise T7Error(f'corrupt t7 file: unknown object type {typeidx} at byte {start}{hint}')
+        index = self.s.int('an object index')
+        known = self.objects.get(index)
+        if known is not None:
+            if known is _IN_PROGRESS:
+                raise T7Error(f'corrupt t7 file: object {index} referenced at byte {start} '
+                              'from inside its own tensor or storage')
+            if id(known) in self.in_progress:
+                self.referenced_early.add(id(known))
+            return known
+        if typeidx == torchfile.TYPE_TABLE:
+            return self._read_table(index, start, as_fields=False)
+        if typeidx == torchfile.TYPE_TORCH:
+            return self._read_torch(index, start)
+        func = LuaFunction(b'', None, typeidx)
+        self.objects[index] = func
+        self._read_function_body(func)
+        return func
+
+    def _read_function_body(self, func):
+        start = self.s.pos
+        size = self.s.int('a function size')
+        if size < 0:
+            raise T7Error(f'corrupt t7 file: negative function size {size} at byte {start}')
+        func.dumped = self.s.chars(size, 'function bytecode')
+        func.upvalues = self.read_obj()
+        self.tables.append(func)
+
+    def _read_table(self, index, start, as_fields):
+        size = self.s.int('a table size')
+        if size < 0 or size * 2 * _MIN_OBJECT_BYTES > self.s.remaining():
+            raise T7Error(f'corrupt t7 file: table at byte {start} declares {size} entries, '
+                          f'more than the {self.s.remaining()} bytes left can hold')
+        table = {}
+        self.objects[index] = table
+        self.tables.append(table)
+        self.in_progress.add(id(table))
+        try:
+            for _ in range(size):
+                key_start = self.s.pos
+                key = self.read_obj()
+                self._check_key(key, key_start, table)
+                table[key] = self.read_obj()
+        finally:
+            self.in_progress.discard(id(table))
+        if as_fields or not table or not all(type(k) is int and 1 <= k <= len(table) for k in table):
+            return table
+        items = [table[i] for i in range(1, len(table) + 1)]
+        self.objects[index] = items
+        self.tables.append(items)
+        if id(table) in self.referenced_early:
+            self.replaced[id(table)] = items
+        return items
+
+    @staticmethod
+    def _check_key(key, key_start, table):
+        if key is None or (isinstance(key, float) and math.isnan(key)):
+            raise T7Error(f'corrupt t7 file: table key at byte {key_start} is {key!r}, which Lua forbids')
+        if isinstance(key, (dict, list)):
+            raise T7Error(f'unsupported t7 data: a table used as a table key at byte {key_start}')
+        if key in table:
+            numeric = (bool, int, float)
+            other = next((k for k in table if type(k) in numeric and k == key), key) if type(key) in numeric else key
+            if type(other) is not type(key) and bool in (type(other), type(key)):
+                raise T7Error(f'unsupported t7 data: table has keys {other!r} and {key!r} (at byte {key_start}), '
+                              'which a Python dict cannot tell apart')
+            raise T7Error(f'corrupt t7 file: duplicate table key {key!r} at byte {key_start}')
+
+    def _read_torch(self, index, start):
+        version = self.read_class_name('a class version')
+        if version.startswith('V '):
+            try:
+                version_number = float(version[2:])
+            except ValueError:
+                raise T7Error(f'corrupt t7 file: bad class version {version!r} at byte {start}') from None
+            if version_number.is_integer():
+                version_number = int(version_number)
+            class_name = self.read_class_name('a class name')
+        else:
+            class_name, version_number = version, 0
+        if class_name in STORAGE_DTYPES:
+            self.objects[index] = _IN_PROGRESS
+            obj = self._read_storage(class_name, start)
+            self.objects[index] = obj
+            return obj
+        if class_name in TENSOR_DTYPES:
+            self.objects[index] = _IN_PROGRESS
+            obj = self._read_tensor(class_name, start)
+            self.objects[index] = obj
+            return obj
+        if class_name.startswith('tds.') and class_name.encode() in torchfile.type_handlers:
+            self.objects[index] = _IN_PROGRESS
+            obj = torchfile.type_handlers[class_name.encode()](self, version_number)
+            # torchfile's dicts compare by identity; the plain dict keeps == meaning what it means elsewhere.
+            obj = dict(obj) if isinstance(obj, dict) else obj
+            self.objects[index] = obj
+            self.tables.append(obj)
+            return obj
+        obj = TorchObject(class_name, None, version_number)
+        self.objects[index] = obj
+        fields_start = self.s.pos
+        fields_type = self.s.int('an object type')
+        if fields_type != torchfile.TYPE_TABLE:
+            raise T7Error(f'unsupported t7 data: {class_name} at byte {start} is not stored as a table of fields '
+                          f'(found object type {fields_type} at byte {fields_start}); classes with their own '
+                          'serializer are not supported')
+        fields_index = self.s.int('an object index')
+        known = self.objects.get(fields_index)
+        if known is None:
+            fields = self._read_table(fields_index, fields_start, as_fields=True)
+        elif isinstance(known, dict):
+            fields = dict(known)
+        elif isinstance(known, list):
+            fields = {i + 1: v for i, v in enumerate(known)}
+        else:
+            raise T7Error(f'corrupt t7 file: fields of {class_name} at byte {fields_start} refer to a non-table')
+        if fields is not known:
+            self.tables.append(fields)
+        obj.fields = fields
+        return obj
+
+    def _read_storage(self, class_name, start):
+        dtype = STORAGE_DTYPES[class_name]
+        size = self.s.long('a storage size')
+        if size < 0 or size * self.s.min_bytes(dtype) > self.s.remaining():
+            raise T7Error(f'corrupt t7 file: {class_name} at byte {start} declares {size} elements, '
+                          f'more than the {self.s.remaining()} bytes left can hold')
+        data = torch.empty(size, dtype=dtype)
+        self.s.fill(data, f'{class_name} data')
+        return Storage(class_name, data)
+
+    def _read_tensor(self, class_name, start):
+        dtype = TENSOR_DTYPES[class_name]
+        ndim = self.s.int('a tensor dimension count')
+        if not 0 <= ndim <= _MAX_TENSOR_DIMS:
+            raise T7Error(f'corrupt t7 file: {class_name} at byte {start} has {ndim} dimensions')
+        size = self.s.longs(ndim, 'tensor sizes')
+        stride = self.s.longs(ndim, 'tensor strides')
+        offset = self.s.long('a tensor offset') - 1
+        storage_start = self.s.pos
+        storage = self.read_obj()
+        if ndim == 0:
+            return torch.empty(0, dtype=dtype)
+        if not isinstance(storage, Storage) or storage.data.dtype != dtype:
+            raise T7Error(f'corrupt t7 file: {class_name} at byte {start} has no {class_name[:-6]}Storage '
+                          f'(found {type(storage).__name__} at byte {storage_start})')
+        if any(n < 0 for n in size) or any(s < 0 for s in stride) or offset < 0:
+            raise T7Error(f'corrupt t7 file: {class_name} at byte {start} has negative sizes, strides or offset')
+        if math.prod(size) >= 2 ** 62:
+            raise T7Error(f'corrupt t7 file: {class_name} at byte {start} declares {math.prod(size)} elements')
+        if all(n > 0 for n in size):
+            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+            if last >= len(storage):
+                raise T7Error(f'corrupt t7 file: {class_name} at byte {start} reaches element {last + 1} of a '
+                              f'storage of {len(storage)}')
+        elif offset > len(storage):
+            raise T7Error(f'corrupt t7 file: {class_name} at byte {start} starts past its storage')
+        return torch.as_strided(storage.data, size, stride, offset)
+
+    def read_root(self):
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 6 * _MAX_DEPTH + 500))
+        try:
+            root = self.read_obj()
+        except T7Error:
+            raise
+        except (ValueError, TypeError, OverflowError, RuntimeError, MemoryError, struct.error) as e:
+            raise T7Error(f'corrupt t7 file near byte {self.s.pos}: {e}') from None
+        finally:
+            sys.setrecursionlimit(limit)
+        if self.replaced:
+            root = self._replace_placeholders(root)
+        return root
+
+    def _replace_placeholders(self, root):
+        """Points references taken while a list-like table was still a dict at the list that replaced it."""
+        swap = self.replaced
+        for container in self.tables:
+            if isinstance(container, dict):
+                for k, v in container.items():
+                    if id(v) in swap and isinstance(v, dict):
+                        container[k] = swap[id(v)]
+            elif isinstance(container, list):
+                for i, v in enumerate(container):
+                    if id(v) in swap and isinstance(v, dict):
+                        container[i] = swap[id(v)]
+            elif isinstance(container.upvalues, dict) and id(container.upvalues) in swap:
+                container.upvalues = swap[id(container.upvalues)]
+        return swap.get(id(root), root) if isinstance(root, dict) else root
+
+
+def _looks_ascii(head):
+    # A binary file starts with a little-endian object type 0..8; an ascii file with its decimal digits.
+    return len(head) > 0 and head[:1].isdigit()
+
+
+def load(source, mode=None):
+    """Reads one Lua value from a Torch7 file (a path, bytes, or a binary file object such as io.BytesIO).
+
+    mode: 'binary', 'ascii' or None to detect it from the first byte. Only little-endian files with 8-byte longs
+    (what torch.save writes on x86-64 and ARM64) are read.
+    """
+    if mode not in (None, 'binary', 'ascii'):
+        raise T7Error(f"t7.load mode must be 'binary', 'ascii' or None, not {mode!r}")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _load_file(io.BytesIO(bytes(source)), mode)
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            f = open(source, 'rb')
+        except OSError as e:
+            raise T7Error(f'cannot open t7 file {os.fspath(source)}: {e.strerror}') from None
+        with f:
+            return _load_file(f, mode)
+    if hasattr(source, 'read'):
+        return _load_file(source, mode)
+    raise T7Error(f't7.load expects a path, bytes or a binary file object, not {type(source).__name__}')
+
+
+def _load_file(f, mode):
+    try:
+        seekable = f.seekable()
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    if seekable:
+        start = f.tell()
+        length = f.seek(0, io.SEEK_END) - start
+        f.seek(start)
+    else:
+        data = f.read()
+        if not isinstance(data, bytes):
+            raise T7Error('t7.load needs a binary file object (opened with "rb")')
+        f, length = io.BytesIO(data), len(data)
+    if length == 0:
+        raise T7Error('not a t7 file: it is empty (0 bytes at byte 0)')
+    head = f.read(1)
+    if not isinstance(head, bytes):
+        raise T7Error('t7.load needs a binary file object (opened with "rb")')
+    f.seek(-len(head), io.SEEK_CUR)
+    if mode is None:
+        mode = 'ascii' if _looks_ascii(head) else 'binary'
+    if mode == 'ascii':
+        stream = _AsciiStream(f.read())
+    else:
+        stream = _BinaryStream(f, length)
+    return _Reader(stream).read_root()
+
+
+def equal(a, b):
+    """Structural equality of two loaded values (tensors by dtype, shape and values, NaN equal to NaN; tables,
+    Torch objects and functions by content), safe on the cycles Lua data may contain."""
+    assumed = set()
+
+    def same(x, y):
+        if x is y:
+            return True
+        if isinstance(x, (dict, list, TorchObject, LuaFunction, Storage, torch.Tensor)):
+            if (id(x), id(y)) in assumed:
+                return True
+            assumed.add((id(x), id(y)))
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype
+                    and x.shape == y.shape and _same_values(x, y))
+        if isinstance(x, Storage) or isinstance(y, Storage):
+            return isinstance(x, Storage) and isinstance(y, Storage) and same(x.data, y.data)
+        if isinstance(x, TorchObject) or isinstance(y, TorchObject):
+            return (isinstance(x, TorchObject) and isinstance(y, TorchObject) and x.typename == y.typename
+                    and x.version == y.version and same(x.fields, y.fields))
+        if isinstance(x, LuaFunction) or isinstance(y, LuaFunction):
+            return (isinstance(x, LuaFunction) and isinstance(y, LuaFunction) and x.typeidx == y.typeidx
+                    and x.dumped == y.dumped and same(x.upvalues, y.upvalues))
+        if isinstance(x, dict) or isinstance(y, dict):
+            return (isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys()
+                    and all(same(v, y[k]) for k, v in x.items()))
+        if isinstance(x, list) or isinstance(y, list):
+            return (isinstance(x, list) and isinstance(y, list) and len(x) == len(y)
+                    and all(same(u, v) for u, v in zip(x, y)))
+        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            return True
+        if isinstance(x, bool) or isinstance(y, bool) or isinstance(x, (str, bytes)) or isinstance(y, (str, bytes)):
+            return type(x) is type(y) and x == y
+        return x == y
+
+    return same(a, b)
+
+
+def _same_values(x, y):
+    x, y = x.detach().cpu(), y.detach().cpu()
+    if x.is_floating_point():
+        return bool(((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
+    return bool(torch.equal(x, y))
