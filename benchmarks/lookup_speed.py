@@ -1,0 +1,235 @@
+"""Wall-clock benchmark of layers/lookup.py's compiled lookup inference against dense eager PyTorch (issue 7).
+
+No Lua counterpart: lcnn only counted multiplications (benchmark/PerformanceModule.lua).
+Compares, in one run, median milliseconds per forward (steady state: blocks of repeated forwards after warm-up,
+dense and lookup blocks alternating so that load from other processes hits both alike):
+  * dense eager AlexNet with LCNN's channel counts (conv + batch norm + ReLU + max pooling, fully connected layers
+    as nn.Linear: PyTorch's conv2d of a 6x6 kernel over a 6x6 input is >10x slower than the same product through
+    Linear, so Linear is the fair dense baseline) vs the compiled alexnet-lcnn (models/alexnet-lcnn.lua's layers)
+    for LCNN-fast (dictionaries 3,30,30,30,30,512,512) and LCNN-accurate (3,500,500,500,30,1024,1024);
+  * dense ResNet-18 (models.create 'resnet') vs the compiled ResNet-18-LCNN (models.create 'resnet-lcnn'),
+    fast (firstPool 3, pool1-4 = 8) and accurate (firstPool 3, pool1-4 = 128);
+at batch 1 and 16, with torch threads = 1 and again at the machine's core count. Align weights get one uniform
+density per network, chosen so that the whole network needs the target factor fewer multiplications than its
+dense equivalent (counted as lcnn's benchmark counts them: dictionary over the padded input, align taps scaled by
+their density; paper targets: AlexNet 31x / 3.2x as in the issue, ResNet-18 29.2x / 5.0x). The
+table shows ms, speedup, the counted multiplication ratio and speedup / ratio; then per-layer tables
+(layers.lookup.time_layers) show where the time goes.
+
+Run: .venv/bin/python benchmarks/lookup_speed.py [--repeats N] [--quick]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import models  # noqa: E402
+import opts  # noqa: E402
+from layers import PooledSpatialConvolution, legacy, lookup  # noqa: E402
+
+N_CLASSES = 1000
+# (input planes, output planes, kernel, stride, pad, max pooling after): AlexNet with LCNN's channel counts.
+ALEXNET = [(3, 64, 11, 4, 2, True), (64, 192, 5, 1, 2, True), (192, 384, 3, 1, 1, False),
+           (384, 256, 3, 1, 1, False), (256, 256, 3, 1, 1, True)]
+CONFIGS = {
+    'AlexNet': {'LCNN-fast': ((3, 30, 30, 30, 30, 512, 512), 31.0),
+                'LCNN-accurate': ((3, 500, 500, 500, 30, 1024, 1024), 3.2)},
+    'ResNet-18': {'LCNN-fast': ((3, 8, 8, 8, 8), 29.2), 'LCNN-accurate': ((3, 128, 128, 128, 128), 5.0)},
+}
+
+
+def alexnet_dense():
+    layers = []
+    for cin, cout, k, s, p, pool in ALEXNET:
+        layers += [nn.Conv2d(cin, cout, k, s, p), nn.BatchNorm2d(cout, 1e-3), nn.ReLU(True)]
+        if pool:
+            layers.append(nn.MaxPool2d(3, 2))
+    layers += [nn.Flatten(), legacy.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.BatchNorm1d(4096, 1e-3),
+               nn.ReLU(True), legacy.Dropout(0.5), nn.Linear(4096, 4096), nn.BatchNorm1d(4096, 1e-3), nn.ReLU(True),
+               nn.Linear(4096, N_CLASSES), legacy.LogSoftMax()]
+    return nn.Sequential(*layers)
+
+
+def alexnet_lcnn(dicts):
+    """models/alexnet-lcnn.lua's network with one dictionary size per layer (the Lua options share one size
+    between conv2-5, which LCNN-accurate's 500,500,500,30 does not)."""
+    features = nn.Sequential()
+    for (cin, cout, k, s, p, pool), size in zip(ALEXNET, dicts):
+        features.extend([PooledSpatialConvolution(cin, cout, k, k, s, s, p, p, poolSize=size),
+                         nn.BatchNorm2d(cout, 1e-3), nn.ReLU(True)])
+        if pool:
+            features.append(nn.MaxPool2d(3, 2))
+    classifier = nn.Sequential(
+        legacy.Dropout(0.5), PooledSpatialConvolution(256, 4096, 6, 6, poolSize=dicts[5]), nn.BatchNorm2d(4096, 1e-3),
+        nn.ReLU(True), legacy.Dropout(0.5), PooledSpatialConvolution(4096, 4096, 1, 1, poolSize=dicts[6]),
+        nn.BatchNorm2d(4096, 1e-3), nn.ReLU(True), nn.Conv2d(4096, N_CLASSES, 1), legacy.View(N_CLASSES),
+        legacy.LogSoftMax())
+    return nn.Sequential(features, classifier)
+
+
+def resnet18(pools=None):
+    if pools is None:
+        return models.create(opts.parse(['-netType', 'resnet', '-depth', '18']))
+    first, p1, p2, p3, p4 = pools
+    return models.create(opts.parse(['-netType', 'resnet-lcnn', '-depth', '18', '-firstPool', str(first),
+                                     '-pool1', str(p1), '-pool2', str(p2), '-pool3', str(p3), '-pool4', str(p4)]))
+
+
+def count_multiplications(model, x):
+    """(lookup network total, dense-equivalent total, sum over align convs of their dense tap count), counted per
+    lcnn's PerformanceModule: a convolution costs output elements x weight[0] elements, Linear its weight, a
+    pooled convolution its dictionary conv (over the padded input) plus its align conv scaled by the density."""
+    stats = {'lcnn': 0.0, 'dense': 0.0, 'align': 0.0}
+
+    def hook(mod, args, out):
+        if isinstance(mod, PooledSpatialConvolution):
+            hp, wp = args[0].shape[2] + 2 * mod.padH, args[0].shape[3] + 2 * mod.padW
+            dictionary = hp * wp * mod.poolSize * mod.nInputPlane
+            full = out.numel() * mod.poolSize * mod.kH * mod.kW
+            density = (mod.alignconv.weight != 0).float().mean().item()
+            stats['lcnn'] += dictionary + full * density
+            stats['align'] += full
+            stats['dense'] += out.numel() * mod.nInputPlane * mod.kH * mod.kW
+        elif isinstance(mod, nn.Conv2d) and not getattr(mod, '_inside_pooled', False):
+            n = out.numel() * mod.weight[0].numel()
+            stats['lcnn'] += n
+            stats['dense'] += n
+        elif isinstance(mod, nn.Linear):
+            stats['lcnn'] += mod.weight.numel()
+            stats['dense'] += mod.weight.numel()
+
+    for m in model.modules():
+        if isinstance(m, PooledSpatialConvolution):
+            m.poolconv._inside_pooled = m.alignconv._inside_pooled = True
+    hooks = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return stats['lcnn'], stats['dense'], stats['align']
+
+
+def set_density(model, density, gen):
+    """Draw round(density * size) align weights of every pooled convolution at random places (magnitudes as
+    Torch7's reset draws them, kept above the layer's pruning threshold); the others are zero."""
+    for m in model.modules():
+        if isinstance(m, PooledSpatialConvolution):
+            w = m.alignconv.weight
+            count = round(density * w.numel())
+            stdv = 1 / w[0].numel() ** 0.5
+            values = torch.empty(w.numel())
+            values.zero_()
+            where = torch.randperm(w.numel(), generator=gen)[:count]
+            magnitude = m.sparseTh + stdv * torch.rand(count, generator=gen)
+            values[where] = torch.where(torch.rand(count, generator=gen) < 0.5, -magnitude, magnitude)
+            with torch.no_grad():
+                w.copy_(values.view(w.shape))
+
+
+def calibrate(model, gen):
+    """Batch norm statistics from one random batch, so activations keep a sane scale through the network
+    (random weights would otherwise drift towards denormals or overflow and distort the timings)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, 224, 224, generator=gen))
+    return model.eval()
+
+
+def block_medians(fns, repeats, blocks=3, warmup=2):
+    """Median ms of each function: `blocks` rounds, each running every function `repeats / blocks` times in a row
+    after `warmup` untimed calls (steady state, as repeated inference runs), so that load from other processes
+    on a shared machine hits all functions alike."""
+    times = [[] for _ in fns]
+    with torch.no_grad():
+        for _ in range(blocks):
+            for t, fn in zip(times, fns):
+                for _ in range(warmup):
+                    fn()
+                for _ in range(max(1, repeats // blocks)):
+                    t0 = time.perf_counter()
+                    fn()
+                    t.append(time.perf_counter() - t0)
+    return [1e3 * statistics.median(t) for t in times]
+
+
+def build(family, config, gen):
+    dicts, target = CONFIGS[family][config]
+    lcnn = alexnet_lcnn(dicts) if family == 'AlexNet' else resnet18(dicts)
+    x = torch.randn(1, 3, 224, 224, generator=gen)
+    set_density(lcnn, 1.0, gen)
+    _, dense_total, align_full = count_multiplications(lcnn, x)
+    set_density(lcnn, 0.0, gen)
+    base, _, _ = count_multiplications(lcnn, x)  # dictionaries and dense layers
+    density = (dense_total / target - base) / align_full
+    if density <= 0:
+        raise SystemExit(f'{family} {config}: the dictionaries alone exceed 1/{target} of the dense multiplications')
+    set_density(lcnn, density, gen)
+    calibrate(lcnn, gen)
+    lcnn_total, dense_total, _ = count_multiplications(lcnn, x)
+    return lcnn, density, dense_total / lcnn_total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--repeats', type=int, default=30, help='timed forwards per measurement (median)')
+    parser.add_argument('--quick', action='store_true', help='AlexNet only, batch 1, 1 thread')
+    args = parser.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    torch.set_num_threads(1)
+    print(f'lookup kernels: backend {lookup.resolve_backend()}'
+          + (f', {torch.ops.lcnn_lookup.isa()}' if lookup.resolve_backend() == 'cpp' else '')
+          + f'; torch {torch.__version__}; {os.cpu_count()} cores')
+    dense_models = {'AlexNet': calibrate(alexnet_dense(), gen), 'ResNet-18': calibrate(resnet18(), gen)}
+    families = ['AlexNet'] if args.quick else ['AlexNet', 'ResNet-18']
+    lcnn_models = {}
+    for family in families:
+        for config in CONFIGS[family]:
+            lcnn_models[family, config] = build(family, config, gen)
+            print(f'{family} {config}: uniform align density {100 * lcnn_models[family, config][1]:.3f}%')
+    thread_counts = [1] if args.quick else sorted({1, os.cpu_count() or 1})
+    batches = [1] if args.quick else [1, 16]
+    per_layer = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        rows = []
+        for family in families:
+            for batch in batches:
+                x = torch.randn(batch, 3, 224, 224, generator=gen)
+                for config in CONFIGS[family]:
+                    lcnn, _, ratio = lcnn_models[family, config]
+                    compiled = lookup.compile(lcnn, x)
+                    repeats = args.repeats if batch == 1 else max(5, args.repeats // 3)
+                    dense_ms, lookup_ms = block_medians([lambda: dense_models[family](x), lambda: compiled(x)],
+                                                        repeats)
+                    speedup = dense_ms / lookup_ms
+                    rows.append((f'{family} {config}', batch, dense_ms, lookup_ms, speedup, ratio, speedup / ratio))
+                    if threads == 1 and family == 'AlexNet' and (config == 'LCNN-fast' or batch == 1):
+                        per_layer.append((f'{family} {config}, batch {batch}, 1 thread',
+                                          lookup.time_layers(compiled, x, repeats=repeats)))
+        load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
+        print(f'\ntorch threads = {threads}: median ms per forward (dense eager PyTorch vs compiled lookup); '
+              f'machine load average {load} on {os.cpu_count()} cores')
+        head = f'{"network":<24} {"batch":>5} {"dense ms":>9} {"lookup ms":>9} {"speedup":>8} {"mult ratio":>10} ' \
+               f'{"speedup/ratio":>13}'
+        print(head)
+        print('-' * len(head))
+        for name, batch, dense_ms, lookup_ms, speedup, ratio, eff in rows:
+            print(f'{name:<24} {batch:>5} {dense_ms:>9.2f} {lookup_ms:>9.2f} {speedup:>7.2f}x {ratio:>9.1f}x '
+                  f'{eff:>13.2f}')
+    torch.set_num_threads(1)
+    for title, timing in per_layer:
+        print(f'\nper layer, {title} (dense = folded dense conv in PyTorch; lookup = fused lookup kernel):')
+        print(lookup.format_timing(timing))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,782 @@
+"""Fast lookup inference for LCNN models (new; the Lua code only trained lookup layers and counted lookups).
+
+`compile(model)` turns every PooledSpatialConvolution (with the batch norm, ReLU and max pooling that follow it)
+into one fused inference layer that runs either the sparse lookup kernel of layers/csrc/lookup.cpp or the exactly
+equivalent dense convolution, whichever is faster; `time_layers` measures both per layer; `export` / `load` keep
+a compiled network in HDF5 without the training graph.
+
+How the kernel works and why: see the header of layers/csrc/lookup.cpp. Activations between fused layers are
+kept batch-innermost in memory ((C, H, W, N), handed around as an NCHW-shaped view), which at batch 1 is plain
+NCHW; any other module sees an ordinary NCHW tensor.
+"""
+import collections
+import copy
+import os
+import shutil
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from layers import legacy
+from layers.ChannelInterlace import ChannelInterlace
+from layers.PooledSpatialConvolution import PooledSpatialConvolution
+
+__all__ = ['LookupInferenceError', 'LookupConv2d', 'compile', 'time_layers', 'format_timing', 'export', 'load',
+           'resolve_backend', 'LayerTiming', 'lookup_layers']
+
+# A layer runs the lookup kernel without measurement when the dense equivalent needs at least this many times
+# more multiplications: the prototype study on this machine kind found that layers below ~3-4x lose to oneDNN's
+# dense convolution (the dictionary GEMM and the scatter cost more than their share of multiplications).
+COST_MODEL_MIN_RATIO = 4.0
+
+_BACKEND_ENV = 'LCNN_LOOKUP_BACKEND'
+_CSRC = Path(__file__).resolve().parent / 'csrc' / 'lookup.cpp'
+# No -march=native: the kernels pick AVX-512 / AVX2 / SSE2 code at run time (see lookup.cpp), so a cached build
+# stays valid on any x86-64 machine. -ffp-contract=fast lets GCC fuse multiply-adds in ISO C++ mode.
+_CFLAGS = ['-O3', '-fopenmp', '-ffp-contract=fast']
+_LDFLAGS = ['-fopenmp']
+_state = {'backend': None}
+
+
+class LookupInferenceError(Exception):
+    """A model, option or file the lookup inference engine cannot handle; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernel build and backend choice
+
+
+def _build_extension():
+    """Compile (or load from torch's extension cache) the C++ kernels and register torch.ops.lcnn_lookup."""
+    from torch.utils import cpp_extension
+    if shutil.which('ninja') is None:
+        # `pip install ninja` puts the binary next to the interpreter, which is not on PATH in an unactivated venv.
+        venv_bin = Path(sys.executable).parent
+        if (venv_bin / 'ninja').exists():
+            os.environ['PATH'] = f'{venv_bin}{os.pathsep}{os.environ.get("PATH", "")}'
+    tag = ''.join(c if c.isalnum() else '_' for c in torch.__version__)
+    cpp_extension.load(name=f'lcnn_lookup_{tag}', sources=[str(_CSRC)], extra_cflags=_CFLAGS,
+                       extra_ldflags=_LDFLAGS, is_python_module=False, verbose=False)
+
+
+def _ops_loaded():
+    try:
+        torch.ops.lcnn_lookup.isa
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def resolve_backend(requested=None):
+    """The kernel backend: 'cpp' (the compiled kernels) or 'torch' (pure-torch fallback, slower, same results).
+
+    `requested` (or the LCNN_LOOKUP_BACKEND environment variable) may be 'auto', 'cpp' or 'torch'. 'auto' builds
+    the kernels on first use and falls back to 'torch' with one warning when that fails (no compiler)."""
+    requested = requested or os.environ.get(_BACKEND_ENV) or 'auto'
+    if requested not in ('auto', 'cpp', 'torch'):
+        raise LookupInferenceError(f"lookup backend '{requested}' is unknown: use auto, cpp or torch "
+                                   f"(argument or {_BACKEND_ENV})")
+    if requested == 'torch':
+        return 'torch'
+    if _state['backend'] is None:
+        try:
+            if not _ops_loaded():
+                _build_extension()
+            _state['backend'] = 'cpp'
+        except Exception as e:  # any failure to compile or load means: no usable compiler here
+            _state['backend'] = 'torch'
+            _state['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'
+            if requested == 'auto':
+                warnings.warn(f'lookup kernels could not be built ({_state["error"]}); using the pure-torch '
+                              f'fallback, which is much slower. Install a C++ compiler (g++) and ninja to get the '
+                              f'fast path.', RuntimeWarning, stacklevel=2)
+    if requested == 'cpp' and _state['backend'] != 'cpp':
+        raise LookupInferenceError(f'lookup kernels could not be built ({_state["error"]}): install a C++ '
+                                   f'compiler (g++) and ninja, or use backend torch')
+    return _state['backend']
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fused inference layer
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(int(x) for x in v)
+
+
+def _pool_params(pool):
+    """(kH, kW, sH, sW, padH, padW, ceil) of an nn.MaxPool2d, or None when the kernels cannot run it."""
+    if pool.return_indices or _pair(pool.dilation) != (1, 1):
+        return None
+    k, s, p = _pair(pool.kernel_size), _pair(pool.stride if pool.stride is not None else pool.kernel_size), \
+        _pair(pool.padding)
+    if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
+        return None
+    return (k[0], k[1], s[0], s[1], p[0], p[1], int(bool(pool.ceil_mode)))
+
+
+def _bn_affine(bn):
+    """(scale, shift) of an eval-mode batch norm, or None when it has no running statistics to fold."""
+    if not bn.track_running_stats or bn.running_mean is None:
+        return None
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    return scale, shift
+
+
+def _time_ms(fn, repeats, warmup=2):
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+class LookupConv2d(nn.Module):
+    """Inference form of a convolution block: conv [+ batch norm] [+ ReLU] [+ max pooling].
+
+    A block made from a PooledSpatialConvolution keeps its sparse form (dictionary weight and a CSR list of align
+    taps, batch norm folded into tap values and bias) and runs either the lookup kernel (`path='lookup'`) or the
+    dense convolution obtained by folding dictionary and align weights into one kernel (`path='dense'`). A block
+    made from a plain convolution only has the dense form. Everything is a buffer: the layer is inference-only.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias, dict_weight=None,
+                 rowptr=None, taps=None, values=None, dense_weight=None, groups=1, dilation=1, relu=False,
+                 pool=None, path=None, backend_name=None, source='', fused=()):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation, self.groups = _pair(padding), _pair(dilation), int(groups)
+        self.relu, self.pool = bool(relu), (tuple(int(v) for v in pool) if pool else None)
+        self.source, self.fused = source, tuple(fused)
+        self.register_buffer('bias', bias.detach().float().contiguous())
+        self.has_lookup = dict_weight is not None
+        if self.has_lookup:
+            self.register_buffer('dict_weight', dict_weight.detach().float().contiguous())
+            self.register_buffer('rowptr', rowptr.to(torch.int64).contiguous())
+            self.register_buffer('taps', taps.to(torch.int32).contiguous())   # (3, nnz): dictionary entry, row, col
+            self.register_buffer('values', values.detach().float().contiguous())
+        if dense_weight is None and not self.has_lookup:
+            raise LookupInferenceError('LookupConv2d needs a dense weight or a dictionary with align taps')
+        self.register_buffer('dense_weight', None if dense_weight is None else dense_weight.detach().float())
+        self.backend = resolve_backend(backend_name)
+        self._offsets = {}
+        self._csr = None
+        self._transposed = None
+        self._geom = [*self.kernel_size, *self.stride, *self.padding]
+        self._pool_list = list(self.pool) if self.pool else []
+        self.path = path or ('lookup' if self.has_lookup else 'dense')
+        self.set_path(self.path)
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pooled(cls, psc, bn=None, relu=False, pool=None, **kw):
+        """Fold a PooledSpatialConvolution (and an eval batch norm after it) into sparse form."""
+        align = psc.alignconv.weight.detach()
+        out_ch = align.shape[0]
+        # The Lua layer zeroes |w| <= sparseTh on every forward; inference uses what that forward would use.
+        o, d, u, v = (align.abs() > psc.sparseTh).nonzero(as_tuple=True)
+        values = align[o, d, u, v].double()
+        bias = psc.alignconv.bias.detach().double() if psc.alignconv.bias is not None else \
+            torch.zeros(out_ch, dtype=torch.float64)
+        if bn is not None:
+            scale, shift = _bn_affine(bn)
+            values = values * scale[o]
+            bias = bias * scale + shift
+        sh, sw = psc.dH, psc.dW
+        # Taps of one output channel in the order the kernel walks memory: phase plane, then row, then column.
+        plane = (d * sh + u % sh) * sw + v % sw
+        key = ((o * (align.shape[1] * sh * sw) + plane) * (psc.kH // sh + 1) + u // sh) * (psc.kW // sw + 1) + v // sw
+        order = torch.argsort(key)
+        o, d, u, v, values = o[order], d[order], u[order], v[order], values[order]
+        rowptr = torch.zeros(out_ch + 1, dtype=torch.int64)
+        rowptr[1:] = torch.bincount(o, minlength=out_ch).cumsum(0)
+        return cls(psc.nInputPlane, psc.nOutputPlane, (psc.kH, psc.kW), (psc.dH, psc.dW), (psc.padH, psc.padW),
+                   bias=bias, dict_weight=psc.poolconv.weight.detach().view(psc.poolSize, psc.nInputPlane),
+                   rowptr=rowptr, taps=torch.stack([d, u, v]), values=values, relu=relu, pool=pool, **kw)
+
+    @classmethod
+    def from_conv(cls, conv, bn=None, relu=False, pool=None, **kw):
+        """Fold a plain convolution (and an eval batch norm after it) into one dense convolution."""
+        weight = conv.weight.detach().double()
+        bias = conv.bias.detach().double() if conv.bias is not None else \
+            torch.zeros(conv.out_channels, dtype=torch.float64)
+        if bn is not None:
+            scale, shift = _bn_affine(bn)
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = bias * scale + shift
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=bias,
+                   dense_weight=weight, groups=conv.groups, dilation=conv.dilation, relu=relu, pool=pool, **kw)
+
+    # -- paths --------------------------------------------------------------------------------------------------
+
+    def set_path(self, path):
+        """Switch between 'lookup' and 'dense'; the dense kernel is folded from the sparse form when needed."""
+        if path not in ('lookup', 'dense'):
+            raise LookupInferenceError(f"unknown path '{path}': use lookup or dense")
+        if path == 'lookup' and not self.has_lookup:
+            raise LookupInferenceError(f'{self.source or "layer"} is a plain convolution: it has no lookup form')
+        if path == 'dense' and self.dense_weight is None:
+            self.dense_weight = self.folded_weight()
+        if path == 'lookup' and self.has_lookup:
+            self.dense_weight = None
+        self.path = path
+        self._transposed = None
+        return self
+
+    def folded_weight(self):
+        """The dense kernel equal to dictionary followed by align taps: W[o, c, u, v] = sum_d A[o, d, u, v] D[d, c]."""
+        kh, kw = self.kernel_size
+        d, u, v = self.taps.long()
+        rows = torch.repeat_interleave(torch.arange(self.out_channels), self.rowptr.diff())
+        # A sparse (o, u, v) x d matrix times the dictionary: memory stays at the size of the result.
+        align = torch.sparse_coo_tensor(torch.stack([(rows * kh + u) * kw + v, d]), self.values,
+                                        (self.out_channels * kh * kw, self.dict_weight.shape[0]),
+                                        check_invariants=False)
+        flat = torch.sparse.mm(align, self.dict_weight)
+        return flat.view(self.out_channels, kh, kw, self.in_channels).permute(0, 3, 1, 2).contiguous()
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def _tap_offsets(self, h, w):
+        """Per tap, its flat offset (in units of the batch size) in the kernel's padded phase planes."""
+        key = (h, w)
+        if key not in self._offsets:
+            (sh, sw), (ph, pw) = self.stride, self.padding
+            hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
+            d, u, v = self.taps.long()
+            off = (((d * sh + u % sh) * sw + v % sw) * hq + u // sh) * wq + v // sw
+            planes = self.dict_weight.shape[0] * sh * sw * hq * wq
+            if planes <= 1 << 16:
+                off = torch.where(off >= 1 << 15, off - (1 << 16), off).to(torch.int16)  # uint16 bit pattern
+            elif planes < 1 << 31:
+                off = off.to(torch.int32)
+            else:
+                raise LookupInferenceError(f'{self.source}: input {h}x{w} too large for the lookup kernel')
+            self._offsets[key] = off.contiguous()
+        return self._offsets[key]
+
+    def _post(self, y):
+        if self.pool is None:
+            return torch.relu_(y) if self.relu else y
+        if self.backend == 'cpp':
+            return torch.ops.lcnn_lookup.max_pool(y, list(self.pool), self.relu)
+        kh, kw, sh, sw, ph, pw, ceil = self.pool
+        if self.relu:
+            y = torch.relu_(y)
+        return F.max_pool2d(y, (kh, kw), (sh, sw), (ph, pw), ceil_mode=bool(ceil))
+
+    def _covers_input(self, h, w):
+        """True when the kernel spans the whole (unpadded) input: the layer is a fully connected one."""
+        return (h, w) == self.kernel_size and self.padding == (0, 0) and self.groups == 1 and \
+            self.dilation == (1, 1)
+
+    def _weight_t(self):
+        """The weight of a fully connected use, transposed to (inputs, outputs) for the batch-1 product that
+        skips zero inputs (made on first use: only layers that run that way pay for the copy)."""
+        if self._transposed is None:
+            w = self.dense_weight if self.path == 'dense' else self.dict_weight
+            self._transposed = w.reshape(w.shape[0], -1).t().contiguous()
+        return self._transposed
+
+    def _dense(self, x):
+        n, c, h, w = x.shape
+        if self._covers_input(h, w):
+            if n == 1 and self.backend == 'cpp':
+                y = torch.ops.lcnn_lookup.linear(x, self._weight_t(), self.bias)
+            else:
+                # oneDNN's convolution of a kernel covering its input is ~10x slower than this product.
+                y = F.linear(x.reshape(n, -1), self.dense_weight.view(self.out_channels, -1), self.bias)
+            return self._post(y.view(n, self.out_channels, 1, 1))
+        y = F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._post(y)
+
+    def _lookup_torch(self, x):
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if self._csr is None:
+            d, u, v = self.taps.long()
+            cols = (d * kh + u) * kw + v
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # torch's "sparse CSR is beta" notice; the one warning is ours
+                self._csr = torch.sparse_csr_tensor(self.rowptr, cols, self.values,
+                                                    (self.out_channels, self.dict_weight.shape[0] * kh * kw),
+                                                    check_invariants=False)
+        resp = F.conv2d(x, self.dict_weight[:, :, None, None], padding=(ph, pw))
+        cols = F.unfold(resp, (kh, kw), stride=(sh, sw))
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        y = torch.sparse.mm(self._csr, cols.transpose(0, 1).reshape(cols.shape[1], -1))
+        y = y.view(self.out_channels, n, ho, wo).transpose(0, 1) + self.bias.view(-1, 1, 1)
+        return self._post(y)
+
+    def forward(self, x):
+        x = x.detach()
+        if x.dtype != torch.float32 or x.dim() != 4:
+            raise LookupInferenceError(f'{self.source or "lookup layer"}: expected a 4-D float32 input, got '
+                                       f'{x.dim()}-D {x.dtype}')
+        if self.path == 'dense':
+            return self._dense(x)
+        if self.backend == 'torch':
+            return self._lookup_torch(x)
+        n, _, h, w = x.shape
+        wt = self._weight_t() if n == 1 and self._covers_input(h, w) and self.kernel_size == (1, 1) else None
+        return torch.ops.lcnn_lookup.conv(x, self.dict_weight, wt, self.rowptr, self._tap_offsets(h, w), self.values,
+                                          self.bias, self._geom, self.relu, self._pool_list)
+
+    def extra_repr(self):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        s = f'{self.in_channels} -> {self.out_channels}, {kh}x{kw}, stride {sh}x{sw}, pad {ph}x{pw}'
+        if self.has_lookup:
+            density = self.values.numel() / max(1, self.out_channels * self.dict_weight.shape[0] * kh * kw)
+            s += f', dictionary {self.dict_weight.shape[0]}, {100 * density:.2f}% taps'
+        if self.fused:
+            s += ', fused ' + '+'.join(self.fused)
+        return s + f', path {self.path}'
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compile()
+
+
+def _is_sequential(m):
+    return isinstance(m, nn.Sequential)
+
+
+def _absorb(children, i, prefix, backend_name):
+    """Fuse children[i] (a convolution) with the batch norm / ReLU / max pooling that follow it.
+
+    Returns (fused module, number of children consumed)."""
+    conv = children[i][1]
+    j, bn, relu, pool, fused = i + 1, None, False, None, []
+    if j < len(children) and isinstance(children[j][1], nn.BatchNorm2d) and _bn_affine(children[j][1]) is not None:
+        bn, j = children[j][1], j + 1
+        fused.append(legacy.lua_type(bn))
+    if j < len(children) and type(children[j][1]) is nn.ReLU:
+        relu, j = True, j + 1
+        fused.append(legacy.lua_type(children[j - 1][1]))
+    if j < len(children) and isinstance(children[j][1], nn.MaxPool2d) and _pool_params(children[j][1]):
+        pool, j = _pool_params(children[j][1]), j + 1
+        fused.append(legacy.lua_type(children[j - 1][1]))
+    source = prefix + children[i][0]
+    if isinstance(conv, PooledSpatialConvolution):
+        made = LookupConv2d.from_pooled(conv, bn, relu, pool, backend_name=backend_name, source=source, fused=fused)
+    else:
+        made = LookupConv2d.from_conv(conv, bn, relu, pool, backend_name=backend_name, source=source, fused=fused)
+    return made, j - i
+
+
+def _convertible(m):
+    if isinstance(m, PooledSpatialConvolution):
+        return True
+    return (isinstance(m, nn.Conv2d) and m.padding_mode == 'zeros' and not isinstance(m.padding, str)
+            and type(m) is nn.Conv2d)
+
+
+def _rebuild(module, prefix, backend_name):
+    """An inference copy of `module`: convolution blocks fused, everything else deep-copied (containers are
+    re-created around their new children so the big training weights are never duplicated)."""
+    if _convertible(module):
+        return _absorb([('', module)], 0, prefix.rstrip('.'), backend_name)[0]
+    if not module._modules:
+        return copy.deepcopy(module)
+    new = copy.copy(module)
+    for key, value in module.__dict__.items():
+        if key.startswith('_') and isinstance(value, (dict, set)):
+            new.__dict__[key] = copy.copy(value)  # hook and bookkeeping tables must not be shared
+    new._parameters = collections.OrderedDict((k, copy.deepcopy(v)) for k, v in module._parameters.items())
+    new._buffers = collections.OrderedDict((k, copy.deepcopy(v)) for k, v in module._buffers.items())
+    new._forward_hooks = collections.OrderedDict()
+    new._forward_pre_hooks = collections.OrderedDict()
+    new._modules = collections.OrderedDict()
+    children = list(module._modules.items())
+    i = 0
+    while i < len(children):
+        name, child = children[i]
+        if child is not None and _convertible(child) and _is_sequential(module):
+            made, used = _absorb(children, i, prefix, backend_name)
+            new._modules[name] = made
+            i += used
+            continue
+        new._modules[name] = None if child is None else _rebuild(child, f'{prefix}{name}.', backend_name)
+        i += 1
+    return new
+
+
+def lookup_layers(model):
+    """The LookupConv2d modules of a compiled model, in registration order (forward order in a Sequential)."""
+    return [m for m in model.modules() if isinstance(m, LookupConv2d)]
+
+
+def _capture_inputs(model, example_input):
+    """Run `model` once and return {layer: input tensor} for each LookupConv2d."""
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0].detach().clone()))
+             for m in lookup_layers(model)]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _measure(layer, x, repeats):
+    """(dense ms, lookup ms) of one layer on input x (lookup is None for plain convolutions); the layer is left on
+    its dense path, so that choosing dense afterwards does not fold the weights again."""
+    lookup = None
+    if layer.has_lookup:
+        layer.set_path('lookup')
+        lookup = _time_ms(lambda: layer(x), repeats)
+    layer.set_path('dense')
+    return _time_ms(lambda: layer(x), repeats), lookup
+
+
+def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
+    """An inference-only copy of `model` in which each PooledSpatialConvolution (and each plain convolution),
+    together with the eval batch norm, ReLU and max pooling right after it in a Sequential, is one LookupConv2d.
+
+    path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer. With an
+    `example_input`, 'auto' times both forms of each layer on its actual input (median of `repeats` runs after
+    warm-up) and keeps the faster; without one it keeps the lookup form when the dense equivalent needs at least
+    COST_MODEL_MIN_RATIO times more multiplications (dictionary counted over the input, align taps per output;
+    the stride's phases make the dictionary cost per output position sH*sW entries). backend: 'auto', 'cpp' or
+    'torch' (see `resolve_backend()`). Outputs equal the eval-mode model up to float rounding (batch norm is folded)."""
+    if path not in ('auto', 'lookup', 'dense'):
+        raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
+    devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
+    if devices - {'cpu'}:
+        raise LookupInferenceError(f'compile: the model is on {", ".join(sorted(devices - {"cpu"}))}; the lookup '
+                                   f'engine runs on CPU: pass model.cpu()')
+    backend_name = resolve_backend(backend)
+    compiled = _rebuild(model, '', backend_name).eval()
+    for p in compiled.parameters():
+        p.requires_grad_(False)
+    layers = [m for m in lookup_layers(compiled) if m.has_lookup]
+    if path in ('lookup', 'dense'):
+        for layer in layers:
+            layer.set_path(path)
+        return compiled
+    if example_input is None:
+        for layer in layers:
+            layer.set_path('lookup' if _cost_ratio(layer) >= COST_MODEL_MIN_RATIO else 'dense')
+        return compiled
+    inputs = _capture_inputs(compiled, example_input)
+    for layer in layers:
+        if layer in inputs:
+            dense, lookup = _measure(layer, inputs[layer], repeats)
+            layer.set_path('lookup' if lookup <= dense else 'dense')
+    return compiled
+
+
+def _cost_ratio(layer):
+    """Dense over lookup multiplications per output position (no input size needed)."""
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+    dense = layer.out_channels * layer.in_channels * kh * kw
+    lookup = layer.dict_weight.numel() * sh * sw + layer.values.numel()
+    return dense / max(lookup, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-layer timing for `main.py -benchmark -lookup`
+
+
+@dataclass
+class LayerTiming:
+    """One row of the timing table: milliseconds of a layer (or of the whole network) in both forms."""
+    name: str
+    dense_ms: float
+    lookup_ms: float | None
+    chosen: str
+
+
+_SHORT = {'SpatialBatchNormalization': 'bn', 'ReLU': 'relu', 'SpatialMaxPooling': 'pool'}
+
+
+def time_layers(model, example_input, repeats=20):
+    """Measured milliseconds per fused layer, dense vs lookup, and a totals row.
+
+    `model` is a compiled model, or any model (compiled here with `example_input`). Each layer is timed on the
+    input it gets inside the network (median of `repeats` after warm-up). The last row times the whole network:
+    dense = every lookup-capable layer on its folded dense kernel, lookup = the network as compiled."""
+    compiled = model if lookup_layers(model) else compile(model, example_input, repeats=max(3, repeats // 4))
+    compiled.eval()
+    inputs = _capture_inputs(compiled, example_input)
+    rows = []
+    for layer in lookup_layers(compiled):
+        if layer not in inputs:
+            continue
+        chosen = layer.path
+        dense, lookup = _measure(layer, inputs[layer], repeats)
+        layer.set_path(chosen)
+        x = inputs[layer]
+        (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+        what = f'{layer.in_channels}->{layer.out_channels} {kh}x{kw}/{sh}'
+        for lua in layer.fused:
+            what += '+' + _SHORT.get(lua.split('.')[-1], lua.split('.')[-1])
+        rows.append(LayerTiming(f'{layer.source or "model"} ({what}, in {x.shape[2]}x{x.shape[3]})', dense, lookup,
+                                layer.path))
+    chosen = {layer: layer.path for layer in lookup_layers(compiled)}
+    try:
+        for layer in chosen:
+            layer.set_path('dense')
+        dense_total = _time_ms(lambda: compiled(example_input), repeats)
+    finally:
+        for layer, p in chosen.items():
+            layer.set_path(p)
+    compiled_total = _time_ms(lambda: compiled(example_input), repeats)
+    rows.append(LayerTiming('total (whole network)', dense_total, compiled_total, 'as compiled'))
+    return rows
+
+
+def format_timing(rows):
+    """The timing rows as a text table (milliseconds, speedup of lookup over dense per row)."""
+    head = ('layer', 'dense ms', 'lookup ms', 'speedup', 'chosen')
+    body = []
+    for r in rows:
+        lookup = '-' if r.lookup_ms is None else f'{r.lookup_ms:.3f}'
+        speed = '-' if r.lookup_ms is None else f'{r.dense_ms / r.lookup_ms:.2f}x'
+        body.append((r.name, f'{r.dense_ms:.3f}', lookup, speed, r.chosen))
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    fmt = lambda row: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = [fmt(head), '  '.join('-' * w for w in widths)] + [fmt(row) for row in body]
+    return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HDF5 export / load
+
+
+_FORMAT = 'lcnn-lookup-inference'
+_VERSION = 1
+
+
+def _none_to(v, default):
+    return default if v is None else v
+
+
+# Modules stored by their attributes alone: (type name in the file, class test, attributes).
+_SIMPLE = [
+    ('Concat', lambda m: isinstance(m, legacy.Concat), ('dimension',)),
+    ('ConcatTable', lambda m: isinstance(m, legacy.ConcatTable), ()),
+    ('CAddTable', lambda m: isinstance(m, legacy.CAddTable), ('inplace',)),
+    ('MulConstant', lambda m: isinstance(m, legacy.MulConstant), ('constant_scalar', 'inplace')),
+    ('LogSoftMax', lambda m: isinstance(m, legacy.LogSoftMax), ()),
+    ('SoftMax', lambda m: isinstance(m, legacy.SoftMax), ()),
+    ('Dropout', lambda m: isinstance(m, legacy.Dropout), ('p', 'v1')),
+    ('SpatialDropout', lambda m: isinstance(m, legacy.SpatialDropout), ('p',)),
+    ('Threshold', lambda m: type(m) is nn.Threshold, ('threshold', 'value', 'inplace')),
+    ('nn.Dropout', lambda m: type(m) in (nn.Dropout, nn.Dropout2d), ('p',)),
+    ('Sequential', lambda m: isinstance(m, nn.Sequential), ()),
+    ('Identity', lambda m: isinstance(m, nn.Identity), ()),
+    ('ReLU', lambda m: type(m) is nn.ReLU, ('inplace',)),
+    ('LogSoftmax', lambda m: isinstance(m, nn.LogSoftmax), ('dim',)),
+    ('Softmax', lambda m: isinstance(m, nn.Softmax), ('dim',)),
+    ('Flatten', lambda m: isinstance(m, nn.Flatten), ('start_dim', 'end_dim')),
+    ('ChannelInterlace', lambda m: isinstance(m, ChannelInterlace), ('channel', 'group')),
+]
+
+
+def _write_node(group, module, where):
+    lua = module.__dict__.get('lua_type')
+    if lua:
+        group.attrs['lua_type'] = lua
+    kind, attrs = next(((name, attrs) for name, test, attrs in _SIMPLE if test(module)), (None, ()))
+    if kind is not None:
+        for a in attrs:
+            group.attrs[a] = getattr(module, a)
+    elif isinstance(module, LookupConv2d):
+        kind = 'LookupConv2d'
+        m = module
+        for a in ('in_channels', 'out_channels', 'kernel_size', 'stride', 'padding', 'dilation', 'groups', 'relu',
+                  'path', 'source'):
+            group.attrs[a] = getattr(m, a)
+        group.attrs['pool'] = np.array(m.pool or (), dtype=np.int64)
+        group.attrs['fused'] = '+'.join(m.fused)
+        group['bias'] = m.bias.numpy()
+        if m.has_lookup:
+            kh, kw = m.kernel_size
+            d, u, v = m.taps.long()
+            group['dict_weight'] = m.dict_weight.numpy()
+            group['rowptr'] = m.rowptr.numpy()
+            group['col'] = ((d * kh + u) * kw + v).to(torch.int32).numpy()
+            group['values'] = m.values.numpy()
+        else:
+            group['dense_weight'] = m.dense_weight.numpy()
+    elif type(module) is nn.MaxPool2d:
+        kind = 'MaxPool2d'
+        for a in ('kernel_size', 'stride', 'padding', 'dilation'):
+            group.attrs[a] = _pair(getattr(module, a))
+        group.attrs['ceil_mode'] = module.ceil_mode
+    elif type(module) is nn.AvgPool2d:
+        kind = 'AvgPool2d'
+        for a in ('kernel_size', 'stride', 'padding'):
+            group.attrs[a] = _pair(getattr(module, a))
+        group.attrs['ceil_mode'] = module.ceil_mode
+        group.attrs['count_include_pad'] = module.count_include_pad
+        group.attrs['divisor_override'] = _none_to(module.divisor_override, 0)
+    elif type(module) is nn.BatchNorm2d:
+        kind = 'BatchNorm2d'
+        group.attrs['num_features'], group.attrs['eps'] = module.num_features, module.eps
+        group.attrs['affine'] = module.affine
+        group.attrs['track_running_stats'] = module.track_running_stats
+        for t in ('weight', 'bias', 'running_mean', 'running_var'):
+            if getattr(module, t) is not None:
+                group[t] = getattr(module, t).detach().numpy()
+    elif type(module) is nn.Linear:
+        kind = 'Linear'
+        group['weight'] = module.weight.detach().numpy()
+        if module.bias is not None:
+            group['bias'] = module.bias.detach().numpy()
+    elif type(module) is legacy.View:
+        kind = 'View'
+        group.attrs['sizes'] = np.array(module.sizes, dtype=np.int64)
+        group.attrs['num_input_dims'] = _none_to(module.num_input_dims, -1)
+    else:
+        raise LookupInferenceError(f'export: cannot store {type(module).__name__} at {where or "model"}; compile '
+                                   f'the model first (layers.lookup.compile) or remove that module')
+    group.attrs['type'] = kind
+    if module._modules:
+        children = group.create_group('children')
+        for i, (name, child) in enumerate(module._modules.items()):
+            sub = children.create_group(f'{i:04d}')
+            sub.attrs['name'] = name
+            _write_node(sub, child, f'{where}.{name}' if where else name)
+
+
+def export(compiled, path):
+    """Write a compiled model to HDF5: per lookup layer its dictionary weight, CSR align taps (rowptr, col over
+    (dictionary, row, column), values with batch norm folded), bias, geometry, fused ReLU / pooling and chosen
+    path; plain convolutions as folded dense kernels; the rest of the graph (containers, pooling, classifier,
+    View, softmax, ...) with its parameters. `load` rebuilds a runnable module from the file alone."""
+    import h5py
+    with h5py.File(path, 'w') as f:
+        f.attrs['format'], f.attrs['version'] = _FORMAT, _VERSION
+        _write_node(f.create_group('model'), compiled, '')
+
+
+def _tensor(group, name):
+    return torch.from_numpy(group[name][()]) if name in group else None
+
+
+def _read_node(group, backend_name):
+    a = group.attrs
+    kind = a['type']
+    kids = []
+    if 'children' in group:
+        for key in sorted(group['children']):
+            sub = group['children'][key]
+            kids.append((str(sub.attrs['name']), _read_node(sub, backend_name)))
+    tup = lambda name: tuple(int(v) for v in a[name])
+    if kind == 'Sequential':
+        m = nn.Sequential(collections.OrderedDict(kids))
+    elif kind in ('Concat', 'ConcatTable'):
+        m = legacy.Concat(int(a['dimension'])) if kind == 'Concat' else legacy.ConcatTable()
+        for name, child in kids:
+            m.add_module(name, child)
+    elif kind == 'CAddTable':
+        m = legacy.CAddTable(bool(a['inplace']))
+    elif kind == 'MulConstant':
+        m = legacy.MulConstant(float(a['constant_scalar']), bool(a['inplace']))
+    elif kind == 'LogSoftMax':
+        m = legacy.LogSoftMax()
+    elif kind == 'SoftMax':
+        m = legacy.SoftMax()
+    elif kind == 'Dropout':
+        m = legacy.Dropout(float(a['p']), bool(a['v1']))
+    elif kind == 'SpatialDropout':
+        m = legacy.SpatialDropout(float(a['p']))
+    elif kind == 'Threshold':
+        m = nn.Threshold(float(a['threshold']), float(a['value']), bool(a['inplace']))
+    elif kind == 'nn.Dropout':
+        m = nn.Dropout(float(a['p']))
+    elif kind == 'Identity':
+        m = nn.Identity()
+    elif kind == 'ReLU':
+        m = nn.ReLU(bool(a['inplace']))
+    elif kind == 'LogSoftmax':
+        m = nn.LogSoftmax(int(a['dim']))
+    elif kind == 'Softmax':
+        m = nn.Softmax(int(a['dim']))
+    elif kind == 'Flatten':
+        m = nn.Flatten(int(a['start_dim']), int(a['end_dim']))
+    elif kind == 'ChannelInterlace':
+        m = ChannelInterlace(int(a['channel']), int(a['group']))
+    elif kind == 'MaxPool2d':
+        m = nn.MaxPool2d(tup('kernel_size'), tup('stride'), tup('padding'), tup('dilation'),
+                         ceil_mode=bool(a['ceil_mode']))
+    elif kind == 'AvgPool2d':
+        m = nn.AvgPool2d(tup('kernel_size'), tup('stride'), tup('padding'), bool(a['ceil_mode']),
+                         bool(a['count_include_pad']), int(a['divisor_override']) or None)
+    elif kind == 'BatchNorm2d':
+        m = nn.BatchNorm2d(int(a['num_features']), float(a['eps']), affine=bool(a['affine']),
+                           track_running_stats=bool(a['track_running_stats']))
+        with torch.no_grad():
+            for t in ('weight', 'bias', 'running_mean', 'running_var'):
+                if t in group:
+                    getattr(m, t).copy_(_tensor(group, t))
+    elif kind == 'Linear':
+        w, b = _tensor(group, 'weight'), _tensor(group, 'bias')
+        m = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+        with torch.no_grad():
+            m.weight.copy_(w)
+            if b is not None:
+                m.bias.copy_(b)
+    elif kind == 'View':
+        nid = int(a['num_input_dims'])
+        m = legacy.View(*[int(s) for s in a['sizes']], num_input_dims=None if nid < 0 else nid)
+    elif kind == 'LookupConv2d':
+        kh, kw = tup('kernel_size')
+        sparse = {}
+        if 'col' in group:
+            col = _tensor(group, 'col').long()
+            taps = torch.stack([col // (kh * kw), col // kw % kh, col % kw])
+            sparse = dict(dict_weight=_tensor(group, 'dict_weight'), rowptr=_tensor(group, 'rowptr'), taps=taps,
+                          values=_tensor(group, 'values'))
+        m = LookupConv2d(int(a['in_channels']), int(a['out_channels']), (kh, kw), tup('stride'), tup('padding'),
+                         bias=_tensor(group, 'bias'), dense_weight=_tensor(group, 'dense_weight'),
+                         groups=int(a['groups']), dilation=tup('dilation'), relu=bool(a['relu']),
+                         pool=tup('pool') or None, path=str(a['path']), backend_name=backend_name,
+                         source=str(a['source']), fused=[t for t in str(a['fused']).split('+') if t], **sparse)
+    else:
+        raise LookupInferenceError(f'load: unknown module type {kind!r} in {group.name}; the file was written by a '
+                                   f'newer version, re-export it with this one')
+    if 'lua_type' in a:
+        legacy.named(m, str(a['lua_type']))
+    return m
+
+
+def load(path, backend=None):
+    """Rebuild the inference module written by `export` (eval mode, ready to run)."""
+    import h5py
+    try:
+        f = h5py.File(path, 'r')
+    except OSError as e:
+        raise LookupInferenceError(f'load: cannot read {path} as HDF5 ({e}); pass a file written by '
+                                   f'layers.lookup.export') from None
+    with f:
+        if f.attrs.get('format') != _FORMAT or 'model' not in f:
+            raise LookupInferenceError(f'load: {path} is not a lookup inference export; write one with '
+                                       f'layers.lookup.export')
+        if int(f.attrs['version']) > _VERSION:
+            raise LookupInferenceError(f'load: {path} has format version {f.attrs["version"]}, this code reads '
+                                       f'up to {_VERSION}; update lcnn-torch')
+        return _read_node(f['model'], resolve_backend(backend)).eval()

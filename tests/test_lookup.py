@@ -1,0 +1,427 @@
+"""Tests of layers/lookup.py and layers/csrc/lookup.cpp: the fast lookup inference engine (issue 7)."""
+import lzma
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import t7
+from layers import PooledSpatialConvolution, legacy, lookup
+from layers.lookup import LookupConv2d, LookupInferenceError
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+
+
+def close(out, ref, tol=1e-4):
+    """The issue's criterion: max abs difference <= tol * max |reference|."""
+    assert out.shape == ref.shape
+    err = (out - ref).abs().max().item()
+    assert err <= tol * ref.abs().max().item(), f'max abs diff {err} vs max |ref| {ref.abs().max().item()}'
+
+
+def sparsify(psc, density, gen):
+    """Keep about `density` of the align weights, all above the layer's pruning threshold."""
+    w = psc.alignconv.weight
+    with torch.no_grad():
+        keep = torch.rand(w.shape, generator=gen) < density
+        w.copy_(torch.where(keep, w.sign() * (psc.sparseTh + w.abs()), torch.zeros_like(w)))
+        psc.alignconv.bias.normal_(0, 0.1, generator=gen)
+    return psc
+
+
+def randomize_bn(bn, gen):
+    with torch.no_grad():
+        bn.running_mean.normal_(0, 0.2, generator=gen)
+        bn.running_var.uniform_(0.3, 2.0, generator=gen)
+        bn.weight.uniform_(0.5, 1.5, generator=gen)
+        bn.bias.normal_(0, 0.2, generator=gen)
+    return bn
+
+
+def psc(c, o, k, s, p, pool, density, gen):
+    return sparsify(PooledSpatialConvolution(c, o, k, k, s, s, p, p, poolSize=pool), density, gen)
+
+
+@pytest.fixture(autouse=True)
+def seeded_single_thread():
+    """Layers draw their initial weights from the global generator: make every test reproducible. One thread,
+    since on a busy shared machine OpenMP waits for descheduled threads dominate small kernels (the threads test
+    sets its own)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def cpp():
+    """The compiled kernels (built on first use, then cached in torch's extension directory)."""
+    assert lookup.resolve_backend('cpp') == 'cpp'
+    yield
+    torch.ops.lcnn_lookup.set_isa('auto')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# single layers
+
+# (kernel, stride, pad, input size): every geometry the alexnet-lcnn / resnet-lcnn models use.
+GEOMETRIES = [(11, 4, 2, 35), (5, 1, 2, 13), (3, 1, 1, 9), (6, 1, 0, 6), (1, 1, 0, 5), (7, 2, 3, 20), (3, 2, 1, 14),
+              (1, 2, 0, 14)]
+
+
+@pytest.mark.parametrize('density', [0.005, 0.05, 0.5])
+@pytest.mark.parametrize('k,s,p,size', GEOMETRIES)
+@pytest.mark.parametrize('batch', [1, 3])
+def test_layer_matches_pooled_convolution(cpp, k, s, p, size, density, batch):
+    gen = torch.Generator().manual_seed(k * 100 + s * 10 + p + batch)
+    layer = psc(6, 37, k, s, p, 5, density, gen).eval()
+    x = torch.randn(batch, 6, size, size, generator=gen)
+    with torch.no_grad():
+        ref = layer(x)
+        fused = LookupConv2d.from_pooled(layer)
+        close(fused(x), ref)
+        close(fused.set_path('dense')(x), ref)
+
+
+def test_fully_connected_lookup_large_dictionary(cpp):
+    # fc6-like: the kernel covers the whole input, so each output is one long gathered dot product at batch 1.
+    gen = torch.Generator().manual_seed(5)
+    layer = psc(40, 70, 6, 1, 0, 300, 0.05, gen).eval()
+    for batch in (1, 2, 5, 16, 17):
+        x = torch.randn(batch, 40, 6, 6, generator=gen)
+        with torch.no_grad():
+            close(LookupConv2d.from_pooled(layer)(x), layer(x))
+
+
+def test_random_geometries(cpp):
+    """Seeded sweep over shapes the fixed cases miss: non-square kernels and inputs, odd channel counts, big
+    batches, fused post-ops, several tile remainders."""
+    rng = random.Random(1234)
+    gen = torch.Generator().manual_seed(1234)
+    for _ in range(30):
+        kh, kw = rng.randint(1, 7), rng.randint(1, 7)
+        s, p = rng.randint(1, 4), rng.randint(0, 3)
+        h, w = rng.randint(max(1, kh - 2 * p), 24), rng.randint(max(1, kw - 2 * p), 24)
+        c, o, dictionary = rng.randint(1, 9), rng.randint(1, 40), rng.randint(1, 12)
+        batch, density = rng.choice([1, 1, 2, 4, 7, 16, 19]), rng.choice([0.005, 0.02, 0.1, 0.5, 1.0])
+        layer = sparsify(PooledSpatialConvolution(c, o, kw, kh, s, s, p, p, poolSize=dictionary), density, gen)
+        mods = [layer]
+        if rng.random() < 0.5:
+            mods.append(randomize_bn(nn.BatchNorm2d(o), gen))
+        if rng.random() < 0.6:
+            mods.append(nn.ReLU())
+        ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+        if rng.random() < 0.5 and min(ho, wo) >= 3:
+            mods.append(nn.MaxPool2d(3, rng.choice([1, 2]), rng.choice([0, 1]), ceil_mode=rng.random() < 0.5))
+        model = nn.Sequential(*mods).eval()
+        x = torch.randn(batch, c, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model(x)
+            compiled = lookup.compile(model, path='lookup')
+            assert len(compiled) == 1, 'conv, batch norm, ReLU and pooling fuse into one layer'
+            close(compiled(x), ref)
+
+
+@pytest.mark.parametrize('isa', ['avx512', 'avx2', 'base'])
+def test_instruction_set_variants(cpp, isa):
+    try:
+        torch.ops.lcnn_lookup.set_isa(isa)
+    except RuntimeError as e:
+        # A CPU without these instructions must refuse them rather than crash later.
+        assert 'does not support' in str(e)
+        assert torch.ops.lcnn_lookup.isa() != isa
+        return
+    gen = torch.Generator().manual_seed(7)
+    try:
+        for (k, s, p, size), batch in [((11, 4, 2, 35), 1), ((3, 1, 1, 9), 5), ((6, 1, 0, 6), 1), ((6, 1, 0, 6), 2)]:
+            layer = psc(5, 29, k, s, p, 40, 0.1, gen).eval()
+            x = torch.randn(batch, 5, size, size, generator=gen)
+            with torch.no_grad():
+                model = nn.Sequential(layer, nn.ReLU(), nn.MaxPool2d(2, 2, ceil_mode=True)).eval()
+                close(lookup.compile(model, path='lookup')(x), model(x))
+        check_fully_connected_batch_one(gen)
+    finally:
+        torch.ops.lcnn_lookup.set_isa('auto')
+
+
+def check_fully_connected_batch_one(gen):
+    """Fully connected layers at batch 1 skip the weight rows of zero inputs (dictionary of a 1x1 lookup layer,
+    and the dense path's matrix-vector product); output counts around the vector width and the L1 chunk."""
+    for outputs in (1, 15, 17, 1000, 4097):
+        x = torch.randn(1, 300, 1, 1, generator=gen).relu()  # about half the inputs are zero
+        model = nn.Sequential(psc(300, outputs, 1, 1, 0, 23, 0.3, gen), nn.ReLU(), nn.Conv2d(outputs, 7, 1)).eval()
+        compiled = lookup.compile(model, path='lookup')
+        with torch.no_grad():
+            close(compiled(x), model(x))
+        dense = nn.Conv2d(300, outputs, 1).eval()
+        with torch.no_grad():
+            close(lookup.compile(nn.Sequential(dense))(x), dense(x))
+
+
+def test_fully_connected_batch_one(cpp):
+    check_fully_connected_batch_one(torch.Generator().manual_seed(8))
+
+
+def test_threads_give_same_result(cpp):
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(psc(8, 64, 5, 1, 2, 12, 0.1, gen), nn.ReLU(), nn.MaxPool2d(3, 2)).eval()
+    x = torch.randn(4, 8, 27, 27, generator=gen)
+    compiled = lookup.compile(model, path='lookup')
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = compiled(x)
+        torch.set_num_threads(2)
+        two = compiled(x)
+    finally:
+        torch.set_num_threads(threads)
+    close(two, one)  # the kernels split work between threads, never a sum: only MKL's GEMM may round differently
+
+
+def test_max_pool_kernel_matches_torch(cpp):
+    gen = torch.Generator().manual_seed(11)
+    for shape, (k, s, p, ceil) in [((1, 5, 55, 55), (3, 2, 0, False)), ((3, 4, 12, 17), (3, 2, 1, True)),
+                                   ((2, 3, 9, 9), (2, 2, 0, True)), ((1, 2, 10, 7), (3, 1, 1, False)),
+                                   ((5, 2, 11, 11), (4, 3, 2, True))]:
+        x = torch.randn(shape, generator=gen)
+        ref = F.max_pool2d(x, k, s, p, ceil_mode=ceil)
+        assert torch.equal(torch.ops.lcnn_lookup.max_pool(x, [k, k, s, s, p, p, int(ceil)], False), ref)
+        chwn = x.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # batch-innermost memory, same values
+        assert torch.equal(torch.ops.lcnn_lookup.max_pool(chwn, [k, k, s, s, p, p, int(ceil)], True), ref.relu())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# whole networks
+
+
+def alexnet_lcnn_small(density, gen, width=8):
+    """alexnet-lcnn's layer geometry (models/alexnet-lcnn.lua) with fewer channels."""
+    c = [width, 2 * width, 3 * width, 2 * width, 2 * width, 8 * width]
+
+    def block(conv, n):
+        return [conv, randomize_bn(nn.BatchNorm2d(n, 1e-3), gen), legacy.named(nn.ReLU(True), 'cudnn.ReLU')]
+
+    features = nn.Sequential(
+        *block(psc(3, c[0], 11, 4, 2, 3, density, gen), c[0]), nn.MaxPool2d(3, 2),
+        *block(psc(c[0], c[1], 5, 1, 2, 10, density, gen), c[1]), nn.MaxPool2d(3, 2),
+        *block(psc(c[1], c[2], 3, 1, 1, 10, density, gen), c[2]),
+        *block(psc(c[2], c[3], 3, 1, 1, 10, density, gen), c[3]),
+        *block(psc(c[3], c[4], 3, 1, 1, 10, density, gen), c[4]), nn.MaxPool2d(3, 2))
+    classifier = nn.Sequential(
+        legacy.Dropout(0.5), *block(psc(c[4], c[5], 6, 1, 0, 16, density, gen), c[5]),
+        legacy.Dropout(0.5, v1=True), *block(psc(c[5], c[5], 1, 1, 0, 16, density, gen), c[5]),
+        nn.Conv2d(c[5], 10, 1), legacy.View(10), legacy.LogSoftMax())
+    return nn.Sequential(features, classifier).eval()
+
+
+def resnet_lcnn_small(density, gen):
+    """resnet-lcnn's structure (models/resnet-lcnn.lua, basic blocks, shortcut B) with fewer channels."""
+    def bn(n):
+        return randomize_bn(nn.BatchNorm2d(n), gen)
+
+    def block(cin, cout, stride):
+        body = nn.Sequential(psc(cin, cout, 3, stride, 1, 6, density, gen), bn(cout), nn.ReLU(True),
+                             psc(cout, cout, 3, 1, 1, 6, density, gen), bn(cout))
+        short = nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride), bn(cout))
+        return nn.Sequential(legacy.ConcatTable(body, short), legacy.CAddTable(True), nn.ReLU(True))
+
+    return nn.Sequential(psc(3, 8, 7, 2, 3, 3, density, gen), bn(8), nn.ReLU(True), nn.MaxPool2d(3, 2, 1),
+                         block(8, 8, 1), block(8, 16, 2), block(16, 24, 2), nn.AvgPool2d(4, 1),
+                         legacy.View(24).setNumInputDims(3), nn.Linear(24, 10), legacy.LogSoftMax()).eval()
+
+
+@pytest.mark.parametrize('density', [0.005, 0.5])
+def test_alexnet_lcnn_shaped(cpp, density):
+    gen = torch.Generator().manual_seed(int(density * 1000))
+    model = alexnet_lcnn_small(density, gen)
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    with torch.no_grad():
+        ref = model(x)
+        for path in ('lookup', 'dense'):
+            compiled = lookup.compile(model, path=path)
+            close(compiled(x), ref)
+            close(compiled(x[:1]), model(x[:1]))  # nn.View makes a batch of one 1-D, as in Lua
+        timed = lookup.compile(model, x[:1], repeats=1)
+    assert {m.path for m in lookup.lookup_layers(timed)} <= {'lookup', 'dense'}
+    close(timed(x), ref)
+    # Every convolution block became one fused layer: 7 lookup layers and the dense classifier.
+    layers = lookup.lookup_layers(timed)
+    assert [m.has_lookup for m in layers] == [True] * 7 + [False]
+    assert not any(isinstance(m, (PooledSpatialConvolution, nn.BatchNorm2d, nn.MaxPool2d)) for m in timed.modules())
+
+
+@pytest.mark.parametrize('density', [0.005, 0.5])
+def test_resnet_lcnn_shaped(cpp, density):
+    gen = torch.Generator().manual_seed(int(density * 1000) + 1)
+    model = resnet_lcnn_small(density, gen)
+    x = torch.randn(3, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        ref = model(x)
+        close(lookup.compile(model, path='lookup')(x), ref)
+        close(lookup.compile(model, path='dense')(x), ref)
+        close(lookup.compile(model)(x[:1]), model(x[:1]))
+
+
+def test_compile_leaves_model_untouched(cpp):
+    gen = torch.Generator().manual_seed(2)
+    model = resnet_lcnn_small(0.1, gen).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lookup.compile(model)
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cost_model_prefers_dense_for_large_dictionaries(cpp):
+    gen = torch.Generator().manual_seed(4)
+    small = psc(64, 64, 3, 1, 1, 8, 0.02, gen)     # few multiplications per output: lookup
+    large = psc(64, 64, 3, 1, 1, 500, 0.05, gen)   # dictionary larger than the input: dense
+    compiled = lookup.compile(nn.Sequential(small, large).eval())
+    assert [m.path for m in compiled] == ['lookup', 'dense']
+
+
+def fixture_model(tmp_path, name):
+    path = tmp_path / f'{name}.t7'
+    path.write_bytes(lzma.decompress((FIXTURES / f'{name}.t7.xz').read_bytes()))
+    return t7.load_model(path)
+
+
+@pytest.mark.parametrize('name', ['alexnet-lcnn', 'resnet8-lcnn'])
+def test_fixture_models_match_lua(cpp, tmp_path, name):
+    model = fixture_model(tmp_path, name)
+    x = t7.load(FIXTURES / 'alexnet-lcnn.input.t7')
+    lua = t7.load(FIXTURES / f'{name}.output.t7')
+    with torch.no_grad():
+        # alexnet: per-layer choice timed on batch 1; resnet8: every pooled layer on the lookup kernel.
+        compiled = lookup.compile(model, x[:1], repeats=1) if name == 'alexnet-lcnn' else \
+            lookup.compile(model, path='lookup')
+        out = compiled(x)
+    close(out, lua)
+    if name == 'resnet8-lcnn':
+        assert all(m.path == 'lookup' for m in lookup.lookup_layers(compiled) if m.has_lookup)
+    lookup.export(compiled, tmp_path / f'{name}.h5')
+    with torch.no_grad():
+        assert torch.equal(lookup.load(tmp_path / f'{name}.h5')(x), out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fallback
+
+
+def test_forced_torch_backend(monkeypatch):
+    monkeypatch.setenv('LCNN_LOOKUP_BACKEND', 'torch')
+    gen = torch.Generator().manual_seed(9)
+    model = resnet_lcnn_small(0.05, gen)
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        compiled = lookup.compile(model, path='lookup')
+    assert {m.backend for m in lookup.lookup_layers(compiled)} == {'torch'}
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    alex = alexnet_lcnn_small(0.02, gen)
+    x = torch.randn(1, 3, 224, 224, generator=gen)
+    with torch.no_grad():
+        close(lookup.compile(alex, path='lookup')(x), alex(x))
+
+
+def test_no_compiler_falls_back_with_one_warning(monkeypatch):
+    def no_compiler():
+        raise RuntimeError('Error building extension: c++: command not found')
+
+    monkeypatch.delenv('LCNN_LOOKUP_BACKEND', raising=False)
+    monkeypatch.setattr(lookup, '_build_extension', no_compiler)
+    monkeypatch.setattr(lookup, '_ops_loaded', lambda: False)
+    monkeypatch.setitem(lookup._state, 'backend', None)
+    gen = torch.Generator().manual_seed(10)
+    model = nn.Sequential(psc(4, 9, 3, 2, 1, 5, 0.2, gen), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    x = torch.randn(2, 4, 16, 16, generator=gen)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        first = lookup.compile(model, path='lookup')
+        second = lookup.compile(model)
+    assert len(caught) == 1 and 'pure-torch fallback' in str(caught[0].message)
+    assert lookup.lookup_layers(first)[0].backend == 'torch'
+    with torch.no_grad():
+        close(first(x), model(x))
+        close(second(x), model(x))
+    with pytest.raises(LookupInferenceError, match='could not be built'):
+        lookup.resolve_backend('cpp')
+
+
+def test_bad_arguments():
+    with pytest.raises(LookupInferenceError, match='unknown'):
+        lookup.resolve_backend('gpu')
+    with pytest.raises(LookupInferenceError, match="path 'fast'"):
+        lookup.compile(nn.Sequential(), path='fast')
+    with pytest.raises(LookupInferenceError, match='runs on CPU'):
+        lookup.compile(nn.Sequential(nn.Conv2d(2, 3, 3, device='meta')))
+    conv = LookupConv2d.from_conv(nn.Conv2d(2, 3, 3))
+    with pytest.raises(LookupInferenceError, match='no lookup form'):
+        conv.set_path('lookup')
+    with pytest.raises(LookupInferenceError, match='float32'):
+        conv(torch.zeros(1, 2, 5, 5, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timing table and HDF5 export
+
+
+def test_time_layers_rows(cpp):
+    gen = torch.Generator().manual_seed(12)
+    model = resnet_lcnn_small(0.05, gen)
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    rows = lookup.time_layers(model, x, repeats=2)
+    compiled = lookup.compile(model)
+    assert len(rows) == len(lookup.lookup_layers(compiled)) + 1
+    assert rows[-1].name.startswith('total') and rows[-1].lookup_ms > 0 and rows[-1].dense_ms > 0
+    plain = [r for r in rows[:-1] if r.lookup_ms is None]
+    assert len(plain) == 2 and all(r.chosen == 'dense' for r in plain)  # the two shortcut convolutions
+    text = lookup.format_timing(rows)
+    assert len(text.splitlines()) == len(rows) + 2 and 'total (whole network)' in text
+
+
+@pytest.mark.parametrize('maker', [alexnet_lcnn_small, resnet_lcnn_small])
+def test_hdf5_round_trip(cpp, tmp_path, maker):
+    gen = torch.Generator().manual_seed(13)
+    model = maker(0.05, gen)
+    x = torch.randn(2, 3, 224 if maker is alexnet_lcnn_small else 64, 224 if maker is alexnet_lcnn_small else 64,
+                    generator=gen)
+    compiled = lookup.compile(model, path='lookup')
+    lookup.lookup_layers(compiled)[1].set_path('dense')  # a folded lookup layer is stored in its sparse form
+    lookup.export(compiled, tmp_path / 'net.h5')
+    loaded = lookup.load(tmp_path / 'net.h5')
+    assert [m.path for m in lookup.lookup_layers(loaded)] == [m.path for m in lookup.lookup_layers(compiled)]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compiled(x))
+        close(loaded(x), model(x))
+
+
+def test_hdf5_holds_no_training_graph(cpp, tmp_path):
+    import h5py
+    gen = torch.Generator().manual_seed(14)
+    compiled = lookup.compile(nn.Sequential(psc(4, 6, 3, 1, 1, 5, 0.3, gen), randomize_bn(nn.BatchNorm2d(6), gen),
+                                            nn.ReLU()).eval())
+    lookup.export(compiled, tmp_path / 'one.h5')
+    with h5py.File(tmp_path / 'one.h5') as f:
+        layer = f['model/children/0000']
+        assert layer.attrs['type'] == 'LookupConv2d'
+        assert sorted(layer) == ['bias', 'col', 'dict_weight', 'rowptr', 'values']
+        assert layer['rowptr'][-1] == layer['values'].shape[0] == layer['col'].shape[0]
+
+
+def test_export_and_load_errors(tmp_path):
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(LookupInferenceError, match='cannot store Odd at 1'):
+        lookup.export(nn.Sequential(nn.ReLU(), Odd()), tmp_path / 'x.h5')
+    (tmp_path / 'bad.h5').write_bytes(b'not hdf5')
+    with pytest.raises(LookupInferenceError, match='cannot read'):
+        lookup.load(tmp_path / 'bad.h5')
