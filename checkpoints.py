@@ -1,0 +1,93 @@
+"""Port of clcNet's checkpoints.lua (latest.t7, model_best.t7) and of lcnn's per-epoch model_N.t7 /
+optimState_N.t7 saving, every file written whole under a temporary name and then renamed into place."""
+import copy
+import itertools
+import os
+
+import t7
+from errors import UserError, lua_print
+
+# Temporary names must not look like checkpoints: -resume picks the highest optimState_N.t7 it finds anywhere in
+# a file name, so a half-written 'optimState_3.t7.partial' left by a killed run would pass for a finished epoch.
+_TMP_PREFIX = '.incomplete-'
+_counter = itertools.count()
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic(path, write):
+    """write(tmp) fills a temporary file next to `path`, which then replaces `path` in one rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f'{_TMP_PREFIX}{os.getpid()}-{next(_counter)}')
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(directory)
+    except OSError as e:
+        raise UserError(f'cannot write {path}: {e.strerror}; check the space and permissions of {directory}') \
+            from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_incomplete(directory):
+    """Delete the temporary files of a run that was killed while saving."""
+    for name in os.listdir(directory):
+        if name.startswith(_TMP_PREFIX):
+            os.remove(os.path.join(directory, name))
+
+
+def save_object(path, obj):
+    """torch.save(path, obj) of a plain Lua value (tables, numbers, tensors)."""
+    _atomic(path, lambda tmp: t7.save(tmp, obj))
+
+
+def save_model(path, net):
+    """torch.save of the network as its nn/cudnn module tree, from a float32 CPU copy (the training network is
+    left untouched, as clcNet's deepCopy(model):float() does)."""
+    clean = copy.deepcopy(net).float().cpu()
+    _atomic(path, lambda tmp: t7.save_model(tmp, clean))
+
+
+def save_epoch(opt, epoch, net, optim_state):
+    """lcnn's end of train(): model_N.t7, then optimState_N.t7, whose presence marks epoch N as complete."""
+    save_model(os.path.join(opt.save, f'model_{epoch}.t7'), net)
+    save_object(os.path.join(opt.save, f'optimState_{epoch}.t7'), optim_state)
+
+
+def latest(opt):
+    """checkpoint.latest: (the latest.t7 table, its optimState) of -resume DIR, or (None, None)."""
+    if opt.resume == 'none':
+        return None, None
+    latest_path = os.path.join(opt.resume, 'latest.t7')
+    if not os.path.isfile(latest_path):
+        return None, None
+    lua_print('=> Loading checkpoint ' + latest_path)
+    try:
+        info = t7.load(latest_path)
+        optim_path = os.path.join(opt.resume, info['optimFile'])
+        optim_state = t7.load(optim_path)
+    except (t7.T7Error, KeyError, TypeError, OSError) as e:
+        raise UserError(f'-resume {opt.resume}: cannot read its latest checkpoint ({e}); '
+                        'delete latest.t7 to start over') from None
+    return info, optim_state
+
+
+def save(epoch, net, optim_state, is_best, opt):
+    """checkpoint.save: model_N.t7, optimState_N.t7, then latest.t7 naming them (and model_best.t7 if best)."""
+    model_file = f'model_{epoch}.t7'
+    optim_file = f'optimState_{epoch}.t7'
+    save_model(os.path.join(opt.save, model_file), net)
+    save_object(os.path.join(opt.save, optim_file), optim_state)
+    save_object(os.path.join(opt.save, 'latest.t7'),
+                {'epoch': epoch, 'modelFile': model_file, 'optimFile': optim_file})
+    if is_best:
+        save_model(os.path.join(opt.save, 'model_best.t7'), net)

@@ -1,0 +1,129 @@
+"""Port of lcnn's model.lua and clcNet's models/init.lua setup(): create the network (or load -retrain /
+-loadParams / a checkpoint), place it on its device, wrap it for several processes (DDP where Lua used
+DataParallelTable), and make the criterion."""
+import contextlib
+import io
+import os
+
+import torch
+from torch import nn
+
+import models
+import t7
+import util
+from errors import UserError, lua_print
+from layers.legacy import lua_type
+
+_DTYPES = {'single': torch.float32, 'double': torch.float64, 'half': torch.float16}
+
+
+def select_device(opt, local_rank=0):
+    """-GPU (1-based, as cutorch.setDevice) plus the process's local rank on a CUDA machine, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device('cpu')
+    index = int(opt.GPU) - 1 + local_rank
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise UserError(f'-GPU {opt.GPU} with {local_rank + 1} process(es) needs GPU {index + 1}, but this machine '
+                        f'has {count}; lower -GPU or -nGPU')
+    torch.cuda.set_device(index)
+    return torch.device('cuda', index)
+
+
+def load_model(path, flag):
+    """torch.load of a saved network (Lua's or ours) as a module."""
+    if not os.path.isfile(path):
+        raise UserError(f'{flag} {path}: file not found')
+    try:
+        return t7.load_model(path)
+    except t7.T7Error as e:
+        raise UserError(f'{flag} {path}: cannot read it as a Torch7 model ({e})') from None
+
+
+def create(opt):
+    """The network of -netType, as its model file builds it."""
+    if opt.netType not in models.NET_TYPES:
+        raise UserError(f"-netType {opt.netType}: unknown network; use one of {', '.join(models.NET_TYPES)}")
+    try:
+        return models.create(opt)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def file_regime(opt):
+    """The LRregime the -netType model file defines, or None. Lua only ran the file's definitions; the network
+    built here to read it lives on the meta device (nothing allocated) and what its builder prints is dropped."""
+    with torch.device('meta'), contextlib.redirect_stdout(io.StringIO()):
+        net = create(opt)
+    regime = getattr(net, 'LRregime', None)
+    return regime if callable(regime) else None
+
+
+def _wrap(net, dist):
+    net = net.to(dist.device)
+    if dist.world > 1:
+        ids = [dist.device.index] if dist.device.type == 'cuda' else None
+        return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return net
+
+
+def setup(opt, dist):
+    """model.lua: (model, criterion) for the lcnn recipe."""
+    if opt.retrain != 'none':
+        lua_print('Loading model from file: ' + opt.retrain)
+        net = load_model(opt.retrain, '-retrain')
+        saved = getattr(net, 'LRregime', None)
+        # A saved LRregime is Lua bytecode that t7 cannot run (it drops it): it was the regime of the -netType
+        # model file, which is also what -updateLRregime asks for.
+        if opt.updateLRregime or not callable(saved):
+            net.LRregime = file_regime(opt) or saved
+    else:
+        net = create(opt)
+        lua_print('=> Creating model from file: models/' + opt.netType + '.lua')
+        models.lua_apply(net, util.rand_initialize)
+        if opt.loadParams != 'none':
+            saved = load_model(opt.loadParams, '-loadParams')
+            try:
+                util.load_params(net, saved)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+    if opt.criterion != 'classnll':
+        raise UserError(f'-criterion {opt.criterion}: only classnll is available (nn.ClassRankingLoss was never '
+                        'part of nn)')
+    criterion = nn.NLLLoss()
+    model = _wrap(net, dist)
+    lua_print('=> Model')
+    lua_print(str(net))
+    lua_print('=> Criterion')
+    lua_print('nn.ClassNLLCriterion')
+    if dist.device.type == 'cuda':
+        lua_print('==> Converting model to CUDA')
+    return model, criterion
+
+
+def setup_clcnet(opt, checkpoint, dist):
+    """clcNet's models.setup(opt, checkpoint): (model, criterion) for the clcNet recipe."""
+    if checkpoint is not None:
+        path = os.path.join(opt.resume, checkpoint['modelFile'])
+        if not os.path.isfile(path):
+            raise UserError(f'-resume {opt.resume}: saved model not found: {path}')
+        lua_print('=> Resuming model from ' + path)
+        net = load_model(path, '-resume')
+    elif opt.retrain != 'none':
+        lua_print('Loading model from file: ' + opt.retrain)
+        net = load_model(opt.retrain, '-retrain')
+    else:
+        lua_print('=> Creating model from file: models/' + opt.netType + '.lua')
+        net = create(opt)
+    if opt.resetClassifier and checkpoint is None:
+        lua_print(' => Replacing classifier with ' + str(opt.nClasses) + '-way classifier')
+        if not isinstance(net, nn.Sequential) or lua_type(net[-1]) != 'nn.Linear':
+            raise UserError('-resetClassifier: expected the last layer of the network to be fully connected '
+                            '(nn.Linear)')
+        old = net[-1]
+        linear = models.linear(old.in_features, opt.nClasses)
+        with torch.no_grad():
+            linear.bias.zero_()
+        net[-1] = linear
+    net = net.to(_DTYPES[opt.precision])
+    return _wrap(net, dist), nn.CrossEntropyLoss()

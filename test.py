@@ -1,0 +1,123 @@
+"""Port of lcnn's test.lua: a validation epoch of floor(nTest / batchSize) centre-crop batches whose per-batch
+top-1 / top-5 (and loss) are averaged over batches, logged to test.log and printed in the Lua format."""
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import util
+from errors import UserError, lua_print, lua_tostring
+from train import Dist, Logger, TEST_LOG_KEYS, Timer, progress, unwrap
+
+
+class _Batches(Dataset):
+    """Item j is validation batch numbers[j] (1-based): the images loader.get() returns for that slice."""
+
+    def __init__(self, loader, images_per_batch, numbers):
+        self.loader = loader
+        self.images_per_batch = images_per_batch
+        self.numbers = numbers
+
+    def __len__(self):
+        return len(self.numbers)
+
+    def __getitem__(self, j):
+        start = (self.numbers[j] - 1) * self.images_per_batch
+        return self.loader.get(start, min(start + self.images_per_batch, self.loader.size()))
+
+
+class BatchShard:
+    """This process's validation batches (numbered from 1), in order, made by -nDonkeys worker processes.
+
+    lcnn tests floor(nTest / batchSize) whole batches; clcNet (`partial`) every image, the last batch shorter,
+    and with -tenCrop a batch holds batchSize / 10 images of 10 crops. One process takes the loader's own
+    test_batches(); with several, batch k goes to rank (k - 1) mod world, so every batch is scored whole, exactly
+    as one process would score it.
+    """
+
+    def __init__(self, loader, opt, dist, partial=False):
+        self.loader = loader
+        self.opt = opt
+        self.dist = dist
+        self.partial = partial
+        n_images = loader.size()
+        self.images_per_batch = opt.batchSize // getattr(loader, 'n_crops', 1)
+        if partial:
+            self.total = -(-n_images // self.images_per_batch)
+        else:
+            self.total = n_images // self.images_per_batch
+        self.numbers = list(range(1 + dist.rank, self.total + 1, dist.world))
+
+    def __len__(self):
+        return len(self.numbers)
+
+    def __iter__(self):
+        """(batch number, inputs, labels) triples."""
+        # clcNet's DataLoader (the one with num_batches, run by -nThreads workers) keeps the last partial batch in
+        # its own pass, lcnn's loaders (-nDonkeys) leave it out; take the loader's pass when it is the one wanted
+        clcnet_loader = hasattr(self.loader, 'num_batches')
+        if self.dist.world == 1 and self.partial == clcnet_loader:
+            batches = self.loader.test_batches(self.opt)
+        else:
+            workers = self.opt.nThreads if clcnet_loader else self.opt.nDonkeys
+            batches = DataLoader(_Batches(self.loader, self.images_per_batch, self.numbers), batch_size=None,
+                                 num_workers=workers)
+        for number, (inputs, labels) in zip(self.numbers, batches):
+            yield number, inputs, labels
+
+
+class Tester:
+    """test.lua: the test() that main runs after every train(), and alone under -testOnly."""
+
+    def __init__(self, model, criterion, opt, dist=None):
+        self.model = model
+        self.criterion = criterion
+        self.opt = opt
+        self.dist = dist or Dist()
+        self.logger = (Logger(f'{opt.save}/test.log', TEST_LOG_KEYS) if self.dist.main else None)
+        self.timer = Timer()
+
+    def test(self, epoch, loader):
+        opt, dist = self.opt, self.dist
+        lua_print('==> doing epoch on validation data:')
+        lua_print('==> online epoch # ' + lua_tostring(epoch))
+        n_test = loader.size()
+        batches = BatchShard(loader, opt, dist)
+        if batches.total == 0:
+            raise UserError(f'-batchSize {lua_tostring(opt.batchSize)} is larger than the {n_test} validation '
+                            'images, so there is no batch to test; use a smaller -batchSize')
+        self.timer.reset()
+        net = unwrap(self.model)
+        dist.broadcast_buffers(net)
+        net.eval()
+        device = dist.device
+        top1_sum = top5_sum = loss = 0.0
+        n = 0
+        with torch.no_grad(), progress(opt, dist, total=len(batches), desc=f'epoch {epoch} test',
+                                       unit='batch') as bar:
+            for number, inputs, labels in batches:
+                outputs = net(inputs.to(device, non_blocking=True))
+                labels = labels.to(device, non_blocking=True)
+                err = self.criterion(outputs, labels).item()
+                n += 1
+                loss += err
+                top1, top5 = util.compute_score(outputs.float(), labels, 1)
+                top1_sum += top1
+                top5_sum += top5
+                batch_number = number * opt.batchSize
+                if batch_number % 1024 == 0:
+                    lua_print(('Epoch: Testing [%d][%d/%d] | top1 : [%.2f (%.2f)] | top5 : [%.2f (%.2f)]') % (
+                        epoch, batch_number, n_test, top1, top1_sum / n, top5, top5_sum / n))
+                bar.update(1)
+        top1_sum, top5_sum, loss, n = dist.sum([top1_sum, top5_sum, loss, n])
+        loss = loss / n
+        if self.logger is not None:
+            self.logger.add({
+                '% top1 accuracy (test set) ': top1_sum / n,
+                '% top5 accuracy (test set) ': top5_sum / n,
+                'avg loss (test set)': loss,
+            })
+        lua_print(('Epoch: [%d][TESTING SUMMARY] Total Time(s): %.2f \t'
+                   'average loss (per batch): %.2f \t '
+                   'accuracy [Center](%%):\t top-1 %.2f\t top-5 %.2f') % (
+            epoch, self.timer.time(), loss, top1_sum / n, top5_sum / n))
+        lua_print('\n')
+        return top1_sum / n, top5_sum / n, loss

@@ -1,0 +1,233 @@
+"""End-to-end tests of main.py on the embedded digits (8x8 crops, a tiny network standing in for -netType):
+the run folder, -testOnly, -benchmark, -resume after a kill, -nGPU 2 on CPU, and one-line errors."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from torch import nn
+
+import main
+import models
+import t7
+from layers.legacy import LogSoftMax, View, named
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+SMALL = ['-dataset', 'digits', '-imageSize', '8', '-cropSize', '8', '-batchSize', '32', '-nDonkeys', '0',
+         '-noProgress']
+
+
+def tiny(opt):
+    """Stands in for the -netType network: the digits at 8x8 need no AlexNet to test the loops. Like the real
+    ones, lcnn networks end in LogSoftMax and clcNet's in its Linear classifier."""
+    net = nn.Sequential(named(nn.Conv2d(3, 8, 3, padding=1), 'nn.SpatialConvolution'), nn.ReLU(),
+                        View(8 * 8 * 8), nn.Linear(512, opt.nClasses))
+    if not opt.netType.startswith('clcnet'):
+        net.append(LogSoftMax())
+    return net
+
+
+# the same substitution for main.py run as a program (also in the workers -nGPU spawns, which import this)
+DRIVER = f'''
+import sys
+sys.path.insert(0, {ROOT!r})
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import models
+from test_main import tiny
+models.create = tiny
+import main
+if __name__ == '__main__':
+    main.main()
+'''
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    monkeypatch.setattr(models, 'create', tiny)
+
+
+def run_main(argv, capsys):
+    """main.main in this process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def driver(tmp_path):
+    path = tmp_path / 'driver.py'
+    path.write_text(DRIVER)
+    return str(path)
+
+
+def test_training_run_folder(tmp_path, capsys, tiny_models):
+    save = tmp_path / 'run'
+    code, out, err = run_main(SMALL + ['-nEpochs', '2', '-epochSize', '3', '-save', str(save)], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt', 'model_1.t7', 'model_2.t7', 'optimState_1.t7',
+                                        'optimState_2.t7', 'test.log', 'train.log']
+    assert t7.load(str(save / 'classes.t7')) == [str(d) for d in range(10)]
+    state = t7.load(str(save / 'optimState_2.t7'))
+    assert state['evalCounter'] == 6 and state['learningRate'] == 0.01
+    n_params = sum(p.numel() for p in models.parameters_lua_order(tiny(main.opts.parse(SMALL))))
+    assert state['dfdx'].shape == (n_params,)
+    # the saved network is the trained one, readable again
+    saved = t7.load_model(str(save / 'model_2.t7'))
+    assert [p.shape for p in saved.parameters()] == [p.shape for p in tiny(main.opts.parse(SMALL)).parameters()]
+    log = (save / 'log.txt').read_text()
+    assert log.startswith('[program started on ')
+    assert 'Saving everything to: ' + str(save) + ' \n' in log
+    assert log.count('Epoch: [2][TRAINING SUMMARY]') == 1 and log.count('Epoch: [2][TESTING SUMMARY]') == 1
+    # stdout carries the same Lua lines, tab-separated
+    assert 'Epoch: [1][3/3]\tTime ' in out and '\nnClasses: \t10\n' in out
+    assert len((save / 'train.log').read_text().splitlines()) == 3
+
+
+def test_test_only_with_retrain_and_benchmark(tmp_path, capsys, tiny_models):
+    net = tiny(main.opts.parse(SMALL))
+    path = tmp_path / 'released.t7'
+    t7.save_model(str(path), net)
+    save = tmp_path / 'eval'
+    code, out, err = run_main(SMALL + ['-testOnly', '-retrain', str(path), '-save', str(save)], capsys)
+    assert code == 0, err
+    assert 'Loading model from file: ' + str(path) in out
+    assert out.count('[TESTING SUMMARY]') == 1 and 'TRAINING' not in out
+    assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt', 'test.log']
+    code, out, err = run_main(SMALL + ['-benchmark', '-save', str(tmp_path / 'bench')], capsys)
+    assert code == 0, err
+    assert 'Benchmark Summary: memory ' in out
+
+
+def test_lookup_engine_for_test_only_and_benchmark(tmp_path, capsys, tiny_models, monkeypatch):
+    monkeypatch.setenv('LCNN_LOOKUP_BACKEND', 'torch')
+    net = tiny(main.opts.parse(SMALL))
+    path = tmp_path / 'released.t7'
+    t7.save_model(str(path), net)
+    argv = SMALL + ['-retrain', str(path), '-lookup', '-nDonkeys', '0']
+    code, out, err = run_main(argv + ['-testOnly', '-save', str(tmp_path / 'plain')], capsys)
+    assert code == 0, err
+    summary = [line for line in out.splitlines() if '[TESTING SUMMARY]' in line]
+    code, out, err = run_main(SMALL + ['-retrain', str(path), '-testOnly', '-save', str(tmp_path / 'dense')], capsys)
+    # the compiled network scores the validation set as the original does
+    assert [line.split('top-1')[1] for line in summary] == \
+        [line.split('top-1')[1] for line in out.splitlines() if '[TESTING SUMMARY]' in line]
+    code, out, err = run_main(argv + ['-benchmark', '-save', str(tmp_path / 'bench')], capsys)
+    assert code == 0, err
+    assert 'Benchmark Summary: memory ' in out and 'total (whole network)' in out
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['-dataset', 'imagenet', '-data', '/no/such/folder'], '-data /no/such/folder: no such folder'),
+    (['-dataset', 'imagenet', '-data', '{tmp}'], 'it has no train/ folder'),
+    (['-nClasses', '5'], '-nClasses is 5'),
+    (['-retrain', '{tmp}/garbage.t7'], 'cannot read it as a Torch7 model'),
+    (['-optimState', '{tmp}/missing.t7'], '-optimState {tmp}/missing.t7: file not found'),
+])
+def test_user_errors_are_one_line(tmp_path, capsys, tiny_models, argv, message):
+    (tmp_path / 'garbage.t7').write_bytes(b'this is not a torch file')
+    save = tmp_path / 'run'
+    argv = [a.replace('{tmp}', str(tmp_path)) for a in argv]
+    code, out, err = run_main(SMALL + argv + ['-save', str(save), '-cache', str(tmp_path / 'cache')], capsys)
+    assert code == 1
+    assert err.startswith('main.py: ') and err.count('\n') == 1
+    assert message.replace('{tmp}', str(tmp_path)) in err
+    assert not save.exists() or not [n for n in os.listdir(save) if n.startswith(('model_', 'optimState_'))]
+
+
+def test_nan_loss_stops_without_checkpoint(tmp_path, capsys, tiny_models):
+    save = tmp_path / 'run'
+    code, out, err = run_main(SMALL + ['-nEpochs', '2', '-epochSize', '5', '-constantLR', '1e30',
+                                       '-save', str(save)], capsys)
+    assert code == 1
+    assert err.startswith('main.py: the training loss became ') and err.count('\n') == 1
+    assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt']
+
+
+def test_program_error_has_no_traceback(tmp_path):
+    (tmp_path / 'garbage.t7').write_bytes(b'\x00' * 7)
+    result = subprocess.run([PYTHON, os.path.join(ROOT, 'main.py'), *SMALL, '-testOnly', '-retrain',
+                             str(tmp_path / 'garbage.t7'), '-save', str(tmp_path / 'run')],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith(f'main.py: -retrain {tmp_path}/garbage.t7: cannot read it')
+
+
+def test_resume_after_kill(tmp_path):
+    save = tmp_path / 'run'
+    argv = [PYTHON, driver(tmp_path), *SMALL, '-epochSize', '4', '-save', str(save)]
+    proc = subprocess.Popen(argv + ['-nEpochs', '1000'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (save / 'optimState_2.t7').exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = max(int(n[len('optimState_'):-len('.t7')]) for n in os.listdir(save)
+               if n.startswith('optimState_') and n.endswith('.t7'))
+    assert done >= 2
+    for n in range(1, done + 1):
+        # every finished epoch left whole files
+        assert t7.load(str(save / f'optimState_{n}.t7'))['evalCounter'] == 4 * n
+        t7.load_model(str(save / f'model_{n}.t7'))
+    result = subprocess.run(argv + ['-nEpochs', str(done + 1), '-resume', str(save)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f'Loading optimState from file: {save}/optimState_{done}.t7' in result.stdout
+    assert f'==> online epoch # {done + 1}\n' in result.stdout and '==> online epoch # 1\n' not in result.stdout
+    # the optimizer went on from the saved state: its step counter continues
+    assert t7.load(str(save / f'optimState_{done + 1}.t7'))['evalCounter'] == 4 * (done + 1)
+    assert not [n for n in os.listdir(save) if n.startswith('.')]
+    log = (save / 'log.txt').read_text()
+    assert log.count('[program started on ') == 2
+
+
+def test_two_cpu_workers_from_the_command_line(tmp_path):
+    save = tmp_path / 'run'
+    result = subprocess.run([PYTHON, driver(tmp_path), *SMALL, '-nGPU', '2', '-nEpochs', '1', '-epochSize', '3',
+                             '-save', str(save)], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    # rank 0 alone prints, logs and saves
+    for text in (result.stdout, (save / 'log.txt').read_text()):
+        assert text.count('Epoch: [1][3/3]') == 1 and text.count('[TESTING SUMMARY]') == 1
+    assert {'model_1.t7', 'optimState_1.t7'} <= set(os.listdir(save))
+    assert len((save / 'test.log').read_text().splitlines()) == 2
+
+
+def test_clcnet_recipe_checkpoints_best_and_resume(tmp_path, capsys, tiny_models):
+    save = tmp_path / 'run'
+    clc = SMALL + ['-netType', 'clcneta', '-batchSize', '512', '-LR', '0.1', '-save', str(save)]
+    code, out, err = run_main(clc + ['-nEpochs', '2'], capsys)
+    assert code == 0, err
+    # ceil(1437 / 512) = 3 training batches per epoch, the learning rate falling linearly over the 6 of the run
+    assert 'lr = 0.1\n' in out and 'lr = 0.05\n' in out
+    assert ' | Epoch: [2][3/3]    Time ' in out
+    # every validation image is tested: 359 = 512 - 153, one short batch
+    assert ' | Test: [1][1/1]    Time ' in out
+    assert out.count(' * Best model \t') >= 1 and ' * Finished top1: ' in out
+    assert t7.load(str(save / 'latest.t7')) == {'epoch': 2, 'modelFile': 'model_2.t7', 'optimFile': 'optimState_2.t7'}
+    state = t7.load(str(save / 'optimState_2.t7'))
+    assert state['nesterov'] is True and state['evalCounter'] == 6
+    assert {'model_best.t7', 'model_1.t7', 'model_2.t7'} <= set(os.listdir(save))
+    code, out, err = run_main(clc + ['-nEpochs', '3', '-resume', str(save)], capsys)
+    assert code == 0, err
+    assert f'=> Loading checkpoint {save}/latest.t7' in out and f'=> Resuming model from {save}/model_2.t7' in out
+    assert '=> Training epoch # 3\n' in out and 'epoch # 1\n' not in out
+    assert t7.load(str(save / 'optimState_3.t7'))['evalCounter'] == 9
+    # a fresh classifier for fine-tuning replaces the last Linear
+    code, out, err = run_main(clc + ['-nEpochs', '1', '-retrain', str(save / 'model_3.t7'), '-resetClassifier',
+                                     '-nClasses', '10', '-save', str(tmp_path / 'tuned')], capsys)
+    assert code == 0, err
+    assert ' => Replacing classifier with 10-way classifier' in out
