@@ -14,6 +14,8 @@ DATASET_CLASSES = {'imagenet': 1000, 'digits': 10}
 
 CLCNET_NETTYPES = ('clcnet', 'clcneta', 'clcnetb')
 # clcNet's stage depths (a, b, c, d) behind its two named networks.
+CLCNET_DEFAULT_LR = 0.1
+CLCNET_DEFAULT_WEIGHT_DECAY = 1e-4
 CLCNET_STAGES = {'clcneta': (1, 1, 5, 2), 'clcnetb': (1, 1, 7, 3)}
 CLCNET_DEFAULT_EPOCHS = 100
 
@@ -343,6 +345,12 @@ def _clcnet(opt, given):
             opt.netType = 'clcnet'
         if opt.nEpochs == 0:
             opt.nEpochs = CLCNET_DEFAULT_EPOCHS
+        # lcnn's -LR multiplies a regime (default 1) where clcNet's is the initial rate itself: a clcNet network
+        # left at lcnn's defaults would train at 10x its recipe's rate with no weight decay.
+        if 'LR' not in given:
+            opt.LR = CLCNET_DEFAULT_LR
+        if 'weightDecay' not in given:
+            opt.weightDecay = CLCNET_DEFAULT_WEIGHT_DECAY
     if opt.precision not in ('single', 'double', 'half'):
         _fail(f'unknown -precision {opt.precision!r} (use single, double or half)')
     if opt.resetClassifier and not ('nClasses' in given and opt.nClasses != 0):

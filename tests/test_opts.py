@@ -319,3 +319,12 @@ def test_format_like_lua_print(frozen):
     assert opts.format(opts.Options()) == '{}'
     full = opts.format(opts.parse([])).split('\n')
     assert len(full) == len(DEFAULTS) + 3 and '  data : "data/"' in full
+
+
+def test_clcnet_networks_take_clcnet_rate_and_weight_decay_unless_given(frozen):
+    opt = opts.parse(['-netType', 'clcneta'])
+    assert (opt.LR, opt.weightDecay) == (0.1, 1e-4)
+    opt = opts.parse(['-netType', 'clcneta', '-LR', '0.05', '-weightDecay', '0'])
+    assert (opt.LR, opt.weightDecay) == (0.05, 0)
+    opt = opts.parse(['-netType', 'alexnet-lcnn'])
+    assert (opt.LR, opt.weightDecay) == (1, 0)

@@ -360,7 +360,7 @@ def test_nan_loss_is_a_user_error(tmp_path, capsys):
 def test_clcnet_linear_learning_rate(tmp_path, capsys):
     opt = make_opt(tmp_path, '-netType', 'clcneta', '-LR', '0.1', '-nEpochs', '3')
     trainer = train.ClcTrainer(FixedScores(torch.zeros(1, 5)), nn.CrossEntropyLoss(), opt)
-    assert trainer.optim.state['nesterov'] is True and trainer.optim.state['weightDecay'] == 0
+    assert trainer.optim.state['nesterov'] is True and trainer.optim.state['weightDecay'] == 1e-4
     assert trainer.learning_rate_linear(1, 1, 10) == 0.1
     assert trainer.learning_rate_linear(2, 6, 10) == pytest.approx(0.1 * (1 - 15 / 30))
     assert trainer.learning_rate_linear(3, 10, 10) == pytest.approx(0.1 / 30)
