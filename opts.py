@@ -307,6 +307,8 @@ def _lua_mod(a, b):
 
 
 def _break_batch(opt):
+    if opt.batchSize < 1:
+        _fail(f'-batchSize {lua_tostring(opt.batchSize)}: a batch needs at least 1 sample')
     if opt.breakBatch > 1:
         if _lua_mod(opt.batchSize, opt.breakBatch) != 0:
             _fail(f'-batchSize {lua_tostring(opt.batchSize)} must be divisible by '

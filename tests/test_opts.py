@@ -328,3 +328,11 @@ def test_clcnet_networks_take_clcnet_rate_and_weight_decay_unless_given(frozen):
     assert (opt.LR, opt.weightDecay) == (0.05, 0)
     opt = opts.parse(['-netType', 'alexnet-lcnn'])
     assert (opt.LR, opt.weightDecay) == (1, 0)
+
+
+@pytest.mark.parametrize('argv', [['-batchSize', '0'], ['-batchSize', '-4'], ['-batchSize', '0.5']])
+def test_batch_sizes_below_one_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        opts.parse(argv)
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

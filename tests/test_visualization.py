@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import benchmark
-import models
 from layers import PooledSpatialConvolution
 from layers.legacy import LogSoftMax, View, named
 from visualization import plot, tradeoff
@@ -148,7 +147,8 @@ def assert_png_or_missing_matplotlib(code, err, png, prog):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
     else:
         assert code == 1 and not png.exists()
-        assert err.splitlines() == [f'{prog}: matplotlib is not installed; pip install -r visualization/requirements.txt']
+        assert err.splitlines() == [
+            f'{prog}: matplotlib is not installed; pip install -r visualization/requirements.txt']
 
 
 def test_plot_cli_overlays_runs_into_a_png(tmp_path):
@@ -222,11 +222,11 @@ def csv_rows():
     return [
         {'name': 'CNN', 'flags': '-netType alexnet', 'train_flags': '-nEpochs 1', 'run_dir': 'r0', 'epochs': 1,
          'top1': 97.5, 'top5': 100.0, 'counted_mults': 1000, 'dense_equiv_mults': 1000, 'counted_speedup': 1.0,
-         'lookup_ms': 30.0, 'dense_equiv_ms': 30.0, 'cnn_ms': 30.0, 'measured_speedup': 1.0, 'train_s': 10.5},
+         'lookup_ms': 30.0, 'dense_equiv_ms': 30.0, 'cnn_ms': 30.0, 'measured_speedup': 1.0, 'run_s': 10.5},
         {'name': 'LCNN p8', 'flags': '-netType alexnet-lcnn -poolSize 8', 'train_flags': '-nEpochs 1',
          'run_dir': 'r1', 'epochs': 1, 'top1': 90.25, 'top5': 99.0, 'counted_mults': 40, 'dense_equiv_mults': 600,
          'counted_speedup': 25.0, 'lookup_ms': 6.0, 'dense_equiv_ms': 20.0, 'cnn_ms': 31.0,
-         'measured_speedup': 31.0 / 6.0, 'train_s': ''},
+         'measured_speedup': 31.0 / 6.0, 'run_s': 4.0},
     ]
 
 
@@ -312,9 +312,13 @@ def test_sweep_trains_counts_and_times_each_config(tmp_path, monkeypatch):
     for row, config in zip(rows, sweep):
         run_dir = os.path.join(ROOT, row['run_dir'])
         assert os.path.isfile(os.path.join(run_dir, 'model_2.t7')) and row['epochs'] == 2
+        # the sweep keeps the last checkpoint only
+        assert sorted(f for f in os.listdir(run_dir) if f.endswith('.t7')) == [
+            'classes.t7', 'model_2.t7', 'optimState_2.t7']
         log = plot.parse_log(run_dir)
         assert (row['top1'], row['top5']) == (log.test[2].top1, log.test[2].top5)
-        assert row['train_s'] > 0 and row['flags'] == ' '.join(config.flags)
+        assert row['flags'] == ' '.join(config.flags)
+        assert row['run_s'] == round(sum(s.time for s in list(log.train.values()) + list(log.test.values())), 1)
         assert row['lookup_ms'] > 0 and row['cnn_ms'] > 0
     dense = 16 * 3 * 9 * 64 + 16 * 64 * 10
     assert cnn['counted_mults'] == cnn['dense_equiv_mults'] == dense and cnn['counted_speedup'] == 1.0
@@ -329,7 +333,6 @@ def test_sweep_trains_counts_and_times_each_config(tmp_path, monkeypatch):
     again = tradeoff.run_sweep(sweep, TINY_FLAGS, str(work), main_cmd=[PYTHON, str(driver)], rounds=1, repeats=1,
                                out=messages.append)
     assert [r['run_dir'] for r in again] == [r['run_dir'] for r in rows]
-    assert [r['train_s'] for r in again] == ['', '']
     assert sum('reusing the finished run' in m for m in messages) == 2
 
 

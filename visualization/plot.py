@@ -138,7 +138,7 @@ def draw_curves(runs, output):
         ax.grid(True, alpha=0.3)
         # epochs are whole numbers; matplotlib would otherwise put ticks at 1.5 on short runs
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax_acc.legend(loc='lower right', fontsize='small')
+    ax_acc.legend(loc='best', fontsize='small')
     fig.tight_layout()
     save_figure(fig, output)
     plt.close(fig)

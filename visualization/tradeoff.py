@@ -66,7 +66,7 @@ QUICK_SWEEP = [CNN, lcnn(8, 16, 2)]
 _COUNT_RE = re.compile(r'Counted multiplications vs dense equivalent: (\d+) vs (\d+) \(')
 
 CSV_FIELDS = ('name', 'flags', 'train_flags', 'run_dir', 'epochs', 'top1', 'top5', 'counted_mults', 'dense_equiv_mults',
-              'counted_speedup', 'lookup_ms', 'dense_equiv_ms', 'cnn_ms', 'measured_speedup', 'train_s')
+              'counted_speedup', 'lookup_ms', 'dense_equiv_ms', 'cnn_ms', 'measured_speedup', 'run_s')
 
 
 class TradeoffError(Exception):
@@ -114,23 +114,32 @@ def _run_main(main_cmd, argv, what):
 
 
 def train(config, train_flags, work_dir, main_cmd, out=print):
-    """(run folder, its last epoch, training seconds or None) of `config`: trained now unless a finished run with
-    the same flags is there already (a sweep stopped half-way goes on where it was)."""
+    """(run folder, its last epoch) of `config`: trained now unless a finished run with the same flags is there
+    already (a sweep stopped half-way goes on where it was)."""
     n_epochs = int(flag_value(train_flags + config.flags, '-nEpochs', '55'))
     config_dir = os.path.join(work_dir, _slug(config.name))
     run_dir = finished_run(config_dir, n_epochs)
     if run_dir is not None:
         out(f'  reusing the finished run {run_dir}')
-        return run_dir, n_epochs, None
+        drop_earlier_checkpoints(run_dir, n_epochs)
+        return run_dir, n_epochs
     out(f'  training; main.py writes its log.txt under {config_dir}')
-    start = time.perf_counter()
     _run_main(main_cmd, COMMON_FLAGS + train_flags + config.flags + ['-cache', config_dir], f'training {config.name}')
-    seconds = time.perf_counter() - start
     run_dir = finished_run(config_dir, n_epochs)
     if run_dir is None:
         raise TradeoffError(f'training {config.name}: main.py ended without a tested model_{n_epochs}.t7 under '
                             f'{config_dir}; look at the log.txt there')
-    return run_dir, n_epochs, seconds
+    drop_earlier_checkpoints(run_dir, n_epochs)
+    return run_dir, n_epochs
+
+
+def drop_earlier_checkpoints(run_dir, n_epochs):
+    """Delete model_k.t7 and optimState_k.t7 for k < n_epochs: an AlexNet checkpoint is ~470 MB and the sweep
+    reads only the last one (kept with its optimState, so the run can still be continued with -resume)."""
+    for name in os.listdir(run_dir):
+        m = re.fullmatch(r'(?:model|optimState)_(\d+)\.t7', name)
+        if m and int(m.group(1)) < n_epochs:
+            os.remove(os.path.join(run_dir, name))
 
 
 def count_multiplications(checkpoint, train_flags, work_dir, main_cmd):
@@ -226,7 +235,7 @@ def _sweep(sweep, train_flags, work_dir, main_cmd, rounds, repeats, out):
     rows, cnn = [], None
     for i, config in enumerate(sweep, 1):
         out(f'[{i}/{len(sweep)}] {config.name}: {" ".join(config.flags)}')
-        run_dir, epoch, seconds = train(config, train_flags, work_dir, main_cmd, out)
+        run_dir, epoch = train(config, train_flags, work_dir, main_cmd, out)
         log = parse_log(run_dir, config.name)
         checkpoint = os.path.join(run_dir, f'model_{epoch}.t7')
         counted, dense = count_multiplications(checkpoint, train_flags, work_dir, main_cmd)
@@ -240,11 +249,14 @@ def _sweep(sweep, train_flags, work_dir, main_cmd, rounds, repeats, out):
                                   rounds, repeats)
         test = log.last_test()
         row = {
-            'name': config.name, 'flags': ' '.join(config.flags), 'train_flags': ' '.join(train_flags), 'run_dir': os.path.relpath(run_dir, ROOT),
+            'name': config.name, 'flags': ' '.join(config.flags), 'train_flags': ' '.join(train_flags),
+            'run_dir': os.path.relpath(run_dir, ROOT),
             'epochs': epoch, 'top1': test.top1, 'top5': test.top5,
             'counted_mults': counted, 'dense_equiv_mults': dense, 'counted_speedup': cnn['counted'] / counted,
             'lookup_ms': ms['lookup'], 'dense_equiv_ms': ms['dense'], 'cnn_ms': ms['cnn'],
-            'measured_speedup': ms['cnn'] / ms['lookup'], 'train_s': '' if seconds is None else round(seconds, 1),
+            'measured_speedup': ms['cnn'] / ms['lookup'],
+            # what the epochs took by the log's summaries (main.py's start-up and data set-up not counted)
+            'run_s': round(sum(e.time for e in list(log.train.values()) + list(log.test.values())), 1),
         }
         rows.append(row)
         out(f'  top-1 {test.top1:.2f}%  counted {row["counted_speedup"]:.2f}x  measured {row["measured_speedup"]:.2f}x '
@@ -270,7 +282,8 @@ def read_csv(path):
         raise TradeoffError(f'-fromCSV {path}: no such file; give a tradeoff.csv written by this script')
     with open(path, newline='') as f:
         reader = csv.DictReader(f)
-        missing = [k for k in ('name', 'top1', 'counted_speedup', 'measured_speedup') if k not in (reader.fieldnames or [])]
+        columns = reader.fieldnames or []
+        missing = [k for k in ('name', 'top1', 'counted_speedup', 'measured_speedup') if k not in columns]
         if missing:
             raise TradeoffError(f'{path}: not a tradeoff.csv (no column {", ".join(missing)}); give a CSV written '
                                 'by this script')
@@ -288,30 +301,38 @@ def read_csv(path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The figure: the paper's layout (accuracy on x, speedup on y, LCNN as a line of points, the CNN as a cross)
+# The figure
 
 
 def draw(rows, output, title='AlexNet LCNN on the embedded digits'):
+    """The paper's layout (accuracy on x, speedup on y, LCNN green dots, the CNN an orange cross) with both speedups
+    of each LCNN run joined by a grey line. The y axis is logarithmic: sparse runs reach 100x and more counted."""
     plt = import_pyplot()
-    cnn, lcnn_rows = rows[0], sorted(rows[1:], key=lambda r: r['top1'])
-    fig, ax = plt.subplots(figsize=(6.4, 4.5))
+    from matplotlib.ticker import FuncFormatter
+    cnn, lcnn_rows = rows[0], rows[1:]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for r in lcnn_rows:
+        ax.plot([r['top1'], r['top1']], [r['measured_speedup'], r['counted_speedup']], '-', color='#bdbdbd',
+                linewidth=1.5, zorder=1)
+        ax.annotate(r['name'].replace('LCNN ', ''), (r['top1'], r['counted_speedup']), textcoords='offset points',
+                    xytext=(7, -3), fontsize=7, color='#555555')
     if lcnn_rows:
         acc = [r['top1'] for r in lcnn_rows]
-        ax.plot(acc, [r['counted_speedup'] for r in lcnn_rows], '-o', color='#7cb342', markeredgecolor='#33691e',
-                linewidth=2.5, markersize=7, label='LCNN (counted multiplications)')
-        ax.plot(acc, [r['measured_speedup'] for r in lcnn_rows], '-s', color='#1e88e5', markeredgecolor='#0d47a1',
-                linewidth=2, markersize=6, label='LCNN (measured, lookup engine, 1 thread)')
-        for r in lcnn_rows:
-            ax.annotate(r['name'].replace('LCNN ', ''), (r['top1'], r['counted_speedup']), textcoords='offset points',
-                        xytext=(6, 4), fontsize=7, color='#555555')
-    ax.plot([cnn['top1']], [1.0], 'x', color='#e69500', markersize=10, markeredgewidth=2.5, label='CNN (AlexNet)')
+        ax.plot(acc, [r['counted_speedup'] for r in lcnn_rows], 'o', color='#7cb342', markeredgecolor='#33691e',
+                markersize=8, label='LCNN, counted multiplications', zorder=3)
+        ax.plot(acc, [r['measured_speedup'] for r in lcnn_rows], 's', color='#1e88e5', markeredgecolor='#0d47a1',
+                markersize=6, label='LCNN, measured (lookup engine, 1 thread)', zorder=3)
+    ax.plot([cnn['top1']], [1.0], 'x', color='#e69500', markersize=10, markeredgewidth=2.5, label='CNN (AlexNet)',
+            zorder=3)
+    ax.set_yscale('log')
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}x'))
+    top = max([1.0] + [r['counted_speedup'] for r in lcnn_rows])
+    ax.set_ylim(0.7, top * 1.6)
+    ax.margins(x=0.1)
     ax.set_xlabel('Accuracy (top-1 %, digits validation)')
     ax.set_ylabel('Speedup over the CNN')
     ax.set_title(title, fontsize=10)
-    top = max([1.0] + [r['counted_speedup'] for r in lcnn_rows] + [r['measured_speedup'] for r in lcnn_rows])
-    ax.set_ylim(0, top * 1.12)
-    ax.margins(x=0.12)
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, which='major', alpha=0.3)
     ax.legend(loc='best', fontsize=8)
     fig.tight_layout()
     save_figure(fig, output)
@@ -327,7 +348,8 @@ def parse_args(argv):
     p.add_argument('-quick', action='store_true', help='two configs, very short runs: a smoke test of the pipeline')
     p.add_argument('-dir', help='folder of the sweep\'s runs [cache/tradeoff, or cache/tradeoff-quick]')
     p.add_argument('-csv', help='CSV to write [visualization/tradeoff.csv, or <dir>/tradeoff.csv with -quick]')
-    p.add_argument('-o', '--output', help='PNG to write [visualization/tradeoff.png, or <dir>/tradeoff.png with -quick]')
+    p.add_argument('-o', '--output',
+                   help='PNG to write [visualization/tradeoff.png, or <dir>/tradeoff.png with -quick]')
     p.add_argument('-fromCSV', metavar='CSV', help='only draw the figure from this CSV (no training)')
     p.add_argument('-rounds', type=int, default=7, help='timing rounds per model (median over all) [7]')
     return p.parse_args(argv)
