@@ -13,6 +13,7 @@ import main
 import models
 import t7
 from layers.legacy import LogSoftMax, View, named
+from tests.drivers import main_driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -30,18 +31,7 @@ def tiny(opt):
     return net
 
 
-# the same substitution for main.py run as a program (also in the workers -nGPU spawns, which import this)
-DRIVER = f'''
-import sys
-sys.path.insert(0, {ROOT!r})
-sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-import models
-from test_main import tiny
-models.create = tiny
-import main
-if __name__ == '__main__':
-    main.main()
-'''
+DRIVER = main_driver('test_main')
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import benchmark
 from layers import PooledSpatialConvolution
 from layers.legacy import LogSoftMax, View, named
 from visualization import plot, tradeoff
+from tests.drivers import main_driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -279,17 +280,7 @@ def tiny(opt):
                          named(nn.Linear(16 * 8 * 8, opt.nClasses), 'nn.Linear'), LogSoftMax())
 
 
-DRIVER = f'''
-import sys
-sys.path.insert(0, {ROOT!r})
-sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-import models
-from test_visualization import tiny
-models.create = tiny
-import main
-if __name__ == '__main__':
-    main.main()
-'''
+DRIVER = main_driver('test_visualization')
 
 TINY_FLAGS = ['-imageSize', '8', '-cropSize', '8', '-nEpochs', '2', '-epochSize', '3', '-batchSize', '32',
               '-nDonkeys', '0', '-LR', '5']

@@ -1,0 +1,20 @@
+"""Helper for tests that run main.py as a program with models.create replaced by a test module's tiny network."""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_driver(test_module):
+    """Source of a script that runs main.main() with models.create = <test_module>.tiny (also in the workers that
+    -nGPU spawns, which import the script)."""
+    return f'''
+import sys
+sys.path.insert(0, {ROOT!r})
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import models
+from {test_module} import tiny
+models.create = tiny
+import main
+if __name__ == '__main__':
+    main.main()
+'''
