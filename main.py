@@ -18,10 +18,11 @@ import model as model_setup
 import opts
 import t7
 import test
+import runtime
 import train
 from errors import UserError, console, lua_print
 from layers import lookup
-from train import Dist, progress, unwrap
+from runtime import Dist, progress, unwrap
 
 # the errors a user causes and fixes (bad flags, files, data); anything else is a bug and keeps its traceback
 USER_ERRORS = (UserError, t7.T7Error, data.DataError, benchmark.BenchmarkError, lookup.LookupInferenceError)
@@ -131,11 +132,11 @@ def run(opt, dist):
         os.makedirs(opt.save, exist_ok=True)
         checkpoints.remove_incomplete(opt.save)
         console.open_log(os.path.join(opt.save, 'log.txt'), opts.log_text(opt), append=opt.resume != 'none')
-        train.progress_aware_printing(opt, dist)
+        runtime.progress_aware_printing(opt, dist)
     lua_print(opts.format(opt))
     # every worker draws its own samples and dropout masks; rank 0 keeps -manualSeed (DDP starts all workers
     # from rank 0's parameters)
-    data_opt = train.worker_opt(opt, dist)
+    data_opt = runtime.worker_opt(opt, dist)
     torch.manual_seed(data_opt.manualSeed)
     lua_print('Saving everything to: ' + opt.save)
     train_loader, test_loader = setup_data(data_opt, dist)

@@ -1,67 +1,11 @@
 """Port of lcnn's test.lua: a validation epoch of floor(nTest / batchSize) centre-crop batches whose per-batch
 top-1 / top-5 (and loss) are averaged over batches, logged to test.log and printed in the Lua format."""
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 import util
 from errors import UserError, lua_print, lua_tostring
-from train import Dist, Logger, TEST_LOG_KEYS, Timer, progress, unwrap
-
-
-class _Batches(Dataset):
-    """Item j is validation batch numbers[j] (1-based): the images loader.get() returns for that slice."""
-
-    def __init__(self, loader, images_per_batch, numbers):
-        self.loader = loader
-        self.images_per_batch = images_per_batch
-        self.numbers = numbers
-
-    def __len__(self):
-        return len(self.numbers)
-
-    def __getitem__(self, j):
-        start = (self.numbers[j] - 1) * self.images_per_batch
-        return self.loader.get(start, min(start + self.images_per_batch, self.loader.size()))
-
-
-class BatchShard:
-    """This process's validation batches (numbered from 1), in order, made by -nDonkeys worker processes.
-
-    lcnn tests floor(nTest / batchSize) whole batches; clcNet (`partial`) every image, the last batch shorter,
-    and with -tenCrop a batch holds batchSize / 10 images of 10 crops. One process takes the loader's own
-    test_batches(); with several, batch k goes to rank (k - 1) mod world, so every batch is scored whole, exactly
-    as one process would score it.
-    """
-
-    def __init__(self, loader, opt, dist, partial=False):
-        self.loader = loader
-        self.opt = opt
-        self.dist = dist
-        self.partial = partial
-        n_images = loader.size()
-        self.images_per_batch = opt.batchSize // getattr(loader, 'n_crops', 1)
-        if partial:
-            self.total = -(-n_images // self.images_per_batch)
-        else:
-            self.total = n_images // self.images_per_batch
-        self.numbers = list(range(1 + dist.rank, self.total + 1, dist.world))
-
-    def __len__(self):
-        return len(self.numbers)
-
-    def __iter__(self):
-        """(batch number, inputs, labels) triples."""
-        # clcNet's DataLoader (the one with num_batches, run by -nThreads workers) keeps the last partial batch in
-        # its own pass, lcnn's loaders (-nDonkeys) leave it out; take the loader's pass when it is the one wanted
-        clcnet_loader = hasattr(self.loader, 'num_batches')
-        if self.dist.world == 1 and self.partial == clcnet_loader:
-            batches = self.loader.test_batches(self.opt)
-        else:
-            workers = self.opt.nThreads if clcnet_loader else self.opt.nDonkeys
-            batches = DataLoader(_Batches(self.loader, self.images_per_batch, self.numbers), batch_size=None,
-                                 num_workers=workers)
-        for number, (inputs, labels) in zip(self.numbers, batches):
-            yield number, inputs, labels
+from optim import Logger, TEST_LOG_KEYS
+from runtime import BatchShard, Dist, Timer, progress, unwrap
 
 
 class Tester:

@@ -1,26 +1,18 @@
 """Port of lcnn's train.lua (per-epoch LR regimes, -breakBatch accumulation, train.log, per-batch lines) with
-utils/queue.lua and optim's sgd/adam/Logger, and of clcNet's train.lua trainer (fb.resnet.torch's Trainer)."""
+utils/queue.lua, and of clcNet's train.lua trainer (fb.resnet.torch's Trainer)."""
 import collections
 import contextlib
-import copy
 import math
 import os
-import sys
-import time
 
 import torch
-import torch.distributed as torch_dist
-from tqdm import tqdm
 
 import checkpoints
 import models
 import util
-from errors import UserError, console, lua_print, lua_tostring
-
-# optim.Logger writes its columns in the order LuaJIT's pairs() walks the table literal given to :add(). These
-# are the orders Torch7's own LuaJIT (torch/luajit-rocks, 2.1.0-beta2, whose string hash is not seeded) gives.
-TRAIN_LOG_KEYS = ('% top5 accuracy (train set)', 'avg loss (train set)', '% top1 accuracy (train set)')
-TEST_LOG_KEYS = ('% top1 accuracy (test set) ', '% top5 accuracy (test set) ', 'avg loss (test set)')
+from errors import UserError, lua_print, lua_tostring
+from optim import Logger, LuaOptim, TRAIN_LOG_KEYS, load_optim_state
+from runtime import BatchShard, Dist, Timer, progress, to_device, unwrap, worker_opt
 
 # train.lua's 55-epoch recipe: (first epoch, last epoch, learning rate before -LR, weight decay)
 _REGIMES = (
@@ -62,234 +54,10 @@ class Queue:
         return total
 
 
-class Logger:
-    """optim.Logger as train.lua / test.lua set it up: created without a file (hence its warning on stdout), then
-    pointed at `path` opened for appending, so every process start writes the header row again."""
-
-    def __init__(self, path, keys):
-        lua_print('<Logger> warning: no path provided, logging to std out')
-        self.path = path
-        self.keys = keys
-        self.empty = True
-
-    def add(self, symbols):
-        text = ''
-        if self.empty:
-            self.empty = False
-            text += ''.join(k + '\t' for k in self.keys) + '\n'
-        text += ''.join('%11.4e' % symbols[k] + '\t' for k in self.keys) + '\n'
-        with open(self.path, 'a') as f:
-            f.write(text)
-
-
-class Timer:
-    """torch.Timer's wall-clock part."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def reset(self):
-        self.start = time.perf_counter()
-
-    def time(self):
-        return time.perf_counter() - self.start
-
-
-class Dist:
-    """Where this process stands among the training processes: rank, world size, its device."""
-
-    def __init__(self, rank=0, world=1, device=None):
-        self.rank = rank
-        self.world = world
-        self.device = torch.device('cpu') if device is None else device
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    def mean(self, values):
-        """The mean over the processes of each number in `values` (a no-op for one process)."""
-        if self.world == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
-        torch_dist.all_reduce(t)
-        return (t / self.world).tolist()
-
-    def sum(self, values):
-        if self.world == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
-        torch_dist.all_reduce(t)
-        return t.tolist()
-
-    def broadcast_buffers(self, net):
-        """Rank 0's buffers (BatchNorm running statistics) everywhere, so every rank evaluates one model."""
-        if self.world == 1:
-            return
-        for buf in net.buffers():
-            torch_dist.broadcast(buf, 0)
-
-    def _comm_device(self):
-        # NCCL only moves CUDA tensors; gloo takes CPU ones
-        return self.device if self.device.type == 'cuda' else torch.device('cpu')
-
-
-def unwrap(model):
-    """The network inside a DistributedDataParallel wrapper (what Lua's cleanDPT returns)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def progress(opt, dist, **kwargs):
-    """A tqdm bar on stderr for rank 0, or a silent one when stderr is no terminal or with -noProgress."""
-    disable = (not dist.main or getattr(opt, 'noProgress', False) or not sys.stderr.isatty())
-    return tqdm(file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
-
-
-def progress_aware_printing(opt, dist):
-    """Make lua_print lift the bars out of the way while it writes, so log lines never mix with a bar."""
-    if dist.main and not getattr(opt, 'noProgress', False) and sys.stderr.isatty():
-        console.before_write = lambda: tqdm.external_write_mode(file=sys.stderr)
-
-
 def check_loss(value, epoch, batch):
     if not math.isfinite(value):
         raise UserError(f'the training loss became {value} at epoch {epoch}, batch {batch}; lower -LR '
                         '(or -constantLR) and start again, or -resume from the last checkpoint')
-
-
-def worker_opt(opt, dist):
-    """The options a worker loads its share of each batch with: batchSize / world and, but for rank 0, a seed of
-    its own (so the workers draw different samples)."""
-    if dist.world == 1:
-        return opt
-    if opt.batchSize % dist.world:
-        raise UserError(f'-batchSize {opt.batchSize} (per -breakBatch piece) does not split evenly over '
-                        f'{dist.world} workers; use a multiple of {dist.world}')
-    sub = copy.copy(opt)
-    sub.batchSize = opt.batchSize // dist.world
-    sub.manualSeed = opt.manualSeed + 7919 * dist.rank
-    return sub
-
-
-def _to_device(tensor, dist, dtype=None):
-    tensor = tensor.to(dist.device, non_blocking=True)
-    return tensor if dtype is None else tensor.to(dtype)
-
-
-# --- optim.sgd / optim.adam ----------------------------------------------------------------------------------
-
-class LuaOptim:
-    """optim.sgd or optim.adam over the tensors of Lua's getParameters() vector (`params`, in Lua order), whose
-    whole state is the Lua optimState table `state` (hyper-parameters, evalCounter, and the flattened buffers).
-
-    The arithmetic is torch.optim's: SGD matches optim.sgd exactly (weight decay added to the gradient of every
-    parameter, momentum buffer started as a copy of the first gradient, dampening, Nesterov); learningRateDecay
-    is applied by setting the step's lr to lr / (1 + evalCounter * lrd). Adam's epsilon is added to sqrt(v)
-    before the bias correction in optim.adam, so each step hands torch eps / sqrt(1 - beta2^t).
-    """
-
-    def __init__(self, kind, params, state):
-        if kind not in ('sgd', 'adam'):
-            raise UserError(f"-optimType {kind}: use sgd or adam")
-        self.kind = kind
-        self.params = list(params)
-        # the hyper-parameters and counters; the buffers live in torch's per-parameter state
-        self.state = dict(state)
-        if kind == 'sgd':
-            self.torch = torch.optim.SGD(self.params, lr=1e-3)
-            if 'dfdx' in self.state:
-                for p, buf in zip(self.params, self._split('dfdx')):
-                    self.torch.state[p]['momentum_buffer'] = buf
-        else:
-            self.torch = torch.optim.Adam(self.params, lr=1e-3)
-            if 'm' in self.state and 'v' in self.state:
-                step = float(self.state.get('t', 0))
-                for p, m, v in zip(self.params, self._split('m'), self._split('v')):
-                    self.torch.state[p].update(step=torch.tensor(step), exp_avg=m, exp_avg_sq=v)
-        for name in ('dfdx', 'm', 'v', 'denom'):
-            self.state.pop(name, None)
-
-    def _split(self, name):
-        """Lua's flat buffer `name` cut into one tensor per parameter."""
-        flat = self.state[name]
-        if not isinstance(flat, torch.Tensor):
-            raise UserError(f"the optimState's '{name}' is not a tensor; give an optimState_N.t7 written by "
-                            'optim.sgd / optim.adam')
-        flat = flat.reshape(-1)
-        total = sum(p.numel() for p in self.params)
-        if flat.numel() != total:
-            raise UserError(f"the optimState's '{name}' has {flat.numel()} values but this network has {total} "
-                            'parameters; give the optimState saved with this network')
-        pieces, offset = [], 0
-        for p in self.params:
-            pieces.append(flat[offset:offset + p.numel()].reshape(p.shape).to(p.device, p.dtype).clone())
-            offset += p.numel()
-        return pieces
-
-    def _flat(self, slot):
-        """torch's per-parameter buffers `slot` as Lua's one flat float32 vector, or None before any step."""
-        if not self.params or slot not in self.torch.state.get(self.params[0], {}):
-            return None
-        return torch.cat([self.torch.state[p][slot].detach().reshape(-1).float().cpu() for p in self.params])
-
-    def step(self):
-        """One optim.<kind>(feval, x, state) call with the gradients now in the parameters."""
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        group = self.torch.param_groups[0]
-        st = self.state
-        lr = st.get('learningRate', 1e-3)
-        lrd = st.get('learningRateDecay', 0)
-        group['weight_decay'] = st.get('weightDecay', 0)
-        if self.kind == 'sgd':
-            momentum = st.get('momentum', 0)
-            # optim.sgd's dampening defaults to the momentum, not to 0
-            dampening = st.get('dampening', momentum)
-            nesterov = bool(st.get('nesterov', False))
-            if nesterov and (momentum <= 0 or dampening != 0):
-                raise UserError('Nesterov momentum requires a momentum and zero dampening (check -momentum)')
-            nevals = st.get('evalCounter', 0)
-            group.update(lr=lr / (1 + nevals * lrd), momentum=momentum, dampening=dampening, nesterov=nesterov)
-            self.torch.step()
-            st['evalCounter'] = nevals + 1
-        else:
-            t = st.get('t', 0)
-            beta1, beta2 = st.get('beta1', 0.9), st.get('beta2', 0.999)
-            epsilon = st.get('epsilon', 1e-8)
-            group.update(lr=lr / (1 + t * lrd), betas=(beta1, beta2),
-                         eps=epsilon / math.sqrt(1 - beta2 ** (t + 1)))
-            self.torch.step()
-            st['t'] = t + 1
-
-    def lua_state(self):
-        """The optimState table as optim.sgd / optim.adam would hold it now (tensors float32 on the CPU)."""
-        out = dict(self.state)
-        if self.kind == 'sgd':
-            dfdx = self._flat('momentum_buffer')
-            if dfdx is not None:
-                out['dfdx'] = dfdx
-        else:
-            m = self._flat('exp_avg')
-            if m is not None:
-                out['m'] = m
-                out['v'] = self._flat('exp_avg_sq')
-                out['denom'] = out['v'].sqrt().add(self.state.get('epsilon', 1e-8))
-        return out
-
-
-def load_optim_state(path):
-    """torch.load of an optimState file (Lua's or ours) as a dict with string keys."""
-    import t7
-    if not os.path.isfile(path):
-        raise UserError(f'-optimState {path}: file not found; give an optimState_N.t7 file')
-    try:
-        state = t7.load(path)
-    except t7.T7Error as e:
-        raise UserError(f'-optimState {path}: not a readable Torch7 file ({e})') from None
-    if not isinstance(state, dict):
-        raise UserError(f'-optimState {path}: holds a {type(state).__name__}, not an optimState table')
-    return state
 
 
 def _zero_grad(params):
@@ -378,8 +146,8 @@ class Trainer:
         opt, dist = self.opt, self.dist
         data_loading_time = self.dataTimer.time()
         self.procTimer.reset()
-        inputs = _to_device(inputs, dist)
-        labels = _to_device(labels, dist)
+        inputs = to_device(inputs, dist)
+        labels = to_device(labels, dist)
         update = (self.batchNumber + 1) % opt.breakBatch == 0
         # DDP averages the gradients over the workers only on the sub-batch that completes a batch
         sync = contextlib.nullcontext() if update or dist.world == 1 else self.model.no_sync()
@@ -478,8 +246,8 @@ class ClcTrainer:
                 self.optim.state['learningRate'] = self.learning_rate_linear(epoch, n, train_size)
                 if n == 1:
                     lua_print('lr = ' + lua_tostring(self.optim.state['learningRate']))
-                inputs = _to_device(inputs, dist, self.dtype)
-                labels = _to_device(labels, dist)
+                inputs = to_device(inputs, dist, self.dtype)
+                labels = to_device(labels, dist)
                 output = self.model(inputs)
                 loss = self.criterion(output, labels)
                 _zero_grad(self.params)
@@ -501,7 +269,6 @@ class ClcTrainer:
         return top1_sum / n_seen, top5_sum / n_seen, loss_sum / n_seen
 
     def test(self, epoch, loader):
-        import test as lcnn_test
         opt, dist = self.opt, self.dist
         timer, data_timer = Timer(), Timer()
         top1_sum = top5_sum = 0.0
@@ -509,13 +276,13 @@ class ClcTrainer:
         dist.broadcast_buffers(self.net)
         self.net.eval()
         # fb.resnet.torch tests every image: the last batch may be short
-        batches = lcnn_test.BatchShard(loader, opt, dist, partial=True)
+        batches = BatchShard(loader, opt, dist, partial=True)
         size = batches.total
         with torch.no_grad(), progress(opt, dist, total=len(batches), desc=f'epoch {epoch} test',
                                        unit='batch') as bar:
             for n, inputs, labels in batches:
                 data_time = data_timer.time()
-                output = self.net(_to_device(inputs, dist, self.dtype))
+                output = self.net(to_device(inputs, dist, self.dtype))
                 n_crops = output.shape[0] // labels.shape[0]
                 top1, top5 = clc_compute_score(output, labels, n_crops)
                 batch_size = labels.shape[0]

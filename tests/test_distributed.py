@@ -11,6 +11,7 @@ from torch import nn
 
 import opts
 import test as lcnn_test
+import runtime
 import train
 from errors import console
 from layers.legacy import LogSoftMax, View
@@ -108,7 +109,7 @@ def _worker(rank, port, init_state, save):
             dist.all_gather(everyone, flat)
             spread.append(max((other - flat).abs().max().item() for other in everyone))
 
-        params, state, tested = _train(model, opt, pieces, train.Dist(rank, WORLD), test_data, compare_ranks)
+        params, state, tested = _train(model, opt, pieces, runtime.Dist(rank, WORLD), test_data, compare_ranks)
         torch.save({'params': params, 'dfdx': state['dfdx'], 'spread': spread, 'tested': tested},
                    os.path.join(save, f'rank{rank}.pt'))
     finally:
@@ -135,7 +136,7 @@ def test_two_gloo_workers_match_one_process(tmp_path, capsys):
     net.load_state_dict(init_state)
     batches, test_data = _data()
     opt = make_opt(str(tmp_path), '-batchSize', str(GLOBAL_BATCH), '-epochSize', str(STEPS))
-    params, state, tested = _train(net, opt, batches, train.Dist(), test_data)
+    params, state, tested = _train(net, opt, batches, runtime.Dist(), test_data)
     assert not all(torch.equal(p, q) for p, q in zip(params, tiny_net().parameters()))
     for got, want in zip(ranks[0]['params'], params):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 import checkpoints
+import optim as lua_optim
 import opts
 import t7
 import test as lcnn_test
+import runtime
 import train
 from errors import UserError, console
 from layers.legacy import LogSoftMax, View
@@ -69,7 +71,7 @@ class FixedScores(nn.Module):
 
 @pytest.fixture
 def fixed_time(monkeypatch):
-    monkeypatch.setattr(train.Timer, 'time', lambda self: 0.125)
+    monkeypatch.setattr(runtime.Timer, 'time', lambda self: 0.125)
 
 
 def test_queue_keeps_lua_order_and_sum():
@@ -83,13 +85,13 @@ def test_queue_keeps_lua_order_and_sum():
 
 def test_logger_writes_optim_logger_format(tmp_path, capsys):
     path = tmp_path / 'train.log'
-    logger = train.Logger(str(path), train.TRAIN_LOG_KEYS)
+    logger = lua_optim.Logger(str(path), lua_optim.TRAIN_LOG_KEYS)
     logger.add({'% top1 accuracy (train set)': 12.5, '% top5 accuracy (train set)': 50.0,
                 'avg loss (train set)': 2.302585})
     logger.add({'% top1 accuracy (train set)': 100.0, '% top5 accuracy (train set)': 100.0,
                 'avg loss (train set)': 1e-5})
     # a new process (resume) appends and writes the header again, as a fresh optim.Logger does
-    train.Logger(str(path), train.TRAIN_LOG_KEYS).add(
+    lua_optim.Logger(str(path), lua_optim.TRAIN_LOG_KEYS).add(
         {'% top1 accuracy (train set)': 0.0, '% top5 accuracy (train set)': 0.0, 'avg loss (train set)': 0.0})
     header = '% top5 accuracy (train set)\tavg loss (train set)\t% top1 accuracy (train set)\t\n'
     assert path.read_text() == (header +
@@ -213,7 +215,7 @@ def test_sgd_reproduces_lua_optim_state_fixture():
     fixture = t7.load(os.path.join(FIXTURES, 'optimState_sgd2.t7'))
     params_after = t7.load(os.path.join(FIXTURES, 'optimState_sgd2.params.t7'))
     x = nn.Parameter(torch.tensor(SGD2_START))
-    optim = train.LuaOptim('sgd', [x], {'learningRate': 0.1, 'learningRateDecay': 0, 'momentum': 0.9,
+    optim = lua_optim.LuaOptim('sgd', [x], {'learningRate': 0.1, 'learningRateDecay': 0, 'momentum': 0.9,
                                         'dampening': 0, 'weightDecay': 5e-4})
     losses = []
     for _ in range(2):
@@ -240,7 +242,7 @@ def test_lua_optim_state_round_trip(tmp_path, name):
     x = nn.Parameter(t7.load(os.path.join(FIXTURES, 'optimState_sgd2.params.t7')).clone())
     # two parameter tensors: dfdx is cut in getParameters order
     a, b = nn.Parameter(x.detach()[:4].clone()), nn.Parameter(x.detach()[4:].clone().view(3, 2))
-    optim = train.LuaOptim('sgd', [a, b], fixture)
+    optim = lua_optim.LuaOptim('sgd', [a, b], fixture)
     path = tmp_path / 'optimState_2.t7'
     checkpoints.save_object(str(path), optim.lua_state())
     reread = t7.load(str(path))
@@ -264,12 +266,12 @@ def test_lua_optim_state_round_trip(tmp_path, name):
 def test_optim_state_of_another_network_is_refused():
     fixture = t7.load(os.path.join(FIXTURES, 'optimState_sgd2.t7'))
     with pytest.raises(UserError, match="'dfdx' has 10 values but this network has 11"):
-        train.LuaOptim('sgd', [nn.Parameter(torch.zeros(11))], fixture)
+        lua_optim.LuaOptim('sgd', [nn.Parameter(torch.zeros(11))], fixture)
 
 
 def test_sgd_learning_rate_decay_and_nesterov_follow_optim_sgd():
     x = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
-    optim = train.LuaOptim('sgd', [x], {'learningRate': 0.5, 'learningRateDecay': 0.25, 'momentum': 0.5,
+    optim = lua_optim.LuaOptim('sgd', [x], {'learningRate': 0.5, 'learningRateDecay': 0.25, 'momentum': 0.5,
                                         'dampening': 0.0, 'nesterov': True, 'weightDecay': 0.1})
     ref, buf = x.detach().clone(), None
     for n in range(3):
@@ -281,7 +283,7 @@ def test_sgd_learning_rate_decay_and_nesterov_follow_optim_sgd():
         torch.testing.assert_close(x.detach(), ref)
     # dampening left out of the table defaults to the momentum, as in optim.sgd
     y = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    plain = train.LuaOptim('sgd', [y], {'learningRate': 1.0, 'momentum': 0.5})
+    plain = lua_optim.LuaOptim('sgd', [y], {'learningRate': 1.0, 'momentum': 0.5})
     for g in (1.0, 1.0):
         y.grad = torch.tensor([g], dtype=torch.float64)
         plain.step()
@@ -292,7 +294,7 @@ def test_sgd_learning_rate_decay_and_nesterov_follow_optim_sgd():
 def test_adam_follows_optim_adam():
     x = nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
     config = {'learningRate': 0.1, 'learningRateDecay': 0.5, 'weightDecay': 0.01, 'epsilon': 1e-2}
-    optim = train.LuaOptim('adam', [x], config)
+    optim = lua_optim.LuaOptim('adam', [x], config)
     ref = x.detach().clone()
     m = torch.zeros(3, dtype=torch.float64)
     v = torch.zeros(3, dtype=torch.float64)
@@ -312,7 +314,7 @@ def test_adam_follows_optim_adam():
     torch.testing.assert_close(state['denom'], (v.sqrt() + 1e-2).float())
     # the saved table restarts the same optimizer
     y = nn.Parameter(x.detach().clone())
-    again = train.LuaOptim('adam', [y], state)
+    again = lua_optim.LuaOptim('adam', [y], state)
     x.grad = torch.sin(x.detach())
     y.grad = torch.sin(y.detach())
     optim.step()
@@ -395,7 +397,7 @@ def test_lua_released_model_retrains_and_checkpoints(tmp_path, capsys):
     import model as model_setup
     path = _unxz('alexnet-lcnn.t7.xz', tmp_path)
     opt = make_opt(tmp_path, '-retrain', path, '-batchSize', '2', '-epochSize', '1', '-nClasses', '10')
-    model, criterion = model_setup.setup(opt, train.Dist())
+    model, criterion = model_setup.setup(opt, runtime.Dist())
     assert f'Loading model from file: {path}\n' in capsys.readouterr().out
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(2, 3, 224, 224, generator=g), torch.tensor([3, 7]))
@@ -417,13 +419,13 @@ def test_retrained_lua_resnet_keeps_its_model_regime(tmp_path, capsys):
     import model as model_setup
     path = _unxz('resnet8-lcnn.t7.xz', tmp_path)
     opt = make_opt(tmp_path, '-netType', 'resnet-lcnn', '-depth', '8', '-retrain', path)
-    model, criterion = model_setup.setup(opt, train.Dist())
+    model, criterion = model_setup.setup(opt, runtime.Dist())
     trainer = train.Trainer(model, criterion, opt)
     trainer.set_regime(1)
     assert (trainer.optim.state['learningRate'], trainer.optim.state['weightDecay']) == (0.1, 5e-4)
     # alexnet's file defines no regime: train.lua's own one applies
     opt = make_opt(tmp_path, '-retrain', _unxz('alexnet-lcnn.t7.xz', tmp_path))
-    model, criterion = model_setup.setup(opt, train.Dist())
+    model, criterion = model_setup.setup(opt, runtime.Dist())
     trainer = train.Trainer(model, criterion, opt)
     trainer.set_regime(1)
     assert (trainer.optim.state['learningRate'], trainer.optim.state['weightDecay']) == (0.01, 0)
