@@ -1,6 +1,8 @@
 """Port of the nn/cudnn/lcnn/clcNet module classes (their fields, read and updateOutput) to PyTorch and back: the
 tree walk; the per-class converters live in t7/nn_<family>.py and register in t7.registry."""
 
+import bisect
+
 import torch
 from torch import nn
 
@@ -9,14 +11,20 @@ from layers.legacy import lua_type, named
 from t7 import (nn_activation, nn_containers, nn_conv, nn_lcnn, nn_normalization, nn_pooling,  # noqa: F401
                 nn_shape, nn_tables)
 from t7.read import LuaFunction, T7Error, TorchObject, load
-from t7.registry import BUILDERS, VERSION_2, WRITERS, Fields, class_of, float_dtype, tensor_type
+from t7.registry import BUILDERS, VERSION_2, WRITERS, Fields, class_of, float_dtype, storage_view, tensor_type
 from t7.write import save
 
 
 class _Loader:
+    """The walk over a Lua module tree. What keeps it as fast as reading the file: builders create their modules
+    without initial weights (device='meta', or no parameters) and then assign the saved tensors, taken with
+    `Fields.tensor` (no copy) and made parameters with `parameter` / `set_parameters`; nothing is drawn at random,
+    copied or converted unless the Lua layout demands it."""
+
     def __init__(self):
         self.modules = {}     # id(TorchObject) -> nn.Module, so that a module shared in Lua stays shared
-        self.parameters = {}  # id(tensor) -> nn.Parameter, so that a tensor shared in Lua stays shared
+        self.parameters = {}  # view_key -> nn.Parameter, so that a tensor shared in Lua stays shared
+        self.extents = []     # sorted, disjoint (first byte, end byte) of the parameters left on the file's memory
         self.building = set()  # ids of the modules being built, to refuse a module that contains itself
 
     def module(self, obj, path):
@@ -29,12 +37,13 @@ class _Loader:
             raise T7Error(f'{obj.typename} at {path} contains itself')
         builder = BUILDERS.get(class_of(obj.typename))
         if builder is None:
-            raise T7Error(f'unsupported module {obj.typename} at {path}: t7.load_model converts '
-                          f'{", ".join(sorted(BUILDERS))} (as nn.*, cudnn.* or nn_plus.ChannelInterlace)')
+            raise T7Error(f'unsupported module {obj.typename} at {path}: t7.load_model has no converter for this '
+                          f'class (it knows {len(BUILDERS)} nn/cudnn classes); add one in t7/nn_<family>.py')
         self.building.add(id(obj))
         try:
             module = builder(self, Fields(obj, path), path)
-        except (RuntimeError, ValueError, TypeError) as e:
+        except (RuntimeError, ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as e:
+            # A field of a shape or kind the builder did not expect: the file, not the builder, is at fault.
             raise T7Error(f'{obj.typename} at {path} cannot be built: {e}') from None
         finally:
             self.building.discard(id(obj))
@@ -55,10 +64,45 @@ class _Loader:
         return [self.module(m, f'{path}.modules[{i}]') for i, m in enumerate(modules)]
 
     def parameter(self, tensor):
-        known = self.parameters.get(id(tensor))
-        if known is None:
-            known = self.parameters[id(tensor)] = nn.Parameter(tensor, requires_grad=True)
+        """The nn.Parameter for a Lua weight or bias tensor: one per distinct view (storage, offset, sizes,
+        strides), so that Lua's shared weights (`share`, clones, getParameters' flat vector) stay shared.
+
+        Parameters that are disjoint views of one storage stay on it, each with its own version counter. A view
+        that overlaps another parameter without being the same view gets a copy of its values: two Parameters
+        aliasing part of their memory would make autograd and the optimizer silently wrong.
+        """
+        if tensor.numel() == 0:
+            return nn.Parameter(storage_view(tensor))
+        key = view_key(tensor)
+        known = self.parameters.get(key)
+        if known is not None:
+            return known
+        span = byte_span(tensor)
+        extents = self.extents
+        i = bisect.bisect_left(extents, span)
+        if (i > 0 and extents[i - 1][1] > span[0]) or (i < len(extents) and extents[i][0] < span[1]):
+            data = tensor.detach().clone()
+        else:
+            extents.insert(i, span)
+            data = storage_view(tensor)
+        # The memory of every key stays alive while loading (the file's tree holds it, or the Parameter made on it
+        # does), so no other tensor can take its address and match a key by accident.
+        known = self.parameters[key] = nn.Parameter(data, requires_grad=True)
         return known
+
+
+def view_key(t):
+    """What identifies a view: its storage, dtype, offset, sizes and strides (a stride of a size-1 dimension never
+    moves, so it does not count)."""
+    strides = tuple(0 if n == 1 else s for n, s in zip(t.shape, t.stride()))
+    return t.untyped_storage().data_ptr(), t.dtype, t.storage_offset(), tuple(t.shape), strides
+
+
+def byte_span(t):
+    """(first byte, end byte) of the memory a non-empty view t can touch."""
+    first = t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return first, first + (last + 1) * t.element_size()
 
 
 def load_model(source):

@@ -83,16 +83,32 @@ class Fields:
         return value
 
     def tensor(self, name, shape=None, optional=False):
+        """The floating point tensor in field `name` (viewed as `shape` when given, as Lua views old 2-D weights):
+        on the file's memory unless that shape needs a copy, with a version counter of its own (see
+        `storage_view`)."""
         value = self.obj.fields.get(name)
         if value is None and optional:
             return None
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             self.fail(name, 'a floating point tensor')
-        if shape is not None:
+        if shape is not None and tuple(value.shape) != tuple(shape):
             if value.numel() != math.prod(shape):
                 self.fail(name, f'a tensor of {"x".join(map(str, shape))} elements')
-            value = value.reshape(shape) if tuple(value.shape) != tuple(shape) else value
-        return value
+            value = value.reshape(shape)
+        return storage_view(value)
+
+
+def storage_view(t):
+    """A tensor over t's elements, without a copy, that is not a view of another tensor.
+
+    The reader hands out every tensor of a storage as a view of one base tensor, and PyTorch views share one
+    version counter: in a model flattened by Lua's getParameters, an in-place write to one parameter (the
+    align-weight pruning of PooledSpatialConvolution) would mark every other parameter as modified and break
+    backward. A tensor `set_` on the same storage aliases the same memory, as the Lua tensors did, but counts
+    its own versions.
+    """
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
+                                                               t.stride())
 
 
 def describe(value):
