@@ -13,6 +13,7 @@ import t7
 import util
 from errors import UserError, lua_print
 from layers.legacy import lua_type
+from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 _DTYPES = {'single': torch.float32, 'double': torch.float64, 'half': torch.float16}
 
@@ -77,6 +78,11 @@ def setup(opt, dist):
         # model file, which is also what -updateLRregime asks for.
         if opt.updateLRregime or not callable(saved):
             net.LRregime = file_regime(opt) or saved
+        # The Lua layer reads -logSparsity from the global opt on every forward, but keeps its own lambda and
+        # sparseTh: the saved ones drive the L1 term and the threshold, whatever -lambda says now.
+        for m in net.modules():
+            if isinstance(m, PooledSpatialConvolution):
+                m.log_sparsity = bool(opt.logSparsity)
     else:
         net = create(opt)
         lua_print('=> Creating model from file: models/' + opt.netType + '.lua')
