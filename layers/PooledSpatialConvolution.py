@@ -36,7 +36,7 @@ class PooledSpatialConvolution(nn.Module):
     lua_type = 'cudnn.PooledSpatialConvolution'
 
     def __init__(self, nInputPlane, nOutputPlane, kW, kH, dW=1, dH=1, padW=0, padH=0, poolSize=None,
-                 lambda_=None, initialSparsity=None, **kwargs):
+                 lambda_=None, initialSparsity=None, device=None, **kwargs):
         super().__init__()
         if 'lambda' in kwargs:
             lambda_ = kwargs.pop('lambda')
@@ -51,12 +51,14 @@ class PooledSpatialConvolution(nn.Module):
         self.lambda_ = 0.1 if lambda_ is None else lambda_
         self.sparseTh = (0.01 if initialSparsity is None else initialSparsity) / math.sqrt(kW * kH * poolSize)
         self.log_sparsity = False
-        self.poolconv = named(nn.Conv2d(nInputPlane, poolSize, 1, 1, padding=(padH, padW), bias=False),
-                              'cudnn.SpatialConvolution')
-        self.alignconv = named(nn.Conv2d(poolSize, nOutputPlane, (kH, kW), (dH, dW), padding=0, bias=True),
-                               'cudnn.SpatialConvolution')
+        self.poolconv = named(nn.Conv2d(nInputPlane, poolSize, 1, 1, padding=(padH, padW), bias=False,
+                                        device=device), 'cudnn.SpatialConvolution')
+        self.alignconv = named(nn.Conv2d(poolSize, nOutputPlane, (kH, kW), (dH, dW), padding=0, bias=True,
+                                         device=device), 'cudnn.SpatialConvolution')
         self.register_buffer('zeroMask', None, persistent=False)
-        self.reset()
+        # device='meta' builds the shape only, for a caller (the t7 loader) that puts saved convs in place.
+        if self.poolconv.weight.device.type != 'meta':
+            self.reset()
 
     def reset(self):
         # Torch7's SpatialConvolution:reset draws weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)).

@@ -21,11 +21,10 @@ def _pooled_convolution(loader, f, path):
     poolconv, alignconv = f.get('poolconv'), f.get('alignconv')
     if not isinstance(poolconv, TorchObject) or not isinstance(alignconv, TorchObject):
         raise T7Error(f'{f.typename} at {path}: fields poolconv and alignconv must be convolution modules')
-    # The constructor draws initial weights, which the saved ones replace: loading must not move the global RNG.
-    with torch.random.fork_rng(devices=[]):
-        layer = PooledSpatialConvolution(f.int('nInputPlane'), f.int('nOutputPlane'), f.int('kW'), f.int('kH'),
-                                         f.int('dW'), f.int('dH'), f.int('padW'), f.int('padH'), f.int('poolSize'),
-                                         lambda_=f.number('lambda', 0.1), initialSparsity=1.0)
+    # Built on the meta device: no initial weights drawn (nor the global RNG moved) for the saved convs to replace.
+    layer = PooledSpatialConvolution(f.int('nInputPlane'), f.int('nOutputPlane'), f.int('kW'), f.int('kH'),
+                                     f.int('dW'), f.int('dH'), f.int('padW'), f.int('padH'), f.int('poolSize'),
+                                     lambda_=f.number('lambda', 0.1), initialSparsity=1.0, device='meta')
     # The threshold is stored, not recomputed: it is what the Lua forward compares the align weights with.
     layer.sparseTh = f.number('sparseTh')
     for name, saved in (('poolconv', poolconv), ('alignconv', alignconv)):
