@@ -1,4 +1,4 @@
-"""Port of torch/nn's convolutions, Bilinear and LookupTable that PyTorch lacks, with the weights in Lua's layout."""
+"""Port of torch/nn's convolutions, Bilinear, LookupTable and OneHot that PyTorch lacks; weights in Lua's layout."""
 import math
 from typing import List, Optional
 
@@ -146,9 +146,27 @@ class SpatialDepthWiseConvolution(nn.Module):
         uniform_(1 / math.sqrt(kW * kH * nInputPlane), self.weight, self.bias)
 
     def forward(self, x):
+        # THNN's forward takes an input plane's width for its height and the other way round, so it reads each
+        # H x W plane as W rows of H values; what Lua computed (and trained with) on non-square inputs is that.
+        shape: List[int] = [int(s) for s in x.shape]
+        x = x.reshape(shape[:-2] + [shape[-1], shape[-2]])
         kernel = self.weight.transpose(0, 1).reshape(-1, 1, self.kH, self.kW)
         bias = None if self.bias is None else self.bias.t().reshape(-1)
         return F.conv2d(x, kernel, bias, (self.dH, self.dW), (self.padH, self.padW), groups=self.nInputPlane)
+
+
+class OneHot(nn.Module):
+    """nn.OneHot(outputSize): each 1-based index becomes a row of outputSize zeros with a one at that index."""
+    lua_type = 'nn.OneHot'
+
+    def __init__(self, outputSize):
+        super().__init__()
+        self.outputSize = int(outputSize)
+        # An empty tensor that follows .to()/.double(): the output takes its type, as Lua's has the module's type.
+        self.register_buffer('like', torch.empty(0), persistent=False)
+
+    def forward(self, x):
+        return F.one_hot(x.long() - 1, self.outputSize).to(self.like)
 
 
 class Bilinear(nn.Module):

@@ -205,24 +205,35 @@ def _write_power(saver, module, fields, path):
 
 # --- softmax -------------------------------------------------------------------------------------------------------
 
-@builds('LogSoftMax')
-def _log_softmax(loader, f, path):
-    return activation.LogSoftMax(instance=f.typename.startswith('cudnn.'))
+def _instance(typename):
+    # cudnn.SoftMax and cudnn.LogSoftMax normalise whole samples; their Spatial classes and nn's, per position.
+    return typename in ('cudnn.SoftMax', 'cudnn.LogSoftMax')
 
 
-@builds('SoftMax')
+@builds('SoftMax', 'SpatialSoftMax')
 def _softmax(loader, f, path):
-    return activation.SoftMax(instance=f.typename.startswith('cudnn.'))
+    return activation.SoftMax(instance=_instance(f.typename))
 
 
-@writes('SoftMax', accepts=activation.SoftMax)
-@writes('LogSoftMax', accepts=activation.LogSoftMax)
+@builds('LogSoftMax', 'SpatialLogSoftMax')
+def _log_softmax(loader, f, path):
+    return activation.LogSoftMax(instance=_instance(f.typename))
+
+
+@writes('SoftMax', 'SpatialSoftMax', accepts=activation.SoftMax)
+@writes('LogSoftMax', 'SpatialLogSoftMax', accepts=activation.LogSoftMax)
 def _write_softmax(saver, module, fields, path):
-    if module.instance != _cudnn(module):
-        raise T7Error(f'cannot save {lua_type(module)} at {path} with instance={module.instance}: only the cudnn '
-                      'class normalises over whole samples (instance=True) and it only does that')
+    typename = lua_type(module)
+    if module.instance != _instance(typename):
+        raise T7Error(f'cannot save {typename} at {path} with instance={module.instance}: only cudnn.SoftMax and '
+                      'cudnn.LogSoftMax normalise over whole samples (instance=True), and they only do that')
+    if typename == 'cudnn.SpatialLogSoftMax':
+        # The one cudnn softmax whose constructor (not its updateOutput) sets the mode and the log algorithm.
+        fields.update(algorithm='CUDNN_SOFTMAX_LOG', mode='CUDNN_SOFTMAX_MODE_CHANNEL')
+    elif _cudnn(module):
+        fields['algorithm'] = 'CUDNN_SOFTMAX_ACCURATE'
     if _cudnn(module):
-        fields.update(algorithm='CUDNN_SOFTMAX_ACCURATE', iSize=long_storage([0, 0, 0, 0]))
+        fields['iSize'] = long_storage([0, 0, 0, 0])
 
 
 # --- constants and learned arithmetic ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Torch7 nn/cudnn convolutions, Linear, Bilinear and LookupTable as PyTorch modules and back."""
+"""Torch7 nn/cudnn convolutions, Linear, Bilinear, LookupTable and OneHot as PyTorch modules and back."""
 
 import torch
 from torch import nn
@@ -248,6 +248,11 @@ def _lookup_table(loader, f, path):
     return module
 
 
+@builds('OneHot')
+def _one_hot(loader, f, path):
+    return conv.OneHot(f.int('outputSize'))
+
+
 @writes('SpatialConvolutionMap', accepts=conv.SpatialConvolutionMap)
 def _write_convolution_map(saver, module, fields, path):
     fields.update(kW=module.kW, kH=module.kH, dW=module.dW, dH=module.dH, nInputPlane=module.nInputPlane,
@@ -297,3 +302,8 @@ def _write_lookup_table(saver, module, fields, path):
         fields['maxNorm'] = module.maxNorm
     if module.normType is not None:
         fields['normType'] = module.normType
+
+
+@writes('OneHot', accepts=conv.OneHot)
+def _write_one_hot(saver, module, fields, path):
+    fields['outputSize'] = module.outputSize

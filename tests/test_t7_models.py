@@ -567,3 +567,36 @@ def test_save_model_refuses_leaf_modules_lua_cannot_run():
     for module_, message in refused:
         with pytest.raises(t7.T7Error, match=rf'cannot save .* at model: .*{message}'):
             t7.to_lua(module_)
+
+
+def test_one_hot_and_spatial_softmaxes():
+    out, one_hot = forward(module('nn.OneHot', outputSize=4), torch.tensor([[1, 3], [4, 2]]))
+    assert out.dtype == torch.float32 and out.shape == (2, 2, 4)
+    assert out.argmax(-1).tolist() == [[0, 2], [3, 1]] and out.sum().item() == 4
+    assert one_hot.double()(torch.tensor([2.0])).dtype == torch.float64
+    assert t7.to_lua(one_hot).outputSize == 4
+    x = torch.randn(2, 3, 2, 2)
+    for typename in ('nn.SpatialSoftMax', 'cudnn.SpatialSoftMax'):
+        out, built = forward(module(typename), x)
+        torch.testing.assert_close(out, x.softmax(1))
+    out, built = forward(module('cudnn.SpatialLogSoftMax', algorithm='CUDNN_SOFTMAX_LOG',
+                                mode='CUDNN_SOFTMAX_MODE_CHANNEL'), x[0])
+    torch.testing.assert_close(out, x[0].log_softmax(0))
+    written = t7.to_lua(built)
+    assert (written.typename, written.algorithm, written.mode) == ('cudnn.SpatialLogSoftMax', 'CUDNN_SOFTMAX_LOG',
+                                                                   'CUDNN_SOFTMAX_MODE_CHANNEL')
+
+
+def test_depthwise_convolution_reads_planes_as_thnn_does():
+    g = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(2, 3, 3, 3, generator=g), torch.randn(2, 3, generator=g)
+    obj = module('nn.SpatialDepthWiseConvolution', nInputPlane=3, nOutputPlane=2, kW=3, kH=3, dW=1, dH=1, padW=1,
+                 padH=0, weight=weight.view(2, 27), bias=bias)
+    x = torch.randn(2, 3, 4, 6, generator=g)
+    out, _ = forward(obj, x)
+    # THNN swaps an input plane's height and width (it reads a 4 x 6 plane as 6 rows of 4), so the output is
+    # 2 x 6 x 4 x 4; output planes go input plane by input plane, each with its 2 kernels.
+    expected = F.conv2d(x.reshape(2, 3, 6, 4), weight.transpose(0, 1).reshape(6, 1, 3, 3), bias.t().reshape(6),
+                        padding=(0, 1), groups=3)
+    assert out.shape == (2, 6, 4, 4)
+    torch.testing.assert_close(out, expected)
