@@ -503,11 +503,11 @@ def test_volumetric_max_pooling_is_written_as_version_2():
 
 
 def test_local_normalisations_built_in_python_match_lua():
-    for case, build in [
-            ('SpatialContrastiveNormalization_k5', lambda: SpatialContrastiveNormalization(3, torch.ones(5, 5))),
-            ('SpatialSubtractiveNormalization_1d', lambda: SpatialSubtractiveNormalization(2, torch.tensor([1.0, 2.0, 1.0])))]:
+    for case, layer in [('SpatialContrastiveNormalization_k5', SpatialContrastiveNormalization(3, torch.ones(5, 5))),
+                        ('SpatialSubtractiveNormalization_1d',
+                         SpatialSubtractiveNormalization(2, torch.tensor([1.0, 2.0, 1.0])))]:
         x, expected = t7.load(ZOO / f'{case}.input.t7'), t7.load(ZOO / f'{case}.output.t7')
-        torch.testing.assert_close(build()(x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
     # A 1-D kernel: Lua's contrastive normalisation hands one kernel tensor to both parts, normalised twice.
     contrastive = SpatialContrastiveNormalization(4, torch.tensor([1.0, 2.0, 1.0]))
     subtractive, divisive = contrastive.normalizer
