@@ -19,16 +19,12 @@ def _real(f, name, default=None):
     return float(f.number(name, default))
 
 
-def _inplace(f):
-    # Files from before the inplace flag (ReLU of 2014) compute out of place.
-    return f.flag('inplace')
-
-
 # --- thresholds and rectifiers -----------------------------------------------------------------------------------
 
 @builds('ReLU')
 def _relu(loader, f, path):
-    inplace = _inplace(f)
+    # Files from before the inplace flag (ReLU of 2014) compute out of place: flag() reads a missing one as false.
+    inplace = f.flag('inplace')
     threshold, value = _real(f, 'threshold', 0), _real(f, 'val', 0)
     if threshold == 0 and value == 0:
         return nn.ReLU(inplace=inplace)
@@ -37,12 +33,12 @@ def _relu(loader, f, path):
 
 @builds('Threshold')
 def _threshold(loader, f, path):
-    return nn.Threshold(_real(f, 'threshold', 1e-6), _real(f, 'val', 0), inplace=_inplace(f))
+    return nn.Threshold(_real(f, 'threshold', 1e-6), _real(f, 'val', 0), inplace=f.flag('inplace'))
 
 
 @builds('ReLU6')
 def _relu6(loader, f, path):
-    return nn.ReLU6(inplace=_inplace(f))
+    return nn.ReLU6(inplace=f.flag('inplace'))
 
 
 @builds('HardTanh', 'Clamp')
@@ -50,17 +46,17 @@ def _hard_tanh(loader, f, path):
     low, high = _real(f, 'min_val', -1), _real(f, 'max_val', 1)
     if not high > low:
         raise T7Error(f'{f.typename} at {path}: max_val {high} must be larger than min_val {low}')
-    return nn.Hardtanh(low, high, inplace=_inplace(f))
+    return nn.Hardtanh(low, high, inplace=f.flag('inplace'))
 
 
 @builds('LeakyReLU')
 def _leaky_relu(loader, f, path):
-    return nn.LeakyReLU(_real(f, 'negval', 0.01), inplace=_inplace(f))
+    return nn.LeakyReLU(_real(f, 'negval', 0.01), inplace=f.flag('inplace'))
 
 
 @builds('ELU')
 def _elu(loader, f, path):
-    return nn.ELU(_real(f, 'alpha', 1), inplace=_inplace(f))
+    return nn.ELU(_real(f, 'alpha', 1), inplace=f.flag('inplace'))
 
 
 @builds('PReLU')
@@ -76,7 +72,7 @@ def _rrelu(loader, f, path):
     low, high = _real(f, 'lower', 1 / 8), _real(f, 'upper', 1 / 3)
     if not 0 <= low <= high:
         raise T7Error(f'{f.typename} at {path}: needs 0 <= lower <= upper, found lower={low} upper={high}')
-    return nn.RReLU(low, high, inplace=_inplace(f))
+    return nn.RReLU(low, high, inplace=f.flag('inplace'))
 
 
 @writes('ReLU', accepts=(nn.ReLU, nn.Threshold))
