@@ -95,24 +95,31 @@ def _write_normalize(saver, module, fields, path):
 
 def _estimator(f, name, kernel, planes, path):
     """(map weight, map bias, weight, bias) of the convolutions in the Sequential `name` of a local
-    normalisation, checked against what its constructor makes from `kernel`."""
+    normalisation, checked against what its constructor makes from `kernel`.
+
+    Files from before October 2012 convolve each plane on its own (one-to-one SpatialConvolutionMaps, the last
+    one vertical for a 1-D kernel) and add the planes up with nn.Sum: that last map and the Sum are the one
+    convolution over all planes of the current layout, its bias the sum of the per-plane biases."""
     estimator = f.get(name)
     modules = estimator.fields.get('modules') if isinstance(estimator, TorchObject) else None
-    convs = [m for m in modules or [] if isinstance(m, TorchObject)
-             and class_of(m.typename) in ('SpatialConvolution', 'SpatialConvolutionMap')]
-    shapes = [((1, planes) + tuple(kernel.shape), (1,))] if kernel.dim() == 2 else \
-        [((planes, 1, kernel.numel()), (planes,)), ((1, planes, kernel.numel(), 1), (1,))]
+    modules = [m for m in modules or [] if isinstance(m, TorchObject)]
+    convs = [m for m in modules if class_of(m.typename) in ('SpatialConvolution', 'SpatialConvolutionMap')]
+    summed = any(class_of(m.typename) == 'Sum' for m in modules)
+    # The convolution over all planes (weight 1 x planes x kH x kW), or in old files one kernel per plane.
+    last = ((planes,) if summed else (1, planes)) + (tuple(kernel.shape) if kernel.dim() == 2 else (kernel.numel(), 1))
+    shapes = [(last, (planes,) if summed else (1,))]
+    if kernel.dim() == 1:
+        shapes.insert(0, ((planes, 1, kernel.numel()), (planes,)))
     if len(convs) != len(shapes):
         raise T7Error(f'{f.typename} at {path}: field {name} must hold the convolutions its constructor makes '
                       f'for a {kernel.dim()}-D kernel')
     found = []
-    for i, (m, (weight_shape, bias_shape)) in enumerate(zip(convs, shapes)):
+    for m, (weight_shape, bias_shape) in zip(convs, shapes):
         where = f'{path}.{name}.modules[{modules.index(m)}]'
         if class_of(m.typename) == 'SpatialConvolutionMap':
             table = m.fields.get('connTable')
-            if not isinstance(table, torch.Tensor) or not torch.equal(
-                    table.reshape(-1, 2).to(torch.float64), torch.arange(1, planes + 1).repeat_interleave(2).view(
-                        -1, 2).to(torch.float64)):
+            one_to_one = torch.arange(1, planes + 1, dtype=torch.float64).repeat_interleave(2).view(-1, 2)
+            if not isinstance(table, torch.Tensor) or not torch.equal(table.reshape(-1, 2).double(), one_to_one):
                 raise T7Error(f'{m.typename} at {where}: connTable must be the one-to-one table of {planes} planes')
         for field, shape in (('weight', weight_shape), ('bias', bias_shape)):
             t = m.fields.get(field)
@@ -120,6 +127,8 @@ def _estimator(f, name, kernel, planes, path):
                 raise T7Error(f'{m.typename} at {where}: field {field} must be a tensor of '
                               f'{"x".join(map(str, shape))} elements')
             found.append(t.reshape(shape).float())
+    if summed:
+        found[-2:] = [found[-2].unsqueeze(0), found[-1].sum().reshape(1)]
     if kernel.dim() == 2:
         found = [torch.empty(0), torch.empty(0)] + found
     return tuple(found)

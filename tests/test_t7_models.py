@@ -600,3 +600,30 @@ def test_depthwise_convolution_reads_planes_as_thnn_does():
                         padding=(0, 1), groups=3)
     assert out.shape == (2, 6, 4, 4)
     torch.testing.assert_close(out, expected)
+
+
+def test_local_normalisation_files_from_2012():
+    # Before October 2012 the estimators convolved each plane on its own (one-to-one SpatialConvolutionMaps) and
+    # added the planes up with nn.Sum.
+    planes, one_to_one = 3, torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+
+    def per_plane(kernel):
+        kh, kw = kernel.shape
+        return module('nn.SpatialConvolutionMap', connTable=one_to_one, kW=kw, kH=kh, dW=1, dH=1,
+                      nInputPlane=planes, nOutputPlane=planes, weight=kernel.expand(planes, kh, kw).clone(),
+                      bias=torch.zeros(planes))
+
+    for kernel, maps in [(torch.ones(3, 5), lambda k: [per_plane(k)]),
+                         (torch.tensor([1.0, 2.0, 1.0]), lambda k: [per_plane(k.view(1, 3)), per_plane(k.view(3, 1))])]:
+        current = SpatialSubtractiveNormalization(planes, kernel)
+        k = current.kernel if kernel.dim() == 2 else current.mean_map_weight[0, 0]
+        pad_w, pad_h = current.pad_w, current.pad_h
+        old = module('nn.SpatialSubtractiveNormalization', nInputPlane=planes, kernel=current.kernel,
+                     coef=torch.zeros(1, 1, 1), meanestimator=module('nn.Sequential', modules=[
+                         module('nn.SpatialZeroPadding', pad_l=pad_w, pad_r=pad_w, pad_t=pad_h, pad_b=pad_h),
+                         *maps(k), module('nn.Sum', dimension=1), module('nn.Replicate', nfeatures=planes, dim=1)]),
+                     subtractor=module('nn.CSubTable', gradInput={}), divider=module('nn.CDivTable', gradInput={}))
+        x = torch.randn(planes, 7, 6)
+        out, built = forward(old, x)
+        torch.testing.assert_close(out, current(x))
+        assert t7.to_lua(built).meanestimator.modules[-2].typename == 'nn.SpatialConvolution'
