@@ -189,21 +189,21 @@ class SpatialDivisiveNormalization(_LocalNormalization):
 class SpatialContrastiveNormalization(nn.Module):
     """nn.SpatialContrastiveNormalization(nInputPlane, kernel, threshold, thresval): the subtractive then the
     divisive normalisation with one kernel (Lua hands the same kernel tensor to both, which normalise it in
-    place one after the other)."""
+    place one after the other). `parts` gives the two instead (how t7.load_model rebuilds a saved one)."""
     lua_type = 'nn.SpatialContrastiveNormalization'
 
-    def __init__(self, nInputPlane=1, kernel=None, threshold=1e-4, thresval=None, normalizer=None):
+    def __init__(self, nInputPlane=1, kernel=None, threshold=1e-4, thresval=None, parts=None):
         super().__init__()
         self.nInputPlane = int(nInputPlane)
         self.threshold = float(threshold)
         self.thresval = float(threshold if thresval is None else thresval)
-        if normalizer is None:
+        if parts is None:
             subtractive = SpatialSubtractiveNormalization(nInputPlane, kernel)
-            normalizer = nn.Sequential(subtractive, SpatialDivisiveNormalization(
-                nInputPlane, subtractive.kernel, self.threshold, self.thresval))
-        self.normalizer = normalizer
+            parts = subtractive, SpatialDivisiveNormalization(nInputPlane, subtractive.kernel, self.threshold,
+                                                              self.thresval)
+        self.subtractive, self.divisive = parts
         # Lua's kernel field: the tensor both parts normalised in place, as the divisive part holds it.
-        self.register_buffer('kernel', normalizer[1].kernel.clone())
+        self.register_buffer('kernel', self.divisive.kernel.clone())
 
     def forward(self, x):
-        return self.normalizer(x)
+        return self.divisive(self.subtractive(x))

@@ -163,14 +163,15 @@ def _divisive(loader, f, path):
 
 @builds('SpatialContrastiveNormalization')
 def _contrastive(loader, f, path):
-    normalizer = loader.module(f.get('normalizer'), f'{path}.normalizer')
-    parts = list(normalizer) if isinstance(normalizer, nn.Sequential) else []
-    if [type(m) for m in parts] != [normalization.SpatialSubtractiveNormalization,
-                                    normalization.SpatialDivisiveNormalization]:
+    normalizer = f.get('normalizer')
+    modules = normalizer.fields.get('modules') if isinstance(normalizer, TorchObject) else None
+    if [class_of(getattr(m, 'typename', '')) for m in modules or []] != ['SpatialSubtractiveNormalization',
+                                                                        'SpatialDivisiveNormalization']:
         f.fail('normalizer', 'a Sequential of a SpatialSubtractiveNormalization and a SpatialDivisiveNormalization')
+    parts = [loader.module(m, f'{path}.normalizer.modules[{i}]') for i, m in enumerate(modules)]
     threshold = f.number('threshold', 1e-4)
     module = normalization.SpatialContrastiveNormalization(f.int('nInputPlane', 1), None, threshold,
-                                                           f.number('thresval', threshold), normalizer=normalizer)
+                                                           f.number('thresval', threshold), parts=parts)
     module.kernel = _kernel(f).float()
     return module
 
@@ -233,6 +234,7 @@ def _write_divisive(saver, module, fields, path):
 
 @writes('SpatialContrastiveNormalization', accepts=normalization.SpatialContrastiveNormalization)
 def _write_contrastive(saver, module, fields, path):
+    parts = [saver.obj(m, f'{path}.normalizer.modules[{i}]') for i, m in enumerate((module.subtractive,
+                                                                                      module.divisive))]
     fields.update(nInputPlane=module.nInputPlane, kernel=saver.tensor(module.kernel), threshold=module.threshold,
-                  thresval=module.thresval,
-                  normalizer=saver.obj(module.normalizer, f'{path}.normalizer', reached=False))
+                  thresval=module.thresval, normalizer=_lua_module(module, 'nn.Sequential', modules=parts))

@@ -510,7 +510,7 @@ def test_local_normalisations_built_in_python_match_lua():
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
     # A 1-D kernel: Lua's contrastive normalisation hands one kernel tensor to both parts, normalised twice.
     contrastive = SpatialContrastiveNormalization(4, torch.tensor([1.0, 2.0, 1.0]))
-    subtractive, divisive = contrastive.normalizer
+    subtractive, divisive = contrastive.subtractive, contrastive.divisive
     torch.testing.assert_close(subtractive.kernel, torch.tensor([1.0, 2.0, 1.0]) / 16)
     torch.testing.assert_close(divisive.kernel, torch.tensor([1.0, 2.0, 1.0]) / 8)
     back = t7.load_model(saved(t7.to_lua(contrastive)))
