@@ -32,7 +32,7 @@ from torch import nn  # noqa: E402
 
 import models  # noqa: E402
 import opts  # noqa: E402
-from layers import PooledSpatialConvolution, legacy, lookup  # noqa: E402
+from layers import PooledSpatialConvolution, activation, legacy, lookup  # noqa: E402
 
 N_CLASSES = 1000
 # (input planes, output planes, kernel, stride, pad, max pooling after): AlexNet with LCNN's channel counts.
@@ -51,9 +51,9 @@ def alexnet_dense():
         layers += [nn.Conv2d(cin, cout, k, s, p), nn.BatchNorm2d(cout, 1e-3), nn.ReLU(True)]
         if pool:
             layers.append(nn.MaxPool2d(3, 2))
-    layers += [nn.Flatten(), legacy.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.BatchNorm1d(4096, 1e-3),
-               nn.ReLU(True), legacy.Dropout(0.5), nn.Linear(4096, 4096), nn.BatchNorm1d(4096, 1e-3), nn.ReLU(True),
-               nn.Linear(4096, N_CLASSES), legacy.LogSoftMax()]
+    layers += [nn.Flatten(), activation.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.BatchNorm1d(4096, 1e-3),
+               nn.ReLU(True), activation.Dropout(0.5), nn.Linear(4096, 4096), nn.BatchNorm1d(4096, 1e-3), nn.ReLU(True),
+               nn.Linear(4096, N_CLASSES), activation.LogSoftMax()]
     return nn.Sequential(*layers)
 
 
@@ -67,10 +67,11 @@ def alexnet_lcnn(dicts):
         if pool:
             features.append(nn.MaxPool2d(3, 2))
     classifier = nn.Sequential(
-        legacy.Dropout(0.5), PooledSpatialConvolution(256, 4096, 6, 6, poolSize=dicts[5]), nn.BatchNorm2d(4096, 1e-3),
-        nn.ReLU(True), legacy.Dropout(0.5), PooledSpatialConvolution(4096, 4096, 1, 1, poolSize=dicts[6]),
+        activation.Dropout(0.5), PooledSpatialConvolution(256, 4096, 6, 6, poolSize=dicts[5]),
+        nn.BatchNorm2d(4096, 1e-3), nn.ReLU(True), activation.Dropout(0.5),
+        PooledSpatialConvolution(4096, 4096, 1, 1, poolSize=dicts[6]),
         nn.BatchNorm2d(4096, 1e-3), nn.ReLU(True), nn.Conv2d(4096, N_CLASSES, 1), legacy.View(N_CLASSES),
-        legacy.LogSoftMax())
+        activation.LogSoftMax())
     return nn.Sequential(features, classifier)
 
 

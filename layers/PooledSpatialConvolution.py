@@ -110,6 +110,10 @@ class PooledSpatialConvolution(nn.Module):
         y = self.poolconv(x)
         return F.conv2d(y, weight, self.alignconv.bias, self.alignconv.stride)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles this inference form: the autograd regulariser and the logging are Python-only.
+        return _ScriptablePooledConvolution(self)
+
     def __str__(self):
         return (f'{self.lua_type}({self.nInputPlane} -> {self.nOutputPlane}, {self.kH}x{self.kW}, '
                 f'pool{self.poolSize})')
@@ -117,3 +121,17 @@ class PooledSpatialConvolution(nn.Module):
     def extra_repr(self):
         return (f'{self.nInputPlane} -> {self.nOutputPlane}, {self.kH}x{self.kW}, stride {self.dH}x{self.dW}, '
                 f'pad {self.padH}x{self.padW}, pool{self.poolSize}')
+
+
+class _ScriptablePooledConvolution(nn.Module):
+    """What TorchScript runs for a PooledSpatialConvolution: its forward with the sub-threshold align weights
+    zeroed in the computation rather than in place."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.poolconv, self.alignconv, self.sparseTh = layer.poolconv, layer.alignconv, float(layer.sparseTh)
+
+    def forward(self, x):
+        weight = self.alignconv.weight
+        weight = weight.masked_fill(weight.abs() <= self.sparseTh, 0)
+        return F.conv2d(self.poolconv(x), weight, self.alignconv.bias, self.alignconv.stride)

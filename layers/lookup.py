@@ -25,7 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from layers import legacy
+from layers import activation, legacy
 from layers.ChannelInterlace import ChannelInterlace
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
@@ -578,11 +578,11 @@ _SIMPLE = [
     ('Concat', lambda m: isinstance(m, legacy.Concat), ('dimension',)),
     ('ConcatTable', lambda m: isinstance(m, legacy.ConcatTable), ()),
     ('CAddTable', lambda m: isinstance(m, legacy.CAddTable), ('inplace',)),
-    ('MulConstant', lambda m: isinstance(m, legacy.MulConstant), ('constant_scalar', 'inplace')),
-    ('LogSoftMax', lambda m: isinstance(m, legacy.LogSoftMax), ()),
-    ('SoftMax', lambda m: isinstance(m, legacy.SoftMax), ()),
-    ('Dropout', lambda m: isinstance(m, legacy.Dropout), ('p', 'v1')),
-    ('SpatialDropout', lambda m: isinstance(m, legacy.SpatialDropout), ('p',)),
+    ('MulConstant', lambda m: isinstance(m, activation.MulConstant), ('constant_scalar', 'inplace')),
+    ('LogSoftMax', lambda m: isinstance(m, activation.LogSoftMax), ('instance',)),
+    ('SoftMax', lambda m: isinstance(m, activation.SoftMax), ('instance',)),
+    ('Dropout', lambda m: isinstance(m, activation.Dropout), ('p', 'v1')),
+    ('SpatialDropout', lambda m: isinstance(m, activation.SpatialDropout), ('p',)),
     ('Threshold', lambda m: type(m) is nn.Threshold, ('threshold', 'value', 'inplace')),
     ('nn.Dropout', lambda m: type(m) in (nn.Dropout, nn.Dropout2d), ('p',)),
     ('Sequential', lambda m: isinstance(m, nn.Sequential), ()),
@@ -695,15 +695,15 @@ def _read_node(group, backend_name):
     elif kind == 'CAddTable':
         m = legacy.CAddTable(bool(a['inplace']))
     elif kind == 'MulConstant':
-        m = legacy.MulConstant(float(a['constant_scalar']), bool(a['inplace']))
+        m = activation.MulConstant(float(a['constant_scalar']), bool(a['inplace']))
     elif kind == 'LogSoftMax':
-        m = legacy.LogSoftMax()
+        m = activation.LogSoftMax(bool(a.get('instance', False)))
     elif kind == 'SoftMax':
-        m = legacy.SoftMax()
+        m = activation.SoftMax(bool(a.get('instance', False)))
     elif kind == 'Dropout':
-        m = legacy.Dropout(float(a['p']), bool(a['v1']))
+        m = activation.Dropout(float(a['p']), bool(a['v1']))
     elif kind == 'SpatialDropout':
-        m = legacy.SpatialDropout(float(a['p']))
+        m = activation.SpatialDropout(float(a['p']))
     elif kind == 'Threshold':
         m = nn.Threshold(float(a['threshold']), float(a['value']), bool(a['inplace']))
     elif kind == 'nn.Dropout':

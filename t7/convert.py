@@ -8,7 +8,7 @@ from torch import nn
 
 from layers.legacy import lua_type, named
 # importing the family modules fills the registry
-from t7 import (nn_activation, nn_containers, nn_conv, nn_lcnn, nn_normalization, nn_pooling,  # noqa: F401
+from t7 import (nn_activation, nn_containers, nn_conv, nn_distance, nn_lcnn, nn_normalization, nn_pooling,  # noqa: F401
                 nn_shape, nn_tables)
 from t7.read import LuaFunction, T7Error, TorchObject, load
 from t7.registry import BUILDERS, VERSION_2, WRITERS, Fields, class_of, float_dtype, storage_view, tensor_type

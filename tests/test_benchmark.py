@@ -12,7 +12,8 @@ import benchmark
 import t7
 from benchmark import BenchmarkError, Performance, lua_2f, lua_d
 from layers import PooledSpatialConvolution, named
-from layers.legacy import CAddTable, Concat, ConcatTable, Dropout, LogSoftMax, View
+from layers.activation import Dropout, LogSoftMax
+from layers.legacy import CAddTable, Concat, ConcatTable, View
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 

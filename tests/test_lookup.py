@@ -10,7 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 
 import t7
-from layers import PooledSpatialConvolution, legacy, lookup
+from layers import PooledSpatialConvolution, activation, legacy, lookup
 from layers.lookup import LookupConv2d, LookupInferenceError
 
 FIXTURES = Path(__file__).parent / 'fixtures'
@@ -213,9 +213,9 @@ def alexnet_lcnn_small(density, gen, width=8):
         *block(psc(c[2], c[3], 3, 1, 1, 10, density, gen), c[3]),
         *block(psc(c[3], c[4], 3, 1, 1, 10, density, gen), c[4]), nn.MaxPool2d(3, 2))
     classifier = nn.Sequential(
-        legacy.Dropout(0.5), *block(psc(c[4], c[5], 6, 1, 0, 16, density, gen), c[5]),
-        legacy.Dropout(0.5, v1=True), *block(psc(c[5], c[5], 1, 1, 0, 16, density, gen), c[5]),
-        nn.Conv2d(c[5], 10, 1), legacy.View(10), legacy.LogSoftMax())
+        activation.Dropout(0.5), *block(psc(c[4], c[5], 6, 1, 0, 16, density, gen), c[5]),
+        activation.Dropout(0.5, v1=True), *block(psc(c[5], c[5], 1, 1, 0, 16, density, gen), c[5]),
+        nn.Conv2d(c[5], 10, 1), legacy.View(10), activation.LogSoftMax())
     return nn.Sequential(features, classifier).eval()
 
 
@@ -232,7 +232,7 @@ def resnet_lcnn_small(density, gen):
 
     return nn.Sequential(psc(3, 8, 7, 2, 3, 3, density, gen), bn(8), nn.ReLU(True), nn.MaxPool2d(3, 2, 1),
                          block(8, 8, 1), block(8, 16, 2), block(16, 24, 2), nn.AvgPool2d(4, 1),
-                         legacy.View(24).setNumInputDims(3), nn.Linear(24, 10), legacy.LogSoftMax()).eval()
+                         legacy.View(24).setNumInputDims(3), nn.Linear(24, 10), activation.LogSoftMax()).eval()
 
 
 @pytest.mark.parametrize('density', [0.005, 0.5])

@@ -16,9 +16,10 @@ import models
 import opts
 import util
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
-from layers.legacy import CAddTable, Concat, ConcatTable, Dropout, MulConstant, View
+from layers.activation import Dropout, MulConstant
+from layers.legacy import CAddTable, Concat, ConcatTable, View
 from models import find_modules, lua_apply, lua_children, parameters_lua_order
-from layers.legacy import SpatialDropout
+from layers.activation import SpatialDropout
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import t7
 from layers import PooledSpatialConvolution
-from layers.legacy import LogSoftMax, View
+from layers.activation import LogSoftMax
+from layers.legacy import View
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 SEEDS = ['serialization_zoo.t7', 'serialization_zoo.ascii.t7', 'imagenet_trainCache.t7', 'optimState_sgd2.cuda.t7']

@@ -13,6 +13,7 @@ import models
 import opts
 import t7
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
+from layers.normalization import SpatialContrastiveNormalization, SpatialSubtractiveNormalization
 from layers.legacy import View
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
@@ -98,8 +99,10 @@ def test_saved_model_has_the_fields_lua_wrote(lua_files, batch, name):
     assert theirs.keys() == ours.keys()
     for key, lua_fields in theirs.items():
         assert lua_fields - ours[key] <= FORWARD_STATE, key
-        # Sequential's gradInput is nil in Lua only when its first child (a PooledSpatialConvolution) has none.
-        assert ours[key] - lua_fields <= {'gradInput'}, key
+        # Sequential's gradInput is nil in Lua only when its first child (a PooledSpatialConvolution) has none;
+        # cudnn.ReLU and cudnn.SpatialAveragePooling also get the fields of their nn classes, for the CPU stand-ins
+        # of cudnn that derive from those.
+        assert ours[key] - lua_fields <= {'gradInput', 'threshold', 'val', 'divide'}, key
     psc = written.modules[0] if name.startswith('resnet') else written.modules[0].modules[0]
     assert psc.weight is psc.poolconv.weight and psc.bias is psc.alignconv.bias
     assert psc.gradWeight is psc.poolconv.gradWeight and psc.m.modules == [psc.poolconv, psc.alignconv]
@@ -379,3 +382,248 @@ def test_save_model_fields_of_plain_pytorch_modules():
     with torch.no_grad():
         assert torch.equal(t7.load_model(saved(lua))(x), net(x))
     assert math.isclose(t7.load_model(saved(lua))[1].eps, 1e-3)
+
+
+# --- the leaf nn modules beyond the LCNN set: what the zoo's single evaluate forward does not pin down ---------------
+
+ZOO = FIXTURES / 'nn_zoo'
+
+
+def test_dropouts_train_with_lua_noise():
+    x = torch.rand(4, 3, 5, 5) + 1
+    maps = t7.load_model(module('nn.SpatialDropout', p=0.5, noise=torch.empty(0))).train()(x)
+    # Whole feature maps are dropped and the kept ones are not rescaled (Lua scales by 1-p at test time instead).
+    kept = maps.flatten(2).amax(2) > 0
+    assert 0 < kept.sum() < kept.numel()
+    assert torch.equal(maps[kept], x[kept]) and torch.equal(maps[~kept], torch.zeros_like(x[~kept]))
+    volumes = t7.load_model(module('nn.VolumetricDropout', p=0.5, noise=torch.empty(0)))
+    y = torch.rand(4, 3, 2, 2, 2) + 1
+    torch.testing.assert_close(volumes(y), y * 0.5)
+    dropped = volumes.train()(y).flatten(2)
+    assert torch.equal(dropped.amin(2) > 0, dropped.amax(2) > 0)
+    v1 = t7.load_model(module('nn.Dropout', p=0.25, v2=False, noise=torch.empty(0))).train()(x)
+    v2 = t7.load_model(module('nn.Dropout', p=0.25, v2=True, noise=torch.empty(0))).train()(x)
+    assert torch.equal(v1[v1 != 0], x[v1 != 0]) and torch.allclose(v2[v2 != 0], x[v2 != 0] / 0.75)
+    always = t7.load_model(module('nn.Dropout', p=0.5, v2=True, stochastic_inference=True, noise=torch.empty(0)))
+    assert not always.training and (always(x) == 0).any()
+
+
+def test_batch_normalization_trains_like_lua():
+    n = 3
+    g = torch.Generator().manual_seed(4)
+    mean, var = torch.randn(n, generator=g), torch.rand(n, generator=g) + 0.5
+    bn = t7.load_model(module('nn.SpatialBatchNormalization', version=2, eps=1e-5, momentum=0.1, affine=True,
+                              running_mean=mean.clone(), running_var=var.clone(), weight=torch.ones(n),
+                              bias=torch.zeros(n)))
+    one = torch.randn(1, n, 4, 4, generator=g)
+    expected = bn(one)
+    # Lua normalises a training batch of one sample with the running statistics and leaves them alone.
+    torch.testing.assert_close(bn.train()(one), expected)
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    batch = torch.randn(4, n, 4, 4, generator=g)
+    out = bn(batch)
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(n), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bn.running_mean, 0.9 * mean + 0.1 * batch.mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, 0.9 * var + 0.1 * batch.var((0, 2, 3), unbiased=True))
+    # One sample without its batch dimension: Lua adds one and keeps it.
+    assert bn.eval()(one[0]).shape == (1, n, 4, 4)
+
+
+def test_lookup_table_indices_padding_and_max_norm():
+    weight = torch.arange(12, dtype=torch.float32).view(4, 3) / 4
+    table = t7.load_model(module('nn.LookupTable', version=4, weight=weight.clone(), paddingValue=2,
+                                 shouldScaleGradByFreq=False)).train()
+    # Lua indices are 1-based; a Float index tensor (older code fed those) picks the same rows.
+    out = table(torch.tensor([[1.0, 2.0], [4.0, 2.0]]))
+    torch.testing.assert_close(out, weight[torch.tensor([[0, 1], [3, 1]])])
+    out.sum().backward()
+    assert torch.equal(table.weight.grad[1], torch.zeros(3)) and table.weight.grad[0].eq(1).all()
+    renormed = t7.load_model(module('nn.LookupTable', version=4, weight=weight.clone(), paddingValue=0, maxNorm=1.0,
+                                    shouldScaleGradByFreq=False))
+    scripted = torch.jit.script(t7.load_model(module('nn.LookupTable', version=4, weight=weight.clone(),
+                                                     paddingValue=0, maxNorm=1.0, shouldScaleGradByFreq=False)))
+    for m in (renormed, scripted):
+        y = m(torch.tensor([3, 1]))
+        assert torch.allclose(y.norm(dim=1), torch.tensor([1.0, weight[0].norm()]), atol=1e-6)
+        # Lua renormalises the referenced rows of the weight itself, not only the output.
+        torch.testing.assert_close(m.weight[2], y[0])
+        torch.testing.assert_close(m.weight[3], weight[3])
+
+
+def test_convolution_map_trains_only_its_connections():
+    table = torch.tensor([[1, 1], [3, 1], [2, 2]], dtype=torch.float32)
+    g = torch.Generator().manual_seed(2)
+    weight, bias = torch.randn(3, 2, 3, generator=g), torch.randn(2, generator=g)
+    layer = t7.load_model(module('nn.SpatialConvolutionMap', connTable=table, kW=3, kH=2, dW=1, dH=2,
+                                 nInputPlane=3, nOutputPlane=2, weight=weight, bias=bias)).train()
+    x = torch.randn(2, 3, 6, 7, generator=g)
+    out = layer(x)
+    first = F.conv2d(x[:, :1], weight[0][None, None], stride=(2, 1)) + \
+        F.conv2d(x[:, 2:], weight[1][None, None], stride=(2, 1))
+    torch.testing.assert_close(out[:, 0], (first + bias[0])[:, 0])
+    torch.testing.assert_close(out[:, 1], F.conv2d(x[:, 1:2], weight[2][None, None], stride=(2, 1))[:, 0] + bias[1])
+    out.sum().backward()
+    assert layer.weight.grad.shape == (3, 2, 3) and [p.shape for p in layer.parameters()] == [(3, 2, 3), (2,)]
+    assert torch.equal(t7.to_lua(layer).connTable, table)
+
+
+def test_cudnn_softmax_normalises_whole_samples():
+    x = torch.randn(3, 2, 2)
+    out, built = forward(module('cudnn.SoftMax', algorithm='CUDNN_SOFTMAX_ACCURATE'), x)
+    torch.testing.assert_close(out, x.flatten().softmax(0).view_as(x))
+    out, _ = forward(module('nn.SoftMax'), x)
+    torch.testing.assert_close(out, x.softmax(0))
+    out, _ = forward(module('cudnn.LogSoftMax'), x[None])
+    torch.testing.assert_close(out, x.flatten().log_softmax(0).view(1, 3, 2, 2))
+    with pytest.raises(t7.T7Error, match=r'cannot save nn.SoftMax at model with instance=True'):
+        t7.to_lua(named(built, 'nn.SoftMax'))
+
+
+def test_average_pooling_without_divide_scales_the_averages():
+    x = torch.randn(1, 2, 5, 5)
+    obj = module('nn.SpatialAveragePooling', kW=3, kH=3, dW=2, dH=2, padW=1, padH=1, ceil_mode=False,
+                 count_include_pad=False, divide=False)
+    out, built = forward(obj, x)
+    # Lua multiplies the averages by kW*kH: border windows are not their sums when the padding is not counted.
+    torch.testing.assert_close(out, F.avg_pool2d(x, 3, 2, 1, count_include_pad=False) * 9)
+    written = t7.to_lua(built)
+    assert written.divide is False and written.count_include_pad is False and written.padW == 1
+    cudnn = module('cudnn.SpatialAveragePooling', kW=2, kH=2, dW=2, dH=2, padW=0, padH=0, ceil_mode=False,
+                   divide=False)
+    with pytest.raises(t7.T7Error, match=r'cudnn.SpatialAveragePooling at model: divide=false, which cudnn refuses'):
+        t7.load_model(cudnn)
+
+
+def test_volumetric_max_pooling_is_written_as_version_2():
+    pool = nn.MaxPool3d(2, 2, ceil_mode=True)
+    written = t7.to_lua(pool)
+    assert written.typename == 'nn.VolumetricMaxPooling' and written.version == 2 and written.ceil_mode is True
+    x = torch.randn(1, 1, 5, 5, 5)
+    torch.testing.assert_close(t7.load_model(saved(written))(x), pool(x))
+
+
+def test_local_normalisations_built_in_python_match_lua():
+    for case, layer in [('SpatialContrastiveNormalization_k5', SpatialContrastiveNormalization(3, torch.ones(5, 5))),
+                        ('SpatialSubtractiveNormalization_1d',
+                         SpatialSubtractiveNormalization(2, torch.tensor([1.0, 2.0, 1.0])))]:
+        x, expected = t7.load(ZOO / f'{case}.input.t7'), t7.load(ZOO / f'{case}.output.t7')
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
+    # A 1-D kernel: Lua's contrastive normalisation hands one kernel tensor to both parts, normalised twice.
+    contrastive = SpatialContrastiveNormalization(4, torch.tensor([1.0, 2.0, 1.0]))
+    subtractive, divisive = contrastive.subtractive, contrastive.divisive
+    torch.testing.assert_close(subtractive.kernel, torch.tensor([1.0, 2.0, 1.0]) / 16)
+    torch.testing.assert_close(divisive.kernel, torch.tensor([1.0, 2.0, 1.0]) / 8)
+    back = t7.load_model(saved(t7.to_lua(contrastive)))
+    x = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(back(x), contrastive(x))
+
+
+def test_unconvertible_fields_name_the_class_and_its_place():
+    bad = [
+        (module('nn.SpatialCrossMapLRN', size=4, alpha=1e-4, beta=0.75, k=1), 'field size must be an odd positive'),
+        (module('nn.SpatialConvolutionMap', connTable=torch.zeros(2, 2), kW=3, kH=3, weight=torch.ones(2, 3, 3),
+                bias=torch.ones(1)), 'field connTable must be an N x 2 table of 1-based plane numbers'),
+        (module('nn.AddConstant', constant_scalar=torch.ones(3), inplace=False), 'a tensor constant_scalar'),
+        (module('nn.Normalize', p=0, eps=1e-10), r'field p must be a positive number'),
+        (module('nn.RReLU', lower=0.5, upper=0.1, inplace=False), 'needs 0 <= lower <= upper'),
+        (module('nn.SpatialConvolutionLocal', nInputPlane=1, nOutputPlane=1, iW=4, iH=4, kW=3, kH=3, dW=1, dH=1,
+                padW=0, padH=0, oW=3, oH=2, weight=torch.ones(2, 2, 1, 1, 3, 3), bias=torch.ones(1, 2, 2)),
+         'field oW must be 2'),
+    ]
+    for obj, message in bad:
+        net = module('nn.Sequential', modules=[module('nn.Identity'), obj])
+        with pytest.raises(t7.T7Error, match=rf'^{obj.typename} at model.modules\[1\]: .*{message}'):
+            t7.load_model(net)
+
+
+def test_plain_pytorch_modules_save_as_their_lua_classes():
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.ConvTranspose2d(3, 4, 3, 2, 1, 1), nn.ELU(0.5), nn.ReflectionPad2d((1, 0, 2, 1)),
+                        nn.Conv2d(4, 8, 3), nn.PixelShuffle(2), nn.PReLU(2), nn.AdaptiveAvgPool2d((3, 2)),
+                        nn.Hardtanh(-0.5, 0.5), nn.Tanh()).eval()
+    lua = t7.to_lua(net)
+    assert [m.typename for m in lua.modules] == [
+        'nn.SpatialFullConvolution', 'nn.ELU', 'nn.SpatialReflectionPadding', 'nn.SpatialConvolution',
+        'nn.PixelShuffle', 'nn.PReLU', 'nn.SpatialAdaptiveAveragePooling', 'nn.HardTanh', 'nn.Tanh']
+    assert (lua.modules[0].adjW, lua.modules[2].pad_t, lua.modules[5].nOutputPlane) == (1, 2, 2)
+    x = torch.randn(2, 3, 4, 5, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(t7.load_model(saved(lua))(x), net(x))
+
+
+def test_save_model_refuses_leaf_modules_lua_cannot_run():
+    refused = [
+        (nn.MaxPool2d(2, return_indices=True), 'returns no indices'),
+        (named(nn.ConstantPad2d(1, 0.5), 'nn.SpatialZeroPadding'), 'it pads with 0.5'),
+        (named(nn.ConvTranspose2d(4, 4, 3, groups=2), 'cudnn.SpatialFullConvolution'),
+         'full convolutions have no groups'),
+        (nn.AvgPool3d(2, padding=1), 'no padding, ceil mode or divisor'),
+        (nn.Conv2d(2, 2, 3, dilation=2), 'name it nn.SpatialDilatedConvolution'),
+        (nn.Conv2d(2, 2, 3, padding='same'), 'pad with zeros by a number of pixels'),
+        (named(nn.BatchNorm2d(3, affine=False), 'cudnn.SpatialBatchNormalization'), 'always affine'),
+        (named(nn.AdaptiveMaxPool2d((None, 2)), 'nn.SpatialAdaptiveMaxPooling'), 'both output sizes'),
+    ]
+    for module_, message in refused:
+        with pytest.raises(t7.T7Error, match=rf'cannot save .* at model: .*{message}'):
+            t7.to_lua(module_)
+
+
+def test_one_hot_and_spatial_softmaxes():
+    out, one_hot = forward(module('nn.OneHot', outputSize=4), torch.tensor([[1, 3], [4, 2]]))
+    assert out.dtype == torch.float32 and out.shape == (2, 2, 4)
+    assert out.argmax(-1).tolist() == [[0, 2], [3, 1]] and out.sum().item() == 4
+    assert one_hot.double()(torch.tensor([2.0])).dtype == torch.float64
+    assert t7.to_lua(one_hot).outputSize == 4
+    x = torch.randn(2, 3, 2, 2)
+    for typename in ('nn.SpatialSoftMax', 'cudnn.SpatialSoftMax'):
+        out, built = forward(module(typename), x)
+        torch.testing.assert_close(out, x.softmax(1))
+    out, built = forward(module('cudnn.SpatialLogSoftMax', algorithm='CUDNN_SOFTMAX_LOG',
+                                mode='CUDNN_SOFTMAX_MODE_CHANNEL'), x[0])
+    torch.testing.assert_close(out, x[0].log_softmax(0))
+    written = t7.to_lua(built)
+    assert (written.typename, written.algorithm, written.mode) == ('cudnn.SpatialLogSoftMax', 'CUDNN_SOFTMAX_LOG',
+                                                                   'CUDNN_SOFTMAX_MODE_CHANNEL')
+
+
+def test_depthwise_convolution_reads_planes_as_thnn_does():
+    g = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(2, 3, 3, 3, generator=g), torch.randn(2, 3, generator=g)
+    obj = module('nn.SpatialDepthWiseConvolution', nInputPlane=3, nOutputPlane=2, kW=3, kH=3, dW=1, dH=1, padW=1,
+                 padH=0, weight=weight.view(2, 27), bias=bias)
+    x = torch.randn(2, 3, 4, 6, generator=g)
+    out, _ = forward(obj, x)
+    # THNN swaps an input plane's height and width (it reads a 4 x 6 plane as 6 rows of 4), so the output is
+    # 2 x 6 x 4 x 4; output planes go input plane by input plane, each with its 2 kernels.
+    expected = F.conv2d(x.reshape(2, 3, 6, 4), weight.transpose(0, 1).reshape(6, 1, 3, 3), bias.t().reshape(6),
+                        padding=(0, 1), groups=3)
+    assert out.shape == (2, 6, 4, 4)
+    torch.testing.assert_close(out, expected)
+
+
+def test_local_normalisation_files_from_2012():
+    # Before October 2012 the estimators convolved each plane on its own (one-to-one SpatialConvolutionMaps) and
+    # added the planes up with nn.Sum.
+    planes, one_to_one = 3, torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+
+    def per_plane(kernel):
+        kh, kw = kernel.shape
+        return module('nn.SpatialConvolutionMap', connTable=one_to_one, kW=kw, kH=kh, dW=1, dH=1,
+                      nInputPlane=planes, nOutputPlane=planes, weight=kernel.expand(planes, kh, kw).clone(),
+                      bias=torch.zeros(planes))
+
+    for kernel, maps in [(torch.ones(3, 5), lambda k: [per_plane(k)]),
+                         (torch.tensor([1.0, 2.0, 1.0]), lambda k: [per_plane(k.view(1, 3)), per_plane(k.view(3, 1))])]:
+        current = SpatialSubtractiveNormalization(planes, kernel)
+        k = current.kernel if kernel.dim() == 2 else current.mean_map_weight[0, 0]
+        pad_w, pad_h = current.pad_w, current.pad_h
+        old = module('nn.SpatialSubtractiveNormalization', nInputPlane=planes, kernel=current.kernel,
+                     coef=torch.zeros(1, 1, 1), meanestimator=module('nn.Sequential', modules=[
+                         module('nn.SpatialZeroPadding', pad_l=pad_w, pad_r=pad_w, pad_t=pad_h, pad_b=pad_h),
+                         *maps(k), module('nn.Sum', dimension=1), module('nn.Replicate', nfeatures=planes, dim=1)]),
+                     subtractor=module('nn.CSubTable', gradInput={}), divider=module('nn.CDivTable', gradInput={}))
+        x = torch.randn(planes, 7, 6)
+        out, built = forward(old, x)
+        torch.testing.assert_close(out, current(x))
+        assert t7.to_lua(built).meanestimator.modules[-2].typename == 'nn.SpatialConvolution'

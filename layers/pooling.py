@@ -1,0 +1,77 @@
+"""Port of torch/nn's pooling and up-sampling modules that PyTorch lacks or runs differently."""
+from typing import List
+
+from torch import nn
+import torch.nn.functional as F
+
+
+class SpatialAveragePooling(nn.AvgPool2d):
+    """nn.SpatialAveragePooling with divide=false: Lua multiplies the window averages (counted as
+    count_include_pad says) by kW*kH. With divide=true it is nn.AvgPool2d."""
+    lua_type = 'nn.SpatialAveragePooling'
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divide=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+        self.divide = bool(divide)
+        kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.window = kernel[0] * kernel[1]
+
+    def forward(self, x):
+        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        return y if self.divide else y * self.window
+
+
+class TemporalMaxPooling(nn.Module):
+    """nn.TemporalMaxPooling(kW, dW): max over windows of kW frames of a (batch x) time x frame input."""
+    lua_type = 'nn.TemporalMaxPooling'
+
+    def __init__(self, kW, dW=None):
+        super().__init__()
+        self.kW, self.dW = kW, kW if dW is None else dW
+
+    def forward(self, x):
+        return F.max_pool1d(x.transpose(-1, -2), self.kW, self.dW).transpose(-1, -2)
+
+
+class SpatialLPPooling(nn.Sequential):
+    """nn.SpatialLPPooling(nInputPlane, pnorm, kW, kH, dW, dH): the Lua container of Square (or Power(p)), a
+    kW x kH average pooling, MulConstant(kW*kH) and Sqrt (or Power(1/p)): the p-norm of each window."""
+    lua_type = 'nn.SpatialLPPooling'
+
+    def __init__(self, *modules, kW, kH, dW, dH):
+        super().__init__(*modules)
+        self.kW, self.kH, self.dW, self.dH = kW, kH, dW, dH
+
+
+class SpatialUpSamplingNearest(nn.Module):
+    """nn.SpatialUpSamplingNearest(scale): each pixel of a (batch of) C x H x W image repeated scale x scale."""
+    lua_type = 'nn.SpatialUpSamplingNearest'
+
+    def __init__(self, scale_factor):
+        super().__init__()
+        self.scale_factor = int(scale_factor)
+
+    def forward(self, x):
+        return x.repeat_interleave(self.scale_factor, -1).repeat_interleave(self.scale_factor, -2)
+
+
+class SpatialUpSamplingBilinear(nn.Module):
+    """nn.SpatialUpSamplingBilinear(scale or {oheight=, owidth=}): bilinear up-sampling to H*scale x W*scale (or
+    the given size) that maps the corner pixels onto each other (PyTorch's align_corners=True)."""
+    lua_type = 'nn.SpatialUpSamplingBilinear'
+
+    def __init__(self, scale_factor=0, oheight=0, owidth=0):
+        super().__init__()
+        if (scale_factor > 0) == (oheight > 0 and owidth > 0):
+            raise ValueError('SpatialUpSamplingBilinear: give either an integer scale_factor or oheight and owidth')
+        self.scale_factor, self.oheight, self.owidth = int(scale_factor), int(oheight), int(owidth)
+
+    def forward(self, x):
+        single = x.dim() == 3
+        if single:
+            x = x.unsqueeze(0)
+        size: List[int] = [self.oheight, self.owidth]
+        if self.scale_factor > 0:
+            size = [x.size(2) * self.scale_factor, x.size(3) * self.scale_factor]
+        y = F.interpolate(x, size=size, mode='bilinear', align_corners=True)
+        return y.squeeze(0) if single else y
