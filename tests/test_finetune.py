@@ -14,7 +14,8 @@ import opts
 import runtime
 import t7
 import train
-from layers.legacy import Dropout, LogSoftMax, View
+from layers.activation import Dropout, LogSoftMax
+from layers.legacy import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 ZOO = pathlib.Path(__file__).parent / 'fixtures' / 'nn_zoo'
