@@ -42,9 +42,12 @@ def class_of(typename):
     package, _, name = typename.partition('.')
     if package in ('nn', 'cudnn'):
         return name
-    if typename == 'nn_plus.ChannelInterlace':
-        return 'ChannelInterlace'
-    return None
+    # Classes that projects declared outside nn under a name of their own, with nn's fields.
+    return _OUTSIDE_NN.get(typename)
+
+
+# clcNet's ChannelInterlace; char-rnn's OneHot (util/OneHot.lua, saved in every char-rnn checkpoint) is nn.OneHot's.
+_OUTSIDE_NN = {'nn_plus.ChannelInterlace': 'ChannelInterlace', 'OneHot': 'OneHot'}
 
 
 class Fields:

@@ -575,6 +575,9 @@ def test_one_hot_and_spatial_softmaxes():
     assert out.argmax(-1).tolist() == [[0, 2], [3, 1]] and out.sum().item() == 4
     assert one_hot.double()(torch.tensor([2.0])).dtype == torch.float64
     assert t7.to_lua(one_hot).outputSize == 4
+    # char-rnn declares its own class named plain OneHot, with nn.OneHot's field and forward; it is written back so
+    out, char_rnn = forward(module('OneHot', outputSize=3), torch.tensor([3, 1]))
+    assert out.tolist() == [[0, 0, 1], [1, 0, 0]] and t7.to_lua(char_rnn).typename == 'OneHot'
     x = torch.randn(2, 3, 2, 2)
     for typename in ('nn.SpatialSoftMax', 'cudnn.SpatialSoftMax'):
         out, built = forward(module(typename), x)
