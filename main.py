@@ -150,6 +150,7 @@ def run_clcnet(opt, dist, train_loader, val_loader, n_classes):
 def benchmark_only(opt, dist):
     """-benchmark: the network alone, on an input of -cropSize; no data is read and nothing is written."""
     lua_print(opts.format(opt))
+    torch.manual_seed(opt.manualSeed)
     if opt.netType.startswith('clcnet'):
         model, _ = model_setup.setup_clcnet(opt, checkpoints.latest(opt)[0], dist)
     else:
