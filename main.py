@@ -160,7 +160,7 @@ def benchmark_only(opt, dist):
 
 
 def open_run_folder(opt):
-    """The run folder with its log.txt (appended to under -resume) and the record of the options."""
+    """The run folder with its log.txt (appended to under -resume) and the record of its options."""
     try:
         os.makedirs(opt.save, exist_ok=True)
         checkpoints.remove_incomplete(opt.save)
@@ -169,7 +169,9 @@ def open_run_folder(opt):
         flag = ('-resume' if opt.resume != 'none' else '-save' if opt.command['values']['save'] else '-cache')
         raise UserError(f'{flag} {getattr(opt, flag[1:])}: cannot write the run folder {opt.save} there '
                         f'({e.strerror}); give a {flag} folder you can write to') from None
-    checkpoints.save_text(os.path.join(opt.save, opts.RUN_OPTIONS), opts.record_text(opt))
+    if not (opt.testOnly and opt.resume != 'none'):
+        # a test of a run's checkpoint leaves the record of its training as it is
+        checkpoints.save_text(os.path.join(opt.save, opts.RUN_OPTIONS), opts.record_text(opt))
 
 
 def first_on_rank0(dist, first, then):

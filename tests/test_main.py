@@ -302,6 +302,9 @@ def test_resume_dir_alone_goes_on_with_the_recorded_options(tmp_path, capsys, ti
     state = t7.load(str(save / 'optimState_2.t7'))
     # -epochSize 2 and -LR 0.5 came from the record
     assert state['evalCounter'] == 4 and state['learningRate'] == 0.005
+    # testing its last checkpoint leaves the record of the run as it was
+    code, out, err = run_main(['-resume', str(save), '-testOnly'], capsys)
+    assert code == 0 and '-testOnly false -> true' in out and '[TESTING SUMMARY]' in out
     # a finished run says so; stray files are no epochs
     for name in ('optimState_7.t7.bak', 'optimState_8.t7~', 'notes.txt'):
         (save / name).touch()
