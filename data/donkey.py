@@ -136,12 +136,13 @@ class Hooks:
                 self.memo.put(path, scaled)
         y0, x0, flip = place(*scaled.shape[1:])
         out = scaled[:, y0:y0 + crop, x0:x0 + crop]
-        return np.ascontiguousarray(out[:, :, ::-1] if flip else out)
+        return out[:, :, ::-1] if flip else out
 
     def _finish(self, out):
-        """Replicate grey, then subtract mean and divide by std per channel."""
+        """Replicate grey, then subtract mean and divide by std per channel (into a new array when `out` is a view
+        of a memoised image)."""
         crop = self.crop_size
-        res = out if out.shape[0] == 3 else np.empty((3, crop, crop), np.float32)
+        res = out if out.shape[0] == 3 and out.base is None else np.empty((3, crop, crop), np.float32)
         for c in range(3):
             # One channel at a time keeps the scalar operand on numpy's fast path.
             plane = out[c if out.shape[0] == 3 else 0]
