@@ -80,8 +80,10 @@ def warn_output_size(net, opt, n_classes):
         return
     text = f'-retrain {opt.retrain} has {outputs} outputs but the data has {n_classes} classes'
     if outputs < n_classes:
-        raise UserError(f'{text}: classes {outputs + 1} to {n_classes} have no score; give a network made for '
-                        f'{n_classes} classes (or -resetClassifier -nClasses {n_classes} for a clcNet network)')
+        missing = (f'class {n_classes} has' if outputs + 1 == n_classes else
+                   f'classes {outputs + 1} to {n_classes} have')
+        raise UserError(f'{text}: {missing} no score; give a network made for {n_classes} classes (or '
+                        f'-resetClassifier -nClasses {n_classes} for a clcNet network)')
     lua_print(f'WARNING: {text}: its first {n_classes} scores are read as the classes of classes.t7')
 
 
