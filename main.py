@@ -214,7 +214,8 @@ def run(opt, dist):
         torch.manual_seed(data_opt.manualSeed)
         lua_print('Saving everything to: ' + opt.save)
         loaders = data.setup(data_opt, check=lambda *loaders: data.verify(opt, *loaders))
-        return loaders + data.check(opt, *loaders)[:1]
+        n_classes, _ = data.check(opt, *loaders)
+        return loaders + (n_classes,)
 
     def join():
         torch.manual_seed(data_opt.manualSeed)
