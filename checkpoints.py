@@ -50,6 +50,14 @@ def save_object(path, obj):
     _atomic(path, lambda tmp: t7.save(tmp, obj))
 
 
+def save_text(path, text):
+    """A small text file (the run's options.json)."""
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+    _atomic(path, write)
+
+
 def save_model(path, net):
     """torch.save of the network as its nn/cudnn module tree, from a float32 CPU copy (the training network is
     left untouched, as clcNet's deepCopy(model):float() does)."""

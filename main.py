@@ -2,6 +2,7 @@
 epoch after epoch, test once (-testOnly) or benchmark (-benchmark); on one process, on -nGPU N local processes,
 or as one process of a torchrun job (torch.distributed DDP)."""
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -29,8 +30,9 @@ USER_ERRORS = (UserError, t7.T7Error, data.DataError, benchmark.BenchmarkError, 
 
 
 def check_inputs(opt):
-    """What can be checked before anything is written: the -data folder and the files named by flags."""
-    if opt.dataset != 'digits':
+    """What can be checked before anything is written: the -data folder, the files named by flags, and that some
+    epoch is left to run."""
+    if opt.dataset != 'digits' and not opt.benchmark:
         if not os.path.isdir(opt.data):
             raise UserError(f'-data {opt.data}: no such folder; give the dataset folder that holds train/ and val/')
         if not os.path.isdir(os.path.join(opt.data, 'train')):
@@ -38,16 +40,25 @@ def check_inputs(opt):
                             'train/ and val/')
     for flag in ('retrain', 'loadParams', 'optimState'):
         path = getattr(opt, flag)
+        if path != 'none' and os.path.isdir(path):
+            raise UserError(f'-{flag} {path}: that is a folder; give a file in it (such as a run folder\'s '
+                            f"{'optimState' if flag == 'optimState' else 'model'}_N.t7)")
         if path != 'none' and not os.path.isfile(path):
             raise UserError(f'-{flag} {path}: file not found')
+    if not (opt.testOnly or opt.benchmark) and opt.epochNumber > opt.nEpochs:
+        if opt.resume != 'none' and opt.epochNumber > 1:
+            raise UserError(f'-resume {opt.resume}: finished at epoch {opt.epochNumber - 1}; raise -nEpochs to go on')
+        raise UserError(f'-nEpochs {opt.nEpochs} with -epochNumber {opt.epochNumber}: no epoch to run, so nothing '
+                        f'runs; give -nEpochs {opt.epochNumber} or more (or -testOnly to test)')
 
 
-def run_benchmark(net, loader, opt):
+def run_benchmark(net, opt):
     """benchmark.lua: the FLOP tree of one forward; with -lookup also the measured per-layer times (on the CPU,
-    where the lookup kernels run)."""
+    where the lookup kernels run). The input is an image of -cropSize (Lua sampled one from the train set; the
+    counts and times depend on its size only)."""
     benchmark.benchmark(net, opt, out=lua_print)
     if opt.lookup:
-        example, _ = loader.get(0, 1)
+        example = torch.randn(1, 3, opt.cropSize, opt.cropSize, generator=torch.Generator().manual_seed(0))
         lua_print(lookup.format_timing(lookup.time_layers(net.cpu(), example)))
 
 
@@ -61,13 +72,38 @@ def test_lookup(net, criterion, opt, dist, loader):
     test.Tester(compiled, criterion, opt, Dist()).test(opt.epochNumber, loader)
 
 
-def run_lcnn(opt, dist, train_loader, test_loader):
+def warn_output_size(net, opt, n_classes):
+    """-retrain of a network made for another number of classes: a warning when it has more outputs than the data
+    has classes (Lua ran it), one line and no run when some class has no output."""
+    outputs = model_setup.output_size(net)
+    if opt.retrain == 'none' or outputs is None or outputs == n_classes:
+        return
+    text = f'-retrain {opt.retrain} has {outputs} outputs but the data has {n_classes} classes'
+    if outputs < n_classes:
+        missing = (f'class {n_classes} has' if outputs + 1 == n_classes else
+                   f'classes {outputs + 1} to {n_classes} have')
+        raise UserError(f'{text}: {missing} no score; give a network made for {n_classes} classes (or '
+                        f'-resetClassifier -nClasses {n_classes} for a clcNet network)')
+    lua_print(f'WARNING: {text}: its first {n_classes} scores are read as the classes of classes.t7')
+
+
+@contextlib.contextmanager
+def batch_norm_hint(opt):
+    """torch's refusal of a BatchNorm over one value per channel (a batch of 1) as the flag to change."""
+    try:
+        yield
+    except ValueError as e:
+        if 'Expected more than 1 value per channel when training' not in str(e):
+            raise
+        raise UserError(f'-batchSize {opt.batchSize}: BatchNorm needs more than one value per channel when '
+                        'training, so a batch of 1 cannot train this network; give -batchSize 2 or more '
+                        '(-testOnly works with 1)') from None
+
+
+def run_lcnn(opt, dist, train_loader, test_loader, n_classes):
     """lcnn's main.lua after data.lua: model.lua, train.lua, test.lua, then the epoch loop."""
     model, criterion = model_setup.setup(opt, dist)
-    if opt.benchmark:
-        if dist.main:
-            run_benchmark(unwrap(model), test_loader, opt)
-        return
+    warn_output_size(unwrap(model), opt, n_classes)
     if opt.testOnly:
         if opt.lookup:
             test_lookup(unwrap(model), criterion, opt, dist, test_loader)
@@ -79,19 +115,17 @@ def run_lcnn(opt, dist, train_loader, test_loader):
     epochs = range(opt.epochNumber, opt.nEpochs + 1)
     with progress(opt, dist, total=len(epochs), desc='epochs', unit='epoch', position=1) as bar:
         for epoch in epochs:
-            trainer.train(epoch, train_loader)
+            with batch_norm_hint(opt):
+                trainer.train(epoch, train_loader)
             tester.test(epoch, test_loader)
             bar.update(1)
 
 
-def run_clcnet(opt, dist, train_loader, val_loader):
+def run_clcnet(opt, dist, train_loader, val_loader, n_classes):
     """clcNet's main.lua: checkpoint, model, Trainer, epochs with model_best / latest checkpoints."""
     checkpoint, optim_state = checkpoints.latest(opt)
     model, criterion = model_setup.setup_clcnet(opt, checkpoint, dist)
-    if opt.benchmark:
-        if dist.main:
-            run_benchmark(unwrap(model), val_loader, opt)
-        return
+    warn_output_size(unwrap(model), opt, n_classes)
     trainer = train.ClcTrainer(model, criterion, opt, optim_state, dist)
     if opt.testOnly:
         top1_err, top5_err = trainer.test(0, val_loader)
@@ -102,7 +136,8 @@ def run_clcnet(opt, dist, train_loader, val_loader):
     epochs = range(start, opt.nEpochs + 1)
     with progress(opt, dist, total=len(epochs), desc='epochs', unit='epoch', position=1) as bar:
         for epoch in epochs:
-            trainer.train(epoch, train_loader)
+            with batch_norm_hint(opt):
+                trainer.train(epoch, train_loader)
             top1, top5 = trainer.test(epoch, val_loader)
             best = top1 < best_top1
             if best:
@@ -114,38 +149,85 @@ def run_clcnet(opt, dist, train_loader, val_loader):
     lua_print(' * Finished top1: %6.3f  top5: %6.3f' % (best_top1, best_top5))
 
 
-def setup_data(data_opt, dist):
-    """data.setup with this process's options (its share of the batch, its seed); rank 0 first, since it may
-    write the caches the others then read."""
+def benchmark_only(opt, dist):
+    """-benchmark: the network alone, on an input of -cropSize; no data is read and nothing is written."""
+    lua_print(opts.format(opt))
+    torch.manual_seed(opt.manualSeed)
+    if opt.netType.startswith('clcnet'):
+        model, _ = model_setup.setup_clcnet(opt, checkpoints.latest(opt)[0], dist)
+    else:
+        model, _ = model_setup.setup(opt, dist)
     if dist.main:
-        loaders = data.setup(data_opt)
-    if dist.world > 1:
-        torch_dist.barrier()
-    if not dist.main:
-        loaders = data.setup(data_opt)
-    return loaders
+        run_benchmark(unwrap(model), opt)
+
+
+def open_run_folder(opt):
+    """The run folder with its log.txt (appended to under -resume) and the record of its options."""
+    try:
+        os.makedirs(opt.save, exist_ok=True)
+        checkpoints.remove_incomplete(opt.save)
+        console.open_log(os.path.join(opt.save, 'log.txt'), opts.log_text(opt), append=opt.resume != 'none')
+    except OSError as e:
+        flag = ('-resume' if opt.resume != 'none' else '-save' if opt.command['values']['save'] else '-cache')
+        raise UserError(f'{flag} {getattr(opt, flag[1:])}: cannot write the run folder {opt.save} there '
+                        f'({e.strerror}); give a {flag} folder you can write to') from None
+    if not (opt.testOnly and opt.resume != 'none'):
+        # a test of a run's checkpoint leaves the record of its training as it is
+        checkpoints.save_text(os.path.join(opt.save, opts.RUN_OPTIONS), opts.record_text(opt))
+
+
+def first_on_rank0(dist, first, then):
+    """first() on rank 0, then() on the others once rank 0 is through (it may write the caches they read).
+    A user error on rank 0 reaches the others, which end with it instead of waiting for rank 0."""
+    if dist.world == 1:
+        return first()
+    failure = [None]
+    if dist.main:
+        try:
+            result = first()
+        except USER_ERRORS as e:
+            failure = [_one_line(e)]
+            error = e
+    torch_dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        if dist.main:
+            raise error
+        raise UserError(failure[0])
+    return result if dist.main else then()
 
 
 def run(opt, dist):
     """Everything main.lua does, in one process of `dist`."""
-    if dist.main:
-        os.makedirs(opt.save, exist_ok=True)
-        checkpoints.remove_incomplete(opt.save)
-        console.open_log(os.path.join(opt.save, 'log.txt'), opts.log_text(opt), append=opt.resume != 'none')
-        runtime.progress_aware_printing(opt, dist)
-    lua_print(opts.format(opt))
+    if opt.benchmark:
+        benchmark_only(opt, dist)
+        return
     # every worker draws its own samples and dropout masks; rank 0 keeps -manualSeed (DDP starts all workers
     # from rank 0's parameters)
     data_opt = runtime.worker_opt(opt, dist)
-    torch.manual_seed(data_opt.manualSeed)
-    lua_print('Saving everything to: ' + opt.save)
-    train_loader, test_loader = setup_data(data_opt, dist)
-    if dist.main:
-        data.check(opt, train_loader, test_loader)
+
+    def prepare():
+        open_run_folder(opt)
+        runtime.progress_aware_printing(opt, dist)
+        lua_print(opts.format(opt))
+        for line in opts.restored_lines(opt):
+            lua_print(line)
+        torch.manual_seed(data_opt.manualSeed)
+        lua_print('Saving everything to: ' + opt.save)
+        loaders = data.setup(data_opt, check=lambda *loaders: data.verify(opt, *loaders))
+        n_classes, _ = data.check(opt, *loaders)
+        return loaders + (n_classes,)
+
+    def join():
+        torch.manual_seed(data_opt.manualSeed)
+        loaders = data.setup(data_opt)
+        return loaders + (len(loaders[0].classes),)
+
+    train_loader, test_loader, n_classes = first_on_rank0(dist, prepare, join)
     if opt.netType.startswith('clcnet'):
-        run_clcnet(opt, dist, train_loader, test_loader)
+        run_clcnet(opt, dist, train_loader, test_loader, n_classes)
     else:
-        run_lcnn(opt, dist, train_loader, test_loader)
+        run_lcnn(opt, dist, train_loader, test_loader, n_classes)
+    lua_print('Saved everything to: ' + opt.save)
 
 
 def _one_line(error):
@@ -161,26 +243,28 @@ def _free_port():
 def _worker(local_rank, opt, world, rank_offset, local_world):
     """One process of a DDP job: join the process group, then run; a user error ends it with one line."""
     rank = rank_offset + local_rank
-    joined = False
     try:
         device = model_setup.select_device(opt, local_rank)
         if device.type == 'cpu':
             # the processes of this machine share its cores instead of each taking all of them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         torch_dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', rank=rank, world_size=world)
-        joined = True
         if rank != 0:
             # one Lua process printed; the other workers stay silent on stdout
             console.quiet = True
             sys.stdout = open(os.devnull, 'w')
         try:
             run(opt, Dist(rank, world, device))
+        except USER_ERRORS as e:
+            # once joined, the workers go in step and rank 0 reports for all of them, at once: mp.spawn stops the
+            # other workers as soon as one has ended
+            if rank == 0:
+                print(f'main.py: {_one_line(e)}', file=sys.stderr, flush=True)
+            sys.exit(1)
         finally:
             torch_dist.destroy_process_group()
     except USER_ERRORS as e:
-        # once joined, the workers go in step and rank 0 reports for all of them
-        if rank == 0 or not joined:
-            print(f'main.py: {_one_line(e)}', file=sys.stderr)
+        print(f'main.py: {_one_line(e)}', file=sys.stderr)
         sys.exit(1)
     finally:
         console.close()
@@ -199,6 +283,8 @@ def main(argv=None):
         elif opt.nGPU > 1:
             os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
             os.environ['MASTER_PORT'] = str(_free_port())
+            # the worker that ends first has printed why; mp.spawn's note that it stops the others is noise
+            logging.getLogger('torch.multiprocessing.spawn').setLevel(logging.ERROR)
             try:
                 mp.spawn(_worker, args=(opt, int(opt.nGPU), 0, int(opt.nGPU)), nprocs=int(opt.nGPU))
             except mp.ProcessExitedException as e:

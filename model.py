@@ -51,6 +51,16 @@ def create(opt):
         raise UserError(str(e)) from None
 
 
+def output_size(net):
+    """How many scores the network gives an image, read off the last layer that makes scores (a fully connected
+    layer, or a convolution as lcnn's classifiers are); None when it has neither."""
+    for module in reversed(list(net.modules())):
+        for attr in ('out_features', 'out_channels'):
+            if isinstance(getattr(module, attr, None), int):
+                return getattr(module, attr)
+    return None
+
+
 def file_regime(opt):
     """The LRregime the -netType model file defines, or None. Lua only ran the file's definitions; the network
     built here to read it lives on the meta device (nothing allocated) and what its builder prints is dropped."""

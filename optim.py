@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from errors import UserError, lua_print
+from errors import UserError
 
 # optim.Logger writes its columns in the order LuaJIT's pairs() walks the table literal given to :add(). These
 # are the orders Torch7's own LuaJIT (torch/luajit-rocks, 2.1.0-beta2, whose string hash is not seeded) gives.
@@ -12,12 +12,18 @@ TRAIN_LOG_KEYS = ('% top5 accuracy (train set)', 'avg loss (train set)', '% top1
 TEST_LOG_KEYS = ('% top1 accuracy (test set) ', '% top5 accuracy (test set) ', 'avg loss (test set)')
 
 
+# The fields optim.sgd / optim.adam keep in their state table: an -optimState file holds some of them.
+OPTIM_STATE_FIELDS = frozenset({'learningRate', 'learningRateDecay', 'weightDecay', 'momentum', 'dampening',
+                                'nesterov', 'evalCounter', 'dfdx', 't', 'm', 'v', 'denom', 'beta1', 'beta2',
+                                'epsilon'})
+
+
 class Logger:
-    """optim.Logger as train.lua / test.lua set it up: created without a file (hence its warning on stdout), then
-    pointed at `path` opened for appending, so every process start writes the header row again."""
+    """optim.Logger as train.lua / test.lua set it up: pointed at `path` opened for appending, so every process
+    start writes the header row again. (Lua created it without a file first, which printed "<Logger> warning: no
+    path provided, logging to std out" although it then logged to the file; that misleading line is left out.)"""
 
     def __init__(self, path, keys):
-        lua_print('<Logger> warning: no path provided, logging to std out')
         self.path = path
         self.keys = keys
         self.empty = True
@@ -143,4 +149,8 @@ def load_optim_state(path):
         raise UserError(f'-optimState {path}: not a readable Torch7 file ({e})') from None
     if not isinstance(state, dict):
         raise UserError(f'-optimState {path}: holds a {type(state).__name__}, not an optimState table')
+    if not OPTIM_STATE_FIELDS & set(state):
+        found = ', '.join(sorted(map(str, state))[:5]) or 'nothing'
+        raise UserError(f'-optimState {path}: holds no optimState field (it has {found}); give an optimState_N.t7 '
+                        'written by a run')
     return state

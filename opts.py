@@ -1,4 +1,5 @@
 """Port of lcnn's opts.lua (plus clcNet's opts.lua options) on a port of torch7's CmdLine.lua: the command line."""
+import json
 import math
 import os
 import re
@@ -18,6 +19,47 @@ CLCNET_DEFAULT_LR = 0.1
 CLCNET_DEFAULT_WEIGHT_DECAY = 1e-4
 CLCNET_STAGES = {'clcneta': (1, 1, 5, 2), 'clcnetb': (1, 1, 7, 3)}
 CLCNET_DEFAULT_EPOCHS = 100
+
+# A run folder's record of its options (RUN_OPTIONS, JSON), which -resume DIR restores: every option but these.
+RUN_OPTIONS = 'options.json'
+NOT_RESTORED = frozenset({'resume', 'save', 'epochNumber'})
+
+# Numeric options outside the values their code can take: (name, lowest value, whole numbers only, why).
+# Checked as given, before -breakBatch divides the batch.
+_INF = math.inf
+_RANGES = (
+    ('batchSize', 1, True, 'a batch needs at least 1 sample'),
+    ('epochSize', 1, True, 'an epoch needs at least 1 batch'),
+    ('nEpochs', -_INF, True, 'epochs are counted in whole numbers'),
+    ('epochNumber', 1, True, 'epochs are numbered from 1'),
+    ('nDonkeys', 0, True, 'a count of data loading processes (0 loads in the main process)'),
+    ('nThreads', 0, True, 'a count of data loading processes (0 loads in the main process)'),
+    ('nGPU', 1, True, 'a count of processes'),
+    ('GPU', 1, True, 'GPUs are numbered from 1'),
+    ('manualSeed', -_INF, True, 'a seed is a whole number'),
+    ('nLastIterAccuracy', 1, True, 'the recent accuracy needs at least 1 iteration'),
+    ('imageSize', 1, True, 'a size in pixels'),
+    ('cropSize', 1, True, 'a size in pixels'),
+    ('nClasses', 0, True, 'a count of classes'),
+    ('poolSize', 1, True, 'a lookup dictionary needs at least 1 entry'),
+    ('firstPool', 1, True, 'a lookup dictionary needs at least 1 entry'),
+    ('pool1', 1, True, 'a lookup dictionary needs at least 1 entry'),
+    ('pool2', 1, True, 'a lookup dictionary needs at least 1 entry'),
+    ('pool3', 1, True, 'a lookup dictionary needs at least 1 entry'),
+    ('pool4', 1, True, 'a lookup dictionary needs at least 1 entry'),
+    ('fcPool', 0, True, 'a dictionary size (0 keeps the layer dense)'),
+    ('classifierPool', 0, True, 'a dictionary size (0 keeps the layer dense)'),
+    ('LR', 0, False, 'a negative learning rate climbs the loss instead of descending it'),
+    ('momentum', 0, False, 'momentum is not negative'),
+    ('weightDecay', 0, False, 'weight decay is not negative'),
+    ('lambda', 0, False, 'a negative regulariser rewards dense weights'),
+    ('initialSparsity', 0, False, 'a threshold on weight magnitudes is not negative'),
+    ('dropout', 0, False, 'a ratio is not negative'),
+    ('a', 0, True, 'a count of layers'),
+    ('b', 0, True, 'a count of layers'),
+    ('c', 0, True, 'a count of layers'),
+    ('d', 0, True, 'a count of layers'),
+)
 
 # lcnn leaves these out of the run folder name; ours are display / inference switches that change nothing trained.
 SAVE_NAME_IGNORE = frozenset({'netType', 'retrain', 'loadParams', 'optimState', 'cache', 'data', 'nEpochs',
@@ -120,7 +162,17 @@ def paths_concat(*names):
 
 
 class Options(SimpleNamespace):
-    """The parsed option table (Lua's opt): one attribute per option name; vars(opt) gives name -> value."""
+    """The parsed option table (Lua's opt): one attribute per option name; vars(opt) gives name -> value.
+
+    Kept beside the table, out of vars(opt) (print(opt) and log.txt show Lua's fields only): `command`, what a run
+    folder records (`values`: every option before post-processing, `given`: the names set on a command line), and
+    `restored`, what -resume read: (the options file or None, [(name, recorded value, command-line value)]).
+    """
+    __slots__ = ('command', 'restored')
+
+    def __reduce__(self):
+        # copies and the pickles DDP workers get keep the slots
+        return (type(self), (), (dict(vars(self)), {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}))
 
     @property
     def lambda_(self):
@@ -306,9 +358,17 @@ def _lua_mod(a, b):
     return a - (math.floor(q) if math.isfinite(q) else q) * b
 
 
+def _check_ranges(opt):
+    for name, lowest, whole, why in _RANGES:
+        value = getattr(opt, name)
+        if not value >= lowest or (whole and not (math.isfinite(value) and float(value).is_integer())):
+            wanted = 'a whole number' if whole else 'a number'
+            if lowest > -math.inf:
+                wanted += f' >= {lowest}'
+            _fail(f'-{name} {lua_tostring(value)}: give {wanted} ({why})')
+
+
 def _break_batch(opt):
-    if opt.batchSize < 1:
-        _fail(f'-batchSize {lua_tostring(opt.batchSize)}: a batch needs at least 1 sample')
     if opt.breakBatch > 1:
         if _lua_mod(opt.batchSize, opt.breakBatch) != 0:
             _fail(f'-batchSize {lua_tostring(opt.batchSize)} must be divisible by '
@@ -316,6 +376,51 @@ def _break_batch(opt):
         opt.batchSize = lua_number(opt.batchSize / opt.breakBatch)
         opt.epochSize = lua_number(opt.epochSize * opt.breakBatch)
         opt.nLastIterAccuracy = lua_number(opt.nLastIterAccuracy * opt.breakBatch)
+
+
+def _restore(cmd, params, given):
+    """-resume DIR: the options DIR/options.json recorded, with those given on this command line over them.
+
+    Returns (params, given, restored) as Options.restored describes it; a folder without the file (a run from
+    before options were recorded, or a Lua run) keeps the command line alone, as Lua did.
+    """
+    path = os.path.join(params['resume'], RUN_OPTIONS)
+    if not os.path.isfile(path):
+        return params, given, (None, [])
+    try:
+        with open(path, encoding='utf-8') as f:
+            record = json.load(f)
+        values, recorded_given = record['values'], record['given']
+        if not isinstance(values, dict) or not isinstance(recorded_given, list):
+            raise ValueError('values and given are not a table and a list')
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        _fail(f'-resume {params["resume"]}: cannot read {path} ({e}); delete it and give the options of the run '
+              'on the command line')
+    merged = cmd.default()
+    for name, value in values.items():
+        option = cmd.options.get('-' + name)
+        if option is None or name in NOT_RESTORED:
+            continue  # an option this version does not have, or one -resume sets itself
+        if option.type != _value_type(value):
+            _fail(f'-resume {params["resume"]}: {path} holds {value!r} for -{name}, which takes a {option.type}; '
+                  f'give -{name} on the command line')
+        merged[name] = lua_number(value) if option.type == 'number' else value
+    changed = []
+    for name in sorted(given):
+        if name not in NOT_RESTORED and params[name] != merged[name]:
+            changed.append((name, merged[name], params[name]))
+        merged[name] = params[name]
+    for name in NOT_RESTORED:
+        merged[name] = params[name]
+    return merged, (set(recorded_given) - NOT_RESTORED) | given, (path, changed)
+
+
+def _value_type(value):
+    if isinstance(value, bool):
+        return 'boolean'
+    if isinstance(value, (int, float)):
+        return 'number'
+    return 'string' if isinstance(value, str) else type(value).__name__
 
 
 def _resume(opt):
@@ -327,11 +432,10 @@ def _resume(opt):
         _fail(f'-resume {opt.resume!r}: cannot read that folder ({e.strerror}); give the run folder to resume')
     opt.epochNumber = 1
     for name in names:
-        # Unanchored like Lua's match, so 'optimState_7.t7.bak' counts too; an empty number (which makes the
-        # Lua code crash) is skipped.
-        m = re.search(r'optimState_([0-9]*)\.t7', name)
-        if m and m[1] and lua_tonumber(m[1]) + 1 > opt.epochNumber:
-            opt.epochNumber = lua_number(lua_tonumber(m[1]) + 1)
+        # Whole names only (Lua's pattern also took 'optimState_7.t7.bak' and the like for a finished epoch).
+        m = re.fullmatch(r'optimState_([0-9]+)\.t7', name)
+        if m and os.path.isfile(os.path.join(opt.resume, name)) and int(m[1]) + 1 > opt.epochNumber:
+            opt.epochNumber = int(m[1]) + 1
     if opt.epochNumber > 1:
         opt.retrain = '%s/model_%d.t7' % (opt.save, opt.epochNumber - 1)
         opt.optimState = '%s/optimState_%d.t7' % (opt.save, opt.epochNumber - 1)
@@ -373,11 +477,18 @@ def _dataset(opt, given):
 
 def parse(argv):
     """opts.lua's M.parse: the option table after lcnn's post-processing (run folder name, -breakBatch, -resume)
-    and clcNet's (-netType clcneta/clcnetb, -precision, -resetClassifier, -optnet). Writes nothing to disk: main.py
-    creates opt.save and its log.txt (appending to it under -resume). Bad input: one line on stderr, exit 2."""
+    and clcNet's (-netType clcneta/clcnetb, -precision, -resetClassifier, -optnet). -resume DIR first restores the
+    options DIR/options.json recorded (flags given here win). Writes nothing to disk: main.py creates opt.save, its
+    log.txt (appending to it under -resume) and options.json. Bad input: one line on stderr, exit 2."""
     cmd = _declare()
     params, given = cmd.parse(list(argv or []))
+    restored = None
+    if params['resume'] != 'none':
+        params, given, restored = _restore(cmd, params, given)
     opt = Options(**params)
+    opt.command = {'values': dict(params), 'given': sorted(given)}
+    opt.restored = restored
+    _check_ranges(opt)
     if opt.save == '':
         opt.save = paths_concat(opt.cache, cmd.string(opt.netType, params, SAVE_NAME_IGNORE))
         opt.save = paths_concat(opt.save, os_date().replace(' ', ''))
@@ -387,6 +498,25 @@ def parse(argv):
     _clcnet(opt, given)
     _dataset(opt, given)
     return opt
+
+
+def record_text(opt):
+    """What a run folder's options.json holds: the options as given (before post-processing) and which were."""
+    return json.dumps(opt.command, indent=1, sort_keys=True) + '\n'
+
+
+def restored_lines(opt):
+    """What -resume says about the options it restored (nothing without -resume)."""
+    if opt.restored is None:
+        return []
+    path, changed = opt.restored
+    if path is None:
+        return [f'-resume {opt.resume}: no {RUN_OPTIONS} there (a run from before options were recorded): running '
+                'with the options of this command line, as Lua did; the log.txt of the run lists those it had']
+    if not changed:
+        return [f'Restored the options of {path}']
+    return [f'Restored the options of {path}; changed on the command line: ' +
+            ', '.join(f'-{name} {lua_tostring(old)} -> {lua_tostring(new)}' for name, old, new in changed)]
 
 
 def help_text():

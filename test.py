@@ -39,6 +39,9 @@ class Tester:
                                        unit='batch') as bar:
             for number, inputs, labels in batches:
                 outputs = net(inputs.to(device, non_blocking=True))
+                if outputs.dim() == 1:
+                    # Torch7's nn.View(n) reads a batch of one as a single sample and drops its batch dimension
+                    outputs = outputs.unsqueeze(0)
                 labels = labels.to(device, non_blocking=True)
                 err = self.criterion(outputs, labels).item()
                 n += 1

@@ -123,18 +123,18 @@ def compute_score(output, target, nCrops, conf_matrix=None):
         scores = scores.reshape(scores.shape[0] // nCrops, nCrops, scores.shape[1]).sum(1)
     scores = scores.float().cpu()
     batch_size, n_classes = scores.shape
-    if n_classes < 5:
-        raise ValueError(f'computeScore: top-5 needs at least 5 classes, the output has {n_classes}')
+    # Lua's narrow(2, 1, 5) fails below 5 classes; here top-5 is then top-n, which every image passes.
+    k = min(5, n_classes)
     labels = target.detach().long().cpu().reshape(-1)
     if labels.numel() != batch_size:
         raise ValueError(f'computeScore: {labels.numel()} targets for {batch_size} predictions')
-    predictions = _top_predictions(scores, 5)
+    predictions = _top_predictions(scores, k)
     if conf_matrix is not None:
         for prediction, label in zip(predictions[:, 0].tolist(), labels.tolist()):
             conf_matrix[prediction][label] += 1
     correct = predictions == labels.view(batch_size, 1)
     top1 = correct[:, :1].sum().item() / batch_size
-    top5 = correct[:, :5].sum().item() / batch_size
+    top5 = correct[:, :k].sum().item() / batch_size
     return top1 * 100, top5 * 100
 
 

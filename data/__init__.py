@@ -11,36 +11,60 @@ from errors import lua_print
 __all__ = ['DataError', 'setup', 'check', 'train_batches', 'test_batches']
 
 
-def setup(opt):
-    """(trainLoader, testLoader) for opt.dataset / opt.netType."""
+def setup(opt, check=None):
+    """(trainLoader, testLoader) for opt.dataset / opt.netType.
+
+    `check(trainLoader, testLoader)`, when given, runs as soon as the loaders know their classes and sizes, before
+    anything that reads images (the mean/std estimate), so that a wrong flag costs no wait.
+    """
     if opt.dataset == 'digits':
         from data import digits
-        return digits.setup(opt)
-    if opt.netType.startswith('clcnet'):
+        loaders = digits.setup(opt)
+    elif opt.netType.startswith('clcnet'):
         from data import dataloader
-        return dataloader.setup(opt)
-    if opt.dataset != 'imagenet':
+        loaders = dataloader.setup(opt)
+    elif opt.dataset != 'imagenet':
         raise DataError(f"unknown -dataset '{opt.dataset}': use imagenet (an ImageNet-style -data folder) or digits")
-    from data import donkey
-    return donkey.setup(opt)
+    else:
+        from data import donkey
+        return donkey.setup(opt, check)
+    if check is not None:
+        check(*loaders)
+    return loaders
 
 
-def check(opt, train_loader, test_loader):
-    """data.lua's checks after the loaders exist: class count against -nClasses, classes.t7 in opt.save.
-
-    Returns (nClasses, nTest).
-    """
-    import t7
+def verify(opt, train_loader, test_loader):
+    """The checks of the loaders against the options that need no image: the classes of train and val, the class
+    count against -nClasses, and a test set that holds at least one batch of -batchSize (lcnn tests whole
+    batches only; clcNet also the last short one)."""
     classes = list(train_loader.classes)
+    val_only = [c for c in test_loader.classes if c not in classes]
+    if val_only:
+        raise DataError(f"class '{val_only[0]}' has images in val/ but no train/ folder under -data {opt.data}: "
+                        'give it training images or take it out of val/')
     if len(classes) != opt.nClasses:
         raise DataError(f'the data loader has {len(classes)} classes but -nClasses is {opt.nClasses}: '
                         f'pass -nClasses {len(classes)}')
-    lua_print('nClasses: ', len(classes))
-    os.makedirs(opt.save, exist_ok=True)
-    t7.save(os.path.join(opt.save, 'classes.t7'), classes)
     n_test = test_loader.size()
     if n_test <= 0:
         raise DataError('the test loader has no images: add images to the val/ folder of -data')
+    if not opt.netType.startswith('clcnet') and n_test < opt.batchSize:
+        raise DataError(f'-batchSize {opt.batchSize} is larger than the {n_test} validation images, so no batch '
+                        f'would be tested: use -batchSize {n_test} or less')
+
+
+def check(opt, train_loader, test_loader):
+    """data.lua's checks after the loaders exist (verify()), then its lines and classes.t7 in opt.save.
+
+    Returns (nClasses, nTest).
+    """
+    import checkpoints
+    verify(opt, train_loader, test_loader)
+    classes = list(train_loader.classes)
+    lua_print('nClasses: ', len(classes))
+    os.makedirs(opt.save, exist_ok=True)
+    checkpoints.save_object(os.path.join(opt.save, 'classes.t7'), classes)
+    n_test = test_loader.size()
     lua_print('nTest: ', n_test)
     return len(classes), n_test
 

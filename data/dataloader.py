@@ -117,6 +117,15 @@ class DataLoader:
         self._epochs = {}
         self.batch_size = self._epochs_for(opt).batch_size
 
+    def __getstate__(self):
+        # A worker process needs the images and their recipe, not the epochs of this process: their running
+        # iterators and permutation generators. A torch.Generator pickles its state as a temporary tensor, whose
+        # shared-memory file is closed again before a worker started with 'spawn' (the start method inside
+        # -nGPU's processes) can open it: the worker dies with "unable to resize file".
+        state = self.__dict__.copy()
+        state['_epochs'] = {}
+        return state
+
     def _epochs_for(self, opt):
         batch_size = opt.batchSize // self.n_crops
         if batch_size < 1:

@@ -340,3 +340,25 @@ def test_ten_crop_batches_and_precision(tree, tmp_path):
     assert x.shape == (10, 3, 16, 16) and torch.equal(x, want.half())
     with pytest.raises(DataError, match='-batchSize 8'):
         dataloader.setup(make_opt(tree, tmp_path / 'gen', tenCrop=True, batchSize=8))
+
+
+def _labels_in_child(loader, queue):
+    queue.put(loader.get(0, 2)[1].tolist())
+
+
+def test_loader_reaches_processes_started_with_spawn(tree, tmp_path):
+    """-nGPU's processes start their data workers with 'spawn', which pickles the loader into them: what it sends
+    must not hold its epochs (the state of their torch.Generator did not survive the trip: 'unable to resize
+    file' in the worker)."""
+    opt = make_opt(tree, tmp_path / 'gen', nThreads=1)
+    train, val = dataloader.setup(opt)
+    next(iter(train.train_batches(opt, 1)))
+    ctx = torch.multiprocessing.get_context('spawn')
+    queue = ctx.Queue()
+    child = ctx.Process(target=_labels_in_child, args=(val, queue))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == val.dataset.image_class[:2].tolist()
+    # the loaders themselves go on with their epochs
+    assert len(list(train.train_batches(opt, 2))) == 2 and len(list(val.test_batches(opt))) == 2

@@ -253,27 +253,32 @@ def test_cache_paths_are_remapped_and_meanstd_read(tinynet, tmp_path):
 
 
 def test_mean_std_estimate_reproduces_lua(tinynet, tmp_path, monkeypatch):
-    """The 2 x 10000-sample estimate from manualSeed 2 gives the Lua cache's numbers.
-
-    Decoding and scaling are memoised per image (crops of the full scale are exact, tested above) to keep it fast.
-    """
-    load = functools.lru_cache(maxsize=None)(image.load_bytes)
-    real_scale_crop = image.scale_crop
-    full = {}
-
-    def scale_crop(arr, h, w, y0=0, x0=0, out_h=None, out_w=None, flip=False):
-        if (id(arr), h, w) not in full:
-            full[id(arr), h, w] = real_scale_crop(arr, h, w)
-        out = full[id(arr), h, w][:, y0:y0 + out_h, x0:x0 + out_w]
-        return np.ascontiguousarray(out[:, :, ::-1] if flip else out)
-
-    monkeypatch.setattr(image, 'load_bytes', load)
-    monkeypatch.setattr(donkey.image, 'scale_crop', scale_crop)
+    """The 2 x 10000-sample estimate from manualSeed 2 gives the Lua cache's numbers, each of the 18 images
+    decoded once."""
+    decoded = []
+    load_bytes = image.load_bytes
+    monkeypatch.setattr(image, 'load_bytes', lambda path: decoded.append(path) or load_bytes(path))
     cache = _cache(tmp_path, CACHES[:2])
     data.setup(_opt(tinynet, cache))
     got = t7.load(cache / 'imagenet_meanstdCache.t7')
     assert got['mean'] == pytest.approx(EXPECTED['mean'], rel=1e-13)
     assert got['std'] == pytest.approx(EXPECTED['std'], rel=1e-13)
+    assert len(decoded) == len(set(decoded)) == 18
+
+
+def test_memo_crops_equal_direct_crops(tinynet):
+    hooks = Hooks(tinynet, 256, 224, EXPECTED['mean'], EXPECTED['std'])
+    paths = [_local(row['path'], tinynet) for row in EXPECTED['train'][:3]]
+    direct = [hooks.random_crop(p, TorchRandom(9)) for p in paths] + [hooks.center_crop(p) for p in paths]
+    hooks.memo = donkey.ScaledImages()
+    for _ in range(2):
+        memo = [hooks.random_crop(p, TorchRandom(9)) for p in paths] + [hooks.center_crop(p) for p in paths]
+        assert all(torch.equal(a, b) for a, b in zip(direct, memo))
+    # bounded: the least recently used image goes first
+    small = donkey.ScaledImages(limit=1)
+    small.put('a', np.zeros(4, np.float32))
+    small.put('b', np.zeros(4, np.float32))
+    assert small.get('a') is None and small.get('b') is not None
 
 
 def test_fresh_cache_build(tinynet, tmp_path, capsys):
@@ -311,6 +316,30 @@ def test_fresh_cache_build(tinynet, tmp_path, capsys):
     again, _ = data.setup(opt)
     assert 'Loading train metadata from cache' in capsys.readouterr().out
     assert again.classes == train.classes and torch.equal(again.imagePath, train.imagePath)
+
+
+def test_cache_of_other_images_is_refused(tinynet, tmp_path):
+    cache = _cache(tmp_path, CACHES[2:])
+    data.setup(_opt(tinynet, cache))
+    # the cache made for tinynet, on a copy of it: served (its images are there), as the released caches are
+    copy = tmp_path / 'copy'
+    shutil.copytree(tinynet, copy)
+    train, _ = data.setup(_opt(str(copy), cache))
+    assert train.path(0).startswith(str(copy))
+    # images gone from the folder the cache was made for
+    shutil.rmtree(copy / 'train' / train.classes[-1])
+    with pytest.raises(data.DataError) as e:
+        data.setup(_opt(str(copy), cache))
+    assert str(e.value).startswith(f'{cache}/imagenet_trainCache.t7 lists images that are not under -data {copy}')
+    assert f'give the -data it was made for ({tinynet})' in str(e.value)
+    assert f'delete {cache}/imagenet_*Cache.t7 (or give another -cache) to scan -data again' in str(e.value)
+    (tmp_path / 'other').mkdir()
+    fresh = _cache(tmp_path / 'other', CACHES[2:])
+    data.setup(_opt(str(copy), fresh))
+    shutil.rmtree(copy / 'val' / train.classes[0])
+    with pytest.raises(data.DataError, match='imagenet_testCache.t7 lists images that are not under') as e:
+        data.setup(_opt(str(copy), fresh))
+    assert 'made for' not in str(e.value)
 
 
 def test_scan_matches_find(tmp_path):
@@ -404,7 +433,11 @@ def test_unreadable_images_are_replaced_and_counted(tinynet, tmp_path, capsys):
         x, y = test.get(i, i + 1)
         assert torch.equal(x[0], fill) and int(y[0]) == train.classes.index('n01930112')
     assert test.hooks.load_errors == 3
-    assert capsys.readouterr().out.count('ERROR: image can not be loaded!!!\n') == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for line, i in zip(lines, bad):
+        # test.lua's line, naming the file
+        assert line.startswith('ERROR: image can not be loaded!!! \t' + test.path(i) + ': ')
     opt.nDonkeys, opt.batchSize = 2, 7
     test.hooks.load_errors = 0
     batches = list(test.test_batches(opt))

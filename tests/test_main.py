@@ -1,10 +1,13 @@
 """End-to-end tests of main.py on the embedded digits (8x8 crops, a tiny network standing in for -netType):
 the run folder, -testOnly, -benchmark, -resume after a kill, -nGPU 2 on CPU, and one-line errors."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+from pathlib import Path
 
 import pytest
 from torch import nn
@@ -17,6 +20,7 @@ from layers.legacy import View, named
 from tests.drivers import main_driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = Path(__file__).parent / 'fixtures'
 PYTHON = sys.executable
 SMALL = ['-dataset', 'digits', '-imageSize', '8', '-cropSize', '8', '-batchSize', '32', '-nDonkeys', '0',
          '-noProgress']
@@ -62,7 +66,7 @@ def test_training_run_folder(tmp_path, capsys, tiny_models):
     code, out, err = run_main(SMALL + ['-nEpochs', '2', '-epochSize', '3', '-save', str(save)], capsys)
     assert code == 0, err
     assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt', 'model_1.t7', 'model_2.t7', 'optimState_1.t7',
-                                        'optimState_2.t7', 'test.log', 'train.log']
+                                        'optimState_2.t7', 'options.json', 'test.log', 'train.log']
     assert t7.load(str(save / 'classes.t7')) == [str(d) for d in range(10)]
     state = t7.load(str(save / 'optimState_2.t7'))
     assert state['evalCounter'] == 6 and state['learningRate'] == 0.01
@@ -78,6 +82,9 @@ def test_training_run_folder(tmp_path, capsys, tiny_models):
     # stdout carries the same Lua lines, tab-separated
     assert 'Epoch: [1][3/3]\tTime ' in out and '\nnClasses: \t10\n' in out
     assert len((save / 'train.log').read_text().splitlines()) == 3
+    # where everything went, at the start and again at the end; optim.Logger's "no path" warning is gone
+    assert out.count(f'Saving everything to: {save}\n') == 1 and out.endswith(f'Saved everything to: {save}\n')
+    assert 'no path provided' not in out
 
 
 def test_test_only_with_retrain_and_benchmark(tmp_path, capsys, tiny_models):
@@ -89,7 +96,7 @@ def test_test_only_with_retrain_and_benchmark(tmp_path, capsys, tiny_models):
     assert code == 0, err
     assert 'Loading model from file: ' + str(path) in out
     assert out.count('[TESTING SUMMARY]') == 1 and 'TRAINING' not in out
-    assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt', 'test.log']
+    assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt', 'options.json', 'test.log']
     code, out, err = run_main(SMALL + ['-benchmark', '-save', str(tmp_path / 'bench')], capsys)
     assert code == 0, err
     assert 'Benchmark Summary: memory ' in out
@@ -113,20 +120,32 @@ def test_lookup_engine_for_test_only_and_benchmark(tmp_path, capsys, tiny_models
     assert 'Benchmark Summary: memory ' in out and 'total (whole network)' in out
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['-dataset', 'imagenet', '-data', '/no/such/folder'], '-data /no/such/folder: no such folder'),
-    (['-dataset', 'imagenet', '-data', '{tmp}'], 'it has no train/ folder'),
-    (['-nClasses', '5'], '-nClasses is 5'),
-    (['-retrain', '{tmp}/garbage.t7'], 'cannot read it as a Torch7 model'),
-    (['-optimState', '{tmp}/missing.t7'], '-optimState {tmp}/missing.t7: file not found'),
+@pytest.mark.parametrize('argv, code, message', [
+    (['-dataset', 'imagenet', '-data', '/no/such/folder'], 1, '-data /no/such/folder: no such folder'),
+    (['-dataset', 'imagenet', '-data', '{tmp}'], 1, 'it has no train/ folder'),
+    (['-nClasses', '5'], 1, '-nClasses is 5'),
+    (['-retrain', '{tmp}/garbage.t7'], 1, 'cannot read it as a Torch7 model'),
+    (['-optimState', '{tmp}/missing.t7'], 1, '-optimState {tmp}/missing.t7: file not found'),
+    (['-poolSize', '0'], 2, '-poolSize 0: give a whole number >= 1'),
+    (['-epochSize', '0'], 2, '-epochSize 0: give a whole number >= 1'),
+    (['-batchSize', '2.5'], 2, '-batchSize 2.5: give a whole number >= 1'),
+    (['-nDonkeys', '-1'], 2, '-nDonkeys -1: give a whole number >= 0'),
+    (['-LR', '-1'], 2, '-LR -1: give a number >= 0'),
+    (['-nEpochs', '0'], 1, '-nEpochs 0 with -epochNumber 1: no epoch to run, so nothing runs'),
+    (['-retrain', '{tmp}'], 1, '-retrain {tmp}: that is a folder'),
+    (['-optimState', '{tmp}/latest.t7'], 1, '-optimState {tmp}/latest.t7: holds no optimState field'),
+    (['-batchSize', '400'], 1, '-batchSize 400 is larger than the 359 validation images'),
+    (['-save', '{tmp}/garbage.t7/run'], 1, '-save {tmp}/garbage.t7/run: cannot write the run folder'),
+    (['-save', '', '-cache', '{tmp}/garbage.t7'], 1, '-cache {tmp}/garbage.t7: cannot write the run folder'),
 ])
-def test_user_errors_are_one_line(tmp_path, capsys, tiny_models, argv, message):
+def test_user_errors_are_one_line(tmp_path, capsys, tiny_models, argv, code, message):
     (tmp_path / 'garbage.t7').write_bytes(b'this is not a torch file')
+    t7.save(str(tmp_path / 'latest.t7'), {'epoch': 2, 'modelFile': 'model_2.t7', 'optimFile': 'optimState_2.t7'})
     save = tmp_path / 'run'
     argv = [a.replace('{tmp}', str(tmp_path)) for a in argv]
-    code, out, err = run_main(SMALL + argv + ['-save', str(save), '-cache', str(tmp_path / 'cache')], capsys)
-    assert code == 1
-    assert err.startswith('main.py: ') and err.count('\n') == 1
+    got, out, err = run_main(SMALL + ['-save', str(save), '-cache', str(tmp_path / 'cache')] + argv, capsys)
+    assert got == code
+    assert err.startswith('main.py: ') and err.count('\n') == 1 and 'Traceback' not in err
     assert message.replace('{tmp}', str(tmp_path)) in err
     assert not save.exists() or not [n for n in os.listdir(save) if n.startswith(('model_', 'optimState_'))]
 
@@ -137,7 +156,7 @@ def test_nan_loss_stops_without_checkpoint(tmp_path, capsys, tiny_models):
                                        '-save', str(save)], capsys)
     assert code == 1
     assert err.startswith('main.py: the training loss became ') and err.count('\n') == 1
-    assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt']
+    assert sorted(os.listdir(save)) == ['classes.t7', 'log.txt', 'options.json']
 
 
 def test_program_error_has_no_traceback(tmp_path):
@@ -222,3 +241,160 @@ def test_clcnet_recipe_checkpoints_best_and_resume(tmp_path, capsys, tiny_models
                                      '-nClasses', '10', '-save', str(tmp_path / 'tuned')], capsys)
     assert code == 0, err
     assert ' => Replacing classifier with 10-way classifier' in out
+
+
+# --- what a new user meets (issue 12) -------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tinynet(tmp_path_factory):
+    """The 5-class ImageNet-style folder of tests/fixtures/tinynet.tar (18 train, 11 val images)."""
+    root = tmp_path_factory.mktemp('tinynet')
+    with tarfile.open(FIXTURES / 'tinynet.tar') as tar:
+        tar.extractall(root, filter='data')
+    return root / 'tinynet'
+
+
+# the tiny network's 8x8 crops of the tinynet images
+IMAGES = ['-imageSize', '10', '-cropSize', '8', '-batchSize', '4', '-nDonkeys', '0', '-noProgress']
+
+
+def copy_of(tinynet, tmp_path, name, drop=(), val_only=()):
+    """A copy of tinynet without the classes `drop`, and with the classes `val_only` in val/ only."""
+    root = tmp_path / name
+    shutil.copytree(tinynet, root)
+    classes = sorted(os.listdir(root / 'train'))
+    for c in drop:
+        for split in ('train', 'val'):
+            shutil.rmtree(root / split / classes[c])
+    for c in val_only:
+        shutil.rmtree(root / 'train' / classes[c])
+    return root
+
+
+def test_readme_benchmark_of_a_network_needs_no_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main('-netType resnet-lcnn -depth 18 -pool1 20 -pool2 20 -pool3 20 -pool4 20 '
+                              '-benchmark'.split(), capsys)
+    assert code == 0, err
+    assert 'Benchmark Summary: memory ' in out and 'Counted multiplications vs dense equivalent' in out
+    # no -data folder, no metadata cache, no run folder
+    assert os.listdir(tmp_path) == []
+
+
+def test_readme_benchmark_of_a_file_with_lookup_needs_no_data(tmp_path, capsys, monkeypatch, tiny_models):
+    monkeypatch.setenv('LCNN_LOOKUP_BACKEND', 'torch')
+    monkeypatch.chdir(tmp_path)
+    t7.save_model('net.t7', tiny(main.opts.parse([])))
+    code, out, err = run_main(['-benchmark', '-retrain', 'net.t7', '-lookup', '-cropSize', '8'], capsys)
+    assert code == 0, err
+    assert 'Loading model from file: net.t7' in out and 'total (whole network)' in out
+    assert os.listdir(tmp_path) == ['net.t7']
+
+
+def test_resume_dir_alone_goes_on_with_the_recorded_options(tmp_path, capsys, tiny_models):
+    save = tmp_path / 'run'
+    code, out, err = run_main(SMALL + ['-nEpochs', '1', '-epochSize', '2', '-LR', '0.5', '-save', str(save)], capsys)
+    assert code == 0, err
+    code, out, err = run_main(['-resume', str(save), '-nEpochs', '2'], capsys)
+    assert code == 0, err
+    assert (f'Restored the options of {save}/options.json; changed on the command line: -nEpochs 1 -> 2\n'
+            in out)
+    assert '==> online epoch # 2\n' in out and '==> online epoch # 1\n' not in out
+    state = t7.load(str(save / 'optimState_2.t7'))
+    # -epochSize 2 and -LR 0.5 came from the record
+    assert state['evalCounter'] == 4 and state['learningRate'] == 0.005
+    # testing its last checkpoint leaves the record of the run as it was
+    code, out, err = run_main(['-resume', str(save), '-testOnly'], capsys)
+    assert code == 0 and '-testOnly false -> true' in out and '[TESTING SUMMARY]' in out
+    # a finished run says so; stray files are no epochs
+    for name in ('optimState_7.t7.bak', 'optimState_8.t7~', 'notes.txt'):
+        (save / name).touch()
+    code, out, err = run_main(['-resume', str(save)], capsys)
+    assert (code, err) == (1, f'main.py: -resume {save}: finished at epoch 2; raise -nEpochs to go on\n')
+    # a run from before options were recorded resumes with the flags given, and says so
+    os.remove(save / 'options.json')
+    code, out, err = run_main(SMALL + ['-epochSize', '2', '-nEpochs', '3', '-resume', str(save)], capsys)
+    assert code == 0, err
+    assert f'-resume {save}: no options.json there' in out and '==> online epoch # 3\n' in out
+
+
+def test_a_second_dataset_with_the_same_cache(tinynet, tmp_path, capsys, tiny_models):
+    cache = tmp_path / 'cache'
+    start = time.time()
+    code, out, err = run_main(IMAGES + ['-data', str(tinynet), '-nClasses', '5', '-cache', str(cache), '-testOnly',
+                                        '-save', str(tmp_path / 'a')], capsys)
+    assert code == 0, err
+    # with a fresh cache: the folder scan and the 2 x 10000-sample mean/std estimate
+    assert 'Estimating the mean' in out and time.time() - start < 30
+    other = copy_of(tinynet, tmp_path, 'other')
+    for split in ('train', 'val'):
+        for k, c in enumerate(sorted(os.listdir(other / split))):
+            os.rename(other / split / c, other / split / f'class{k}')
+    code, out, err = run_main(IMAGES + ['-data', str(other), '-nClasses', '5', '-cache', str(cache), '-testOnly',
+                                        '-save', str(tmp_path / 'b')], capsys)
+    assert code == 1 and err.count('\n') == 1
+    assert err.startswith(f'main.py: {cache}/imagenet_trainCache.t7 lists images that are not under -data {other}')
+    assert f'give the -data it was made for ({tinynet})' in err and 'give another -cache' in err
+    assert 'image can not be loaded' not in out
+
+
+def test_classes_only_in_val_stop_before_the_estimate(tinynet, tmp_path, capsys, tiny_models):
+    data = copy_of(tinynet, tmp_path, 'data', val_only=[2])
+    cache = tmp_path / 'cache'
+    code, out, err = run_main(IMAGES + ['-data', str(data), '-nClasses', '4', '-cache', str(cache),
+                                        '-save', str(tmp_path / 'run')], capsys)
+    assert code == 1 and err.count('\n') == 1
+    assert "has images in val/ but no train/ folder" in err
+    assert 'Estimating' not in out and not (cache / 'imagenet_meanstdCache.t7').exists()
+    code, out, err = run_main(IMAGES + ['-data', str(tinynet), '-nClasses', '4', '-cache', str(tmp_path / 'c2'),
+                                        '-save', str(tmp_path / 'run')], capsys)
+    assert code == 1 and 'pass -nClasses 5' in err and 'Estimating' not in out
+    code, out, err = run_main(IMAGES + ['-data', str(tinynet), '-nClasses', '5', '-batchSize', '12',
+                                        '-cache', str(tmp_path / 'c3'), '-save', str(tmp_path / 'run')], capsys)
+    assert code == 1 and 'larger than the 11 validation images' in err and 'Estimating' not in out
+
+
+def test_fewer_than_five_classes_train_and_test(tinynet, tmp_path, capsys, tiny_models):
+    data = copy_of(tinynet, tmp_path, 'data', drop=[0, 1])
+    code, out, err = run_main(IMAGES + ['-data', str(data), '-nClasses', '3', '-cache', str(tmp_path / 'cache'),
+                                        '-nEpochs', '1', '-epochSize', '2', '-save', str(tmp_path / 'run')], capsys)
+    assert code == 0, err
+    # top-5 of 3 classes is top-3: every image
+    assert 'Top5-%: 100.00' in out and '\t top-5 100.00\n' in out
+
+
+def test_unwritable_cache(tinynet, tmp_path, capsys, tiny_models):
+    (tmp_path / 'file').write_text('')
+    code, out, err = run_main(IMAGES + ['-data', str(tinynet), '-nClasses', '5', '-cache', str(tmp_path / 'file'),
+                                        '-save', str(tmp_path / 'run')], capsys)
+    assert code == 1 and err.count('\n') == 1
+    assert f'-cache {tmp_path}/file: cannot create it' in err
+
+
+def tiny_batch_norm(opt):
+    """tiny with a BatchNorm over one value per channel, as alexnet-lcnn's fully connected layers have."""
+    return nn.Sequential(named(nn.Conv2d(3, 8, 8), 'nn.SpatialConvolution'), nn.BatchNorm2d(8), View(8),
+                         nn.Linear(8, opt.nClasses), LogSoftMax())
+
+
+def test_batch_of_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(models, 'create', tiny_batch_norm)
+    code, out, err = run_main(SMALL + ['-batchSize', '1', '-epochSize', '2', '-save', str(tmp_path / 'run')], capsys)
+    assert code == 1 and err.count('\n') == 1
+    assert err.startswith('main.py: -batchSize 1: BatchNorm needs more than one value per channel')
+    code, out, err = run_main(SMALL + ['-batchSize', '1', '-testOnly', '-save', str(tmp_path / 'test')], capsys)
+    assert code == 0, err
+
+
+def test_retrain_with_another_class_count(tmp_path, capsys, tiny_models):
+    path = tmp_path / 'twelve.t7'
+    t7.save_model(str(path), tiny(main.opts.parse(['-nClasses', '12'])))
+    code, out, err = run_main(SMALL + ['-testOnly', '-retrain', str(path), '-save', str(tmp_path / 'run')], capsys)
+    assert code == 0, err
+    warning = f'WARNING: -retrain {path} has 12 outputs but the data has 10 classes'
+    assert out.index(warning) < out.index('[TESTING SUMMARY]')
+    # fewer outputs than classes cannot run
+    t7.save_model(str(path), tiny(main.opts.parse(['-nClasses', '7'])))
+    code, out, err = run_main(SMALL + ['-retrain', str(path), '-save', str(tmp_path / 'train')], capsys)
+    assert code == 1 and err.count('\n') == 1 and 'TRAINING' not in out
+    assert err.startswith(f'main.py: -retrain {path} has 7 outputs but the data has 10 classes: classes 8 to 10')

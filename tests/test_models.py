@@ -509,8 +509,8 @@ def test_compute_score_sums_crops_and_fills_the_confusion_matrix():
 def test_compute_score_errors():
     with pytest.raises(ValueError, match='not groups of nCrops=2'):
         util.compute_score(torch.zeros(3, 10), torch.zeros(1), 2)
-    with pytest.raises(ValueError, match='at least 5 classes'):
-        util.compute_score(torch.zeros(3, 4), torch.zeros(3), 1)
+    # below 5 classes top-5 is top-n (Lua's narrow failed)
+    assert util.compute_score(torch.tensor([[0.0, 1, 2], [3, 2, 1]]), torch.tensor([0, 1]), 1) == (0.0, 100.0)
 
 
 # --- util.load_params --------------------------------------------------------------------------------------------

@@ -158,9 +158,11 @@ def test_resume_continues_after_the_highest_optim_state(frozen):
     assert opt.epochNumber == 13
     assert opt.retrain == f'{run}/model_12.t7'
     assert opt.optimState == f'{run}/optimState_12.t7'
-    # Lua's pattern is unanchored: a suffix after the number still counts.
-    (run / 'optimState_20.t7.bak').touch()
-    assert opts.parse(['-resume', str(run) + '/']).retrain == f'{run}//model_20.t7'
+    # whole names only: backups, editor leftovers and folders are no finished epochs (Lua's pattern took them)
+    for name in ('optimState_20.t7.bak', 'optimState_21.t7~', 'old_optimState_22.t7'):
+        (run / name).touch()
+    (run / 'optimState_23.t7').mkdir()
+    assert opts.parse(['-resume', str(run) + '/']).retrain == f'{run}//model_12.t7'
 
 
 def test_resume_from_an_empty_folder_starts_at_epoch_one(frozen):
@@ -330,9 +332,96 @@ def test_clcnet_networks_take_clcnet_rate_and_weight_decay_unless_given(frozen):
     assert (opt.LR, opt.weightDecay) == (1, 0)
 
 
-@pytest.mark.parametrize('argv', [['-batchSize', '0'], ['-batchSize', '-4'], ['-batchSize', '0.5']])
-def test_batch_sizes_below_one_are_refused(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        opts.parse(argv)
-    assert exc.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+@pytest.mark.parametrize('argv, words', [
+    (['-batchSize', '0'], ['-batchSize 0', 'at least 1 sample']),
+    (['-batchSize', '-4'], ['-batchSize -4']),
+    (['-batchSize', '0.5'], ['-batchSize 0.5']),
+    (['-batchSize', '2.5'], ['-batchSize 2.5', 'whole number']),
+    (['-batchSize', '4.5', '-breakBatch', '1.5'], ['-batchSize 4.5']),
+    (['-epochSize', '0'], ['-epochSize 0', 'at least 1 batch']),
+    (['-poolSize', '0'], ['-poolSize 0', 'dictionary']),
+    (['-pool3', '0'], ['-pool3 0']),
+    (['-fcPool', '-1'], ['-fcPool -1']),
+    (['-nDonkeys', '-1'], ['-nDonkeys -1', '>= 0']),
+    (['-nThreads', '1.5'], ['-nThreads 1.5']),
+    (['-nGPU', '0'], ['-nGPU 0']),
+    (['-LR', '-0.1'], ['-LR -0.1', 'negative learning rate']),
+    (['-LR', 'nan'], ['-LR nan']),
+    (['-nEpochs', '2.5'], ['-nEpochs 2.5']),
+    (['-epochNumber', '0'], ['-epochNumber 0']),
+    (['-cropSize', 'inf'], ['-cropSize inf']),
+])
+def test_out_of_range_numbers_are_refused(frozen, capsys, argv, words):
+    line = fails(capsys, argv)
+    for word in words:
+        assert word in line
+
+
+def test_in_range_edges_are_taken(frozen):
+    opt = opts.parse(['-LR', '0', '-nDonkeys', '0', '-fcPool', '0', '-classifierPool', '0', '-nEpochs', '0',
+                      '-batchSize', '1', '-manualSeed', '-3'])
+    assert (opt.LR, opt.nDonkeys, opt.fcPool, opt.nEpochs, opt.batchSize) == (0, 0, 0, 0, 1)
+
+
+def _record(run, argv):
+    """The options.json main.py writes for a run started with argv."""
+    opt = opts.parse(argv + ['-save', str(run)])
+    run.mkdir(exist_ok=True)
+    (run / opts.RUN_OPTIONS).write_text(opts.record_text(opt))
+    return opt
+
+
+def test_resume_restores_the_recorded_options(frozen):
+    run = frozen / 'run'
+    first = _record(run, ['-netType', 'clcneta', '-LR', '0.5', '-data', '/d', '-batchSize', '64', '-breakBatch', '2',
+                          '-nEpochs', '3', '-dataset', 'digits', '-nClasses', '7'])
+    for name in ('optimState_2.t7', 'model_2.t7'):
+        (run / name).touch()
+    opt = opts.parse(['-resume', str(run)])
+    # the recorded options went through the same post-processing again
+    for name in ('netType', 'a', 'b', 'c', 'd', 'LR', 'weightDecay', 'data', 'batchSize', 'epochSize', 'nEpochs',
+                 'nClasses'):
+        assert getattr(opt, name) == getattr(first, name), name
+    assert (opt.batchSize, opt.LR, opt.nClasses) == (32, 0.5, 7)
+    assert (opt.save, opt.epochNumber, opt.retrain) == (str(run), 3, f'{run}/model_2.t7')
+    assert opts.restored_lines(opt) == [f'Restored the options of {run}/options.json']
+    # flags given now win, and are named
+    opt = opts.parse(['-resume', str(run), '-nEpochs', '5', '-LR', '0.5', '-batchSize', '128'])
+    assert (opt.nEpochs, opt.LR, opt.batchSize) == (5, 0.5, 64)
+    assert opts.restored_lines(opt) == [f'Restored the options of {run}/options.json; changed on the command line: '
+                                        '-batchSize 64 -> 128, -nEpochs 3 -> 5']
+    # the record of a resumed run restores the same way
+    (run / opts.RUN_OPTIONS).write_text(opts.record_text(opt))
+    again = opts.parse(['-resume', str(run)])
+    assert vars(again) == vars(opt)
+    assert 'command' not in vars(opt) and 'restored' not in opts.format(opt)
+
+
+def test_options_record_survives_copy_and_pickle(frozen):
+    import copy
+    import pickle
+    opt = opts.parse(['-LR', '0.5'])
+    for twin in (copy.copy(opt), pickle.loads(pickle.dumps(opt))):
+        assert vars(twin) == vars(opt) and twin.command == opt.command and twin.restored is None
+
+
+def test_resume_of_a_run_without_recorded_options(frozen):
+    run = frozen / 'old'
+    run.mkdir()
+    opt = opts.parse(['-resume', str(run), '-LR', '0.5'])
+    assert opt.LR == 0.5 and opt.epochNumber == 1
+    line, = opts.restored_lines(opt)
+    assert f'-resume {run}: no options.json there' in line and 'the options of this command line' in line
+    assert opts.restored_lines(opts.parse([])) == []
+
+
+def test_unreadable_recorded_options(frozen, capsys):
+    run = frozen / 'run'
+    run.mkdir()
+    (run / 'options.json').write_text('{"values": ')
+    assert 'options.json' in fails(capsys, ['-resume', str(run)])
+    (run / 'options.json').write_text('{"values": {"LR": "fast", "gone": 1}, "given": ["LR"]}')
+    line = fails(capsys, ['-resume', str(run)])
+    assert '-LR' in line and 'number' in line
+    (run / 'options.json').write_text('{"values": {"LR": 0.25, "gone": 1}, "given": ["LR"]}')
+    assert opts.parse(['-resume', str(run)]).LR == 0.25
