@@ -69,3 +69,14 @@ def test_zoo_case_trains(case):
     if params:
         sum(t.sum() for t in flatten(out)).backward()
         assert all(p.grad is not None for p in params), case
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_zoo_case_scripts(case):
+    """`python -m t7 convert` writes TorchScript: every converted module compiles with torch.jit.script and the
+    scripted module computes the Lua output."""
+    _, x, expected = case_files(case)
+    scripted = torch.jit.script(t7.load_model(ZOO / f'{case}.module.t7'))
+    with torch.no_grad():
+        out = scripted(x)
+    assert_like_lua(out, expected, case)
