@@ -1,7 +1,8 @@
 """Port of lcnn's models/alexnet.lua: the dense AlexNet baseline (conv + BatchNorm + ReLU blocks)."""
 from torch import nn
 
-from layers.legacy import LogSoftMax, SpatialDropout, View
+from layers.legacy import LogSoftMax, SpatialDropout
+from layers.shape import View
 from models import convolution, batch_norm, relu, max_pooling
 
 

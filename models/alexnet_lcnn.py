@@ -1,7 +1,8 @@
 """Port of lcnn's models/alexnet-lcnn.lua: AlexNet with every conv / fully connected layer as a lookup layer."""
 from torch import nn
 
-from layers.legacy import Dropout, View, LogSoftMax
+from layers.legacy import Dropout, LogSoftMax
+from layers.shape import View
 from models import convolution, batch_norm, relu, max_pooling, pooled_convolution
 
 

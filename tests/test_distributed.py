@@ -14,7 +14,8 @@ import test as lcnn_test
 import runtime
 import train
 from errors import console
-from layers.legacy import LogSoftMax, View
+from layers.legacy import LogSoftMax
+from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 WORLD = 2

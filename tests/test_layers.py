@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
-from layers.legacy import CAddTable, Concat, ConcatTable, Dropout, LogSoftMax, MulConstant, SoftMax, View
+from layers.containers import Concat, ConcatTable
+from layers.legacy import Dropout, LogSoftMax, MulConstant, SoftMax
+from layers.shape import View
+from layers.tables import CAddTable
 
 
 def make_psc(lam=0.5, sparsity=0.3, dtype=torch.float64, **kw):

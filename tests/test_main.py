@@ -12,7 +12,8 @@ from torch import nn
 import main
 import models
 import t7
-from layers.legacy import LogSoftMax, View, named
+from layers.legacy import LogSoftMax, named
+from layers.shape import View
 from tests.drivers import main_driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,7 +15,8 @@ import test as lcnn_test
 import runtime
 import train
 from errors import UserError, console
-from layers.legacy import LogSoftMax, View
+from layers.legacy import LogSoftMax
+from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')

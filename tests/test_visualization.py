@@ -13,7 +13,8 @@ from torch import nn
 
 import benchmark
 from layers import PooledSpatialConvolution
-from layers.legacy import LogSoftMax, View, named
+from layers.legacy import LogSoftMax, named
+from layers.shape import View
 from visualization import plot, tradeoff
 from tests.drivers import main_driver
 
