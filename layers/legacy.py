@@ -1,6 +1,5 @@
 """Torch7 `nn` modules that PyTorch lacks (MulConstant, Dropout v1, SpatialDropout, LogSoftMax/SoftMax) and the
 Lua class name every module carries."""
-import torch
 from torch import nn
 import torch.nn.functional as F
 
