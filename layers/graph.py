@@ -139,14 +139,20 @@ class GModule(nn.Module):
         return out if self.out_table else out[0]
 
     def lua_input_kind(self):
+        """A table for several inputs; else what the first node that reads the input (past nodes that pass it
+        on unchanged) takes, a tensor when no node says."""
         if self.n_inputs > 1:
             return TABLE
-        for node in self.nodes:
-            if node.sources == [0]:
-                if node.select_index:
-                    return TABLE
-                if node.module is not None and input_kind(node.module) is not None:
-                    return input_kind(node.module)
+        passing = {0}
+        for v, node in enumerate(self.nodes, 1):
+            if len(node.sources) != 1 or node.sources[0] not in passing:
+                continue
+            if node.select_index:
+                return TABLE
+            kind = None if node.module is None else input_kind(node.module)
+            if kind is not None:
+                return kind
+            passing.add(v)
         return TENSOR
 
     def lua_specialize(self, kind):
