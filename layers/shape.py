@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from layers.tables import _lua_dim
+from layers.tables import lua_dim
 
 
 class View(nn.Module):
@@ -240,7 +240,7 @@ class Sum(nn.Module):
         self.squeeze = bool(squeeze)
 
     def forward(self, x: Tensor) -> Tensor:
-        dim = _lua_dim(self.dimension, self.n_input_dims, x.dim())
+        dim = lua_dim(self.dimension, self.n_input_dims, x.dim())
         out = x.sum(dim, keepdim=True)
         if self.size_average:
             out = out / x.size(dim)
@@ -261,7 +261,7 @@ class Max(nn.Module):
         self.minimum = bool(minimum)
 
     def forward(self, x: Tensor) -> Tensor:
-        dim = _lua_dim(self.dimension, self.n_input_dims, x.dim())
+        dim = lua_dim(self.dimension, self.n_input_dims, x.dim())
         if self.minimum:
             out = torch.min(x, dim, keepdim=True)[0]
         else:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 TENSOR, TABLE = 'tensor', 'table'
 
 
-def _lua_dim(dimension: int, n_input_dims: int, ndim: int) -> int:
+def lua_dim(dimension: int, n_input_dims: int, ndim: int) -> int:
     """0-based dim of nn's _getPositiveDimension: negative counts from the end, and an input with one dimension
     more than nInputDims (<= 0: not set) is a batch, which shifts a positive dimension by one."""
     if dimension < 0:
@@ -120,7 +120,7 @@ class JoinTable(nn.Module):
         self.n_input_dims = 0 if n_input_dims is None else int(n_input_dims)
 
     def forward(self, xs: List[Tensor]) -> Tensor:
-        return torch.cat(xs, _lua_dim(self.dimension, self.n_input_dims, xs[0].dim()))
+        return torch.cat(xs, lua_dim(self.dimension, self.n_input_dims, xs[0].dim()))
 
 
 class SplitTable(nn.Module):
@@ -133,7 +133,7 @@ class SplitTable(nn.Module):
         self.n_input_dims = 0 if n_input_dims is None else int(n_input_dims)
 
     def forward(self, x: Tensor) -> List[Tensor]:
-        return list(torch.unbind(x, _lua_dim(self.dimension, self.n_input_dims, x.dim())))
+        return list(torch.unbind(x, lua_dim(self.dimension, self.n_input_dims, x.dim())))
 
 
 class NarrowTable(nn.Module):
