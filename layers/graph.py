@@ -1,11 +1,29 @@
 """Port of nngraph's gModule (gmodule.lua's runForwardFunction): a graph of modules run in topological order,
-with several inputs and outputs, nodes read by several consumers, and split() outputs."""
+with several inputs and outputs, nodes read by several consumers, and split() outputs; and its JustElement/JustTable."""
 from typing import List
 
 from torch import Tensor, nn
 
 from layers.containers import specialize, input_kind
 from layers.tables import TABLE, TENSOR
+
+
+class JustElement(nn.Module):
+    """nngraph.JustElement (what split(1) makes): the one entry of a one-entry table."""
+    lua_type = 'nngraph.JustElement'
+
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        if len(xs) != 1:
+            raise ValueError('nngraph.JustElement: expecting one element, got ' + str(len(xs)))
+        return xs[0]
+
+
+class JustTable(nn.Module):
+    """nngraph.JustTable: a tensor as a one-entry table."""
+    lua_type = 'nngraph.JustTable'
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        return [x]
 
 
 class GraphNode(nn.Module):

@@ -10,6 +10,7 @@ from errors import UserError, lua_tostring
 from layers.containers import unscriptable
 from t7.convert import load_model
 from t7.read import LuaFunction, Storage, TableKey, TorchObject, load
+from t7.registry import class_of
 from t7.write import TENSOR_CLASSES
 
 USAGE = 'usage: python -m t7 print FILE | python -m t7 convert FILE.t7 OUT.pt'
@@ -219,7 +220,7 @@ def lua_string(obj):
 
 def is_module(obj):
     """Whether a Torch object is an nn module or criterion (Lua prints those with tostring)."""
-    return isinstance(obj, TorchObject) and (obj.typename.partition('.')[0] in ('nn', 'cudnn', 'nn_plus')
+    return isinstance(obj, TorchObject) and (class_of(obj.typename) is not None
                                              or {'output', 'gradInput'} <= set(obj.fields))
 
 

@@ -1,7 +1,7 @@
 """nngraph's nn.gModule (gmodule.lua, node.lua, graph's Graph/Node/Edge) as a PyTorch graph module and back: reading
 runs the saved forward graph; writing rebuilds the nngraph objects as gModule's constructor makes them."""
 
-from layers.graph import GModule, GraphNode
+from layers.graph import GModule, GraphNode, JustElement, JustTable
 from layers.legacy import lua_type
 from t7.read import T7Error, TableKey, TorchObject
 from t7.registry import builds, writes
@@ -76,6 +76,26 @@ def _gmodule(loader, f, path):
         f.fail('nInputs', 'a count')
     annotations = datas[first].get('annotations')
     return GModule(nodes, n_inputs, annotations if isinstance(annotations, dict) else {})
+
+
+@builds('JustElement')
+def _just_element(loader, f, path):
+    return JustElement()
+
+
+@builds('JustTable')
+def _just_table(loader, f, path):
+    return JustTable()
+
+
+@writes('JustElement', accepts=JustElement)
+def _write_just_element(saver, module, fields, path):
+    fields['gradInput'] = {}
+
+
+@writes('JustTable', accepts=JustTable)
+def _write_just_table(saver, module, fields, path):
+    fields['output'] = {}
 
 
 class _Node:

@@ -42,8 +42,9 @@ def class_of(typename):
     package, _, name = typename.partition('.')
     if package in ('nn', 'cudnn'):
         return name
-    if typename == 'nn_plus.ChannelInterlace':
-        return 'ChannelInterlace'
+    # clcNet's interlace, nngraph's split(1) helpers, and char-rnn's OneHot (a class without a package).
+    if typename in ('nn_plus.ChannelInterlace', 'nngraph.JustElement', 'nngraph.JustTable', 'OneHot'):
+        return typename.rpartition('.')[2]
     return None
 
 

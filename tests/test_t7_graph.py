@@ -9,8 +9,9 @@ import torch
 
 import t7
 from layers.containers import ConcatTable, input_kind, specialize, unscriptable
-from layers.graph import GModule, GraphNode
+from layers.graph import GModule, GraphNode, JustElement, JustTable
 from layers.tables import CAddTable, Identity, SelectTable
+from t7.registry import class_of
 
 ZOO = pathlib.Path(__file__).parent / 'fixtures' / 'nn_zoo'
 
@@ -113,3 +114,17 @@ def test_damaged_graphs_fail_with_one_error_naming_the_place():
     lua.forwardnodes[2].data['mapindex'] = {1: {'stranger': True}}
     with pytest.raises(t7.T7Error, match=r'an input of forwardnodes\[2\] is not one of its nodes'):
         t7.load_model(lua)
+
+
+def test_split_of_one_makes_a_just_element_node():
+    # nngraph's node:split(1) is nngraph.JustElement()(node); JustTable makes the one-entry table.
+    graph = typed(GModule([GraphNode(JustTable(), [0]), GraphNode(JustElement(), [1]), GraphNode(None, [2])], 1))
+    x = torch.randn(3)
+    lua, back = round_trip(graph)
+    assert [m.typename for m in lua.modules] == ['nngraph.JustTable', 'nngraph.JustElement']
+    assert lua.modules[1].gradInput == {} and lua.modules[0].output == {}
+    assert back(x) is x and scripted(back)(x).equal(x)
+    with pytest.raises(ValueError, match='expecting one element, got 2'):
+        JustElement()([x, x])
+    # char-rnn's OneHot is a class without a package, read as nn.OneHot's counterpart.
+    assert class_of('OneHot') == 'OneHot' and class_of('nngraph.JustTable') == 'JustTable'
