@@ -304,7 +304,7 @@ class _Reader(torchfile.T7Reader):
         self.tables = []              # every container built, for the list fix-up pass
         self.in_progress = set()      # ids of tables whose entries are being read
         self.referenced_early = set() # ids of those tables that were referenced before they were complete
-        self.replaced = {}            # id(placeholder dict) -> list that replaced it
+        self.replaced = {}            # id(placeholder dict) -> (that dict, the list that replaced it)
         self.table_keys = {}          # id(table) -> its TableKey, so that a table is one key however often used
 
     # torchfile's readers for tds.Vec and tds.Hash call back into these two, which go through the checked stream.
