@@ -32,7 +32,8 @@ from torch import nn  # noqa: E402
 
 import models  # noqa: E402
 import opts  # noqa: E402
-from layers import PooledSpatialConvolution, activation, legacy, lookup  # noqa: E402
+from layers import PooledSpatialConvolution, activation, lookup  # noqa: E402
+from layers.shape import View  # noqa: E402
 
 N_CLASSES = 1000
 # (input planes, output planes, kernel, stride, pad, max pooling after): AlexNet with LCNN's channel counts.
@@ -70,7 +71,7 @@ def alexnet_lcnn(dicts):
         activation.Dropout(0.5), PooledSpatialConvolution(256, 4096, 6, 6, poolSize=dicts[5]),
         nn.BatchNorm2d(4096, 1e-3), nn.ReLU(True), activation.Dropout(0.5),
         PooledSpatialConvolution(4096, 4096, 1, 1, poolSize=dicts[6]),
-        nn.BatchNorm2d(4096, 1e-3), nn.ReLU(True), nn.Conv2d(4096, N_CLASSES, 1), legacy.View(N_CLASSES),
+        nn.BatchNorm2d(4096, 1e-3), nn.ReLU(True), nn.Conv2d(4096, N_CLASSES, 1), View(N_CLASSES),
         activation.LogSoftMax())
     return nn.Sequential(features, classifier)
 

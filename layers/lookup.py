@@ -25,7 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from layers import activation, legacy
+from layers import activation, containers, legacy, shape, tables
 from layers.ChannelInterlace import ChannelInterlace
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
@@ -575,9 +575,9 @@ def _none_to(v, default):
 
 # Modules stored by their attributes alone: (type name in the file, class test, attributes).
 _SIMPLE = [
-    ('Concat', lambda m: isinstance(m, legacy.Concat), ('dimension',)),
-    ('ConcatTable', lambda m: isinstance(m, legacy.ConcatTable), ()),
-    ('CAddTable', lambda m: isinstance(m, legacy.CAddTable), ('inplace',)),
+    ('Concat', lambda m: isinstance(m, containers.Concat), ('dimension',)),
+    ('ConcatTable', lambda m: isinstance(m, containers.ConcatTable), ()),
+    ('CAddTable', lambda m: isinstance(m, tables.CAddTable), ('inplace',)),
     ('MulConstant', lambda m: isinstance(m, activation.MulConstant), ('constant_scalar', 'inplace')),
     ('LogSoftMax', lambda m: isinstance(m, activation.LogSoftMax), ('instance',)),
     ('SoftMax', lambda m: isinstance(m, activation.SoftMax), ('instance',)),
@@ -646,7 +646,7 @@ def _write_node(group, module, where):
         group['weight'] = module.weight.detach().numpy()
         if module.bias is not None:
             group['bias'] = module.bias.detach().numpy()
-    elif type(module) is legacy.View:
+    elif type(module) is shape.View:
         kind = 'View'
         group.attrs['sizes'] = np.array(module.sizes, dtype=np.int64)
         group.attrs['num_input_dims'] = _none_to(module.num_input_dims, -1)
@@ -689,11 +689,11 @@ def _read_node(group, backend_name):
     if kind == 'Sequential':
         m = nn.Sequential(collections.OrderedDict(kids))
     elif kind in ('Concat', 'ConcatTable'):
-        m = legacy.Concat(int(a['dimension'])) if kind == 'Concat' else legacy.ConcatTable()
+        m = containers.Concat(int(a['dimension'])) if kind == 'Concat' else containers.ConcatTable()
         for name, child in kids:
             m.add_module(name, child)
     elif kind == 'CAddTable':
-        m = legacy.CAddTable(bool(a['inplace']))
+        m = tables.CAddTable(bool(a['inplace']))
     elif kind == 'MulConstant':
         m = activation.MulConstant(float(a['constant_scalar']), bool(a['inplace']))
     elif kind == 'LogSoftMax':
@@ -742,7 +742,7 @@ def _read_node(group, backend_name):
                 m.bias.copy_(b)
     elif kind == 'View':
         nid = int(a['num_input_dims'])
-        m = legacy.View(*[int(s) for s in a['sizes']], num_input_dims=None if nid < 0 else nid)
+        m = shape.View(*[int(s) for s in a['sizes']], num_input_dims=None if nid < 0 else nid)
     elif kind == 'LookupConv2d':
         kh, kw = tup('kernel_size')
         sparse = {}

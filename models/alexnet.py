@@ -2,7 +2,7 @@
 from torch import nn
 
 from layers.activation import LogSoftMax, SpatialDropout
-from layers.legacy import View
+from layers.shape import View
 from models import convolution, batch_norm, relu, max_pooling
 
 

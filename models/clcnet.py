@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from layers.legacy import View
+from layers.shape import View
 from layers.ChannelInterlace import ChannelInterlace
 from models import convolution, batch_norm, relu, average_pooling, linear, find_modules
 

@@ -2,8 +2,10 @@
 learning-rate regime; models/resnet_lcnn.py builds the same tree with lookup convolutions."""
 from torch import nn
 
+from layers.containers import Concat, ConcatTable
 from layers.activation import MulConstant, LogSoftMax
-from layers.legacy import Concat, ConcatTable, CAddTable, View
+from layers.shape import View
+from layers.tables import CAddTable
 from models import convolution, batch_norm, relu, max_pooling, average_pooling, linear
 
 # (first epoch, last epoch, learning rate before the -LR multiplier, weight decay)

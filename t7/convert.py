@@ -6,10 +6,11 @@ import bisect
 import torch
 from torch import nn
 
+from layers.containers import input_kind, specialize
 from layers.legacy import lua_type, named
 # importing the family modules fills the registry
-from t7 import (nn_activation, nn_containers, nn_conv, nn_distance, nn_lcnn, nn_normalization, nn_pooling,  # noqa: F401
-                nn_shape, nn_tables)
+from t7 import (nn_activation, nn_containers, nn_conv, nn_distance, nn_graph, nn_lcnn,  # noqa: F401
+                nn_normalization, nn_pooling, nn_shape, nn_tables)
 from t7.read import LuaFunction, T7Error, TorchObject, load
 from t7.registry import BUILDERS, VERSION_2, WRITERS, Fields, class_of, float_dtype, storage_view, tensor_type
 from t7.write import save
@@ -115,6 +116,8 @@ def load_model(source):
     obj = source if isinstance(source, TorchObject) else load(source)
     try:
         model = _Loader().module(obj, 'model')
+        # What flows between modules (a tensor or a table) is fixed here, so that torch.jit.script compiles it.
+        specialize(model, input_kind(model))
     except RecursionError:
         raise T7Error('the module tree is nested too deeply to convert') from None
     return model.eval()

@@ -1,8 +1,10 @@
-"""Torch7 nn containers (Sequential, Concat, ConcatTable) as PyTorch containers and back."""
+"""Torch7 nn containers (Sequential, Concat, DepthConcat, ConcatTable, ParallelTable, MapTable, Parallel) as PyTorch
+containers and back."""
 
 from torch import nn
 
-from layers import legacy
+from layers import containers
+from t7.read import T7Error
 from t7.registry import builds, long_storage, writes
 
 
@@ -13,12 +15,38 @@ def _sequential(loader, f, path):
 
 @builds('Concat')
 def _concat(loader, f, path):
-    return legacy.Concat(f.int('dimension'), *loader.children(f, path))
+    return containers.Concat(f.int('dimension'), *loader.children(f, path))
+
+
+@builds('DepthConcat')
+def _depth_concat(loader, f, path):
+    return containers.DepthConcat(f.int('dimension'), *loader.children(f, path))
 
 
 @builds('ConcatTable')
 def _concat_table(loader, f, path):
-    return legacy.ConcatTable(*loader.children(f, path))
+    return containers.ConcatTable(*loader.children(f, path))
+
+
+@builds('ParallelTable')
+def _parallel_table(loader, f, path):
+    return containers.ParallelTable(*loader.children(f, path))
+
+
+@builds('MapTable')
+def _map_table(loader, f, path):
+    # modules[1] is the mapped module; Lua's clones of it follow (they share its parameters when `shared`).
+    children = loader.children(f, path)
+    if not children:
+        if f.get('module') is None:
+            raise T7Error(f'{f.typename} at {path} has no module to map')
+        children = [loader.module(f.get('module'), f'{path}.module')]
+    return containers.MapTable(*children, shared=f.flag('shared', True))
+
+
+@builds('Parallel')
+def _parallel(loader, f, path):
+    return containers.Parallel(f.int('inputDimension'), f.int('outputDimension'), *loader.children(f, path))
 
 
 @writes('Sequential', accepts=nn.Sequential)
@@ -26,14 +54,30 @@ def _write_container(saver, module, fields, path):
     fields['modules'] = saver.children(module, path)
 
 
-@writes('Concat', accepts=legacy.Concat)
+@writes('Concat', accepts=containers.Concat)
+@writes('DepthConcat', accepts=containers.DepthConcat)
 def _write_concat(saver, module, fields, path):
-    fields['modules'] = saver.children(module, path)
-    fields['dimension'] = module.dimension
-    fields['outputSize'] = long_storage([])
+    fields.update(modules=saver.children(module, path), dimension=module.dimension, outputSize=long_storage([]))
 
 
-@writes('ConcatTable', accepts=legacy.ConcatTable)
+@writes('ConcatTable', accepts=containers.ConcatTable)
 def _write_concat_table(saver, module, fields, path):
-    fields['modules'] = saver.children(module, path)
-    fields['output'] = {}
+    fields.update(modules=saver.children(module, path), output={})
+
+
+@writes('ParallelTable', accepts=containers.ParallelTable)
+def _write_parallel_table(saver, module, fields, path):
+    fields.update(modules=saver.children(module, path), output={}, gradInput={})
+
+
+@writes('MapTable', accepts=containers.MapTable)
+def _write_map_table(saver, module, fields, path):
+    modules = saver.children(module, path)
+    fields.update(modules=modules, module=modules[0], shared=module.shared,
+                  sharedparams=['weight', 'bias', 'gradWeight', 'gradBias'], output={}, gradInput={})
+
+
+@writes('Parallel', accepts=containers.Parallel)
+def _write_parallel(saver, module, fields, path):
+    fields.update(modules=saver.children(module, path), inputDimension=module.input_dimension,
+                  outputDimension=module.output_dimension)

@@ -114,6 +114,30 @@ class LuaFunction:
         return f'LuaFunction({len(self.dumped)} bytes of bytecode)'
 
 
+class TableKey:
+    """A Lua table used as a table key (nngraph's mapindex and reverseMap, any table-keyed Lua table).
+
+    Python dicts cannot be keys, so the key is this stand-in for the table: like Lua, it hashes and compares by the
+    identity of `table`, so `t7.TableKey(node_data)` finds the entry keyed by that very table. Reading gives one
+    stand-in per table, and writing it writes the table itself (the same Lua object as the table used as a value).
+    """
+
+    __slots__ = ('table',)
+
+    def __init__(self, table):
+        self.table = table
+
+    def __hash__(self):
+        return id(self.table)
+
+    def __eq__(self, other):
+        return isinstance(other, TableKey) and other.table is self.table
+
+    def __repr__(self):
+        kind = 'list' if isinstance(self.table, list) else 'table'
+        return f'TableKey({kind} of {len(self.table)} entries at {id(self.table):#x})'
+
+
 class _InProgress:
     """Marks an object index whose tensor or storage is still being read."""
 
@@ -280,7 +304,8 @@ class _Reader(torchfile.T7Reader):
         self.tables = []              # every container built, for the list fix-up pass
         self.in_progress = set()      # ids of tables whose entries are being read
         self.referenced_early = set() # ids of those tables that were referenced before they were complete
-        self.replaced = {}            # id(placeholder dict) -> list that replaced it
+        self.replaced = {}            # id(placeholder dict) -> (that dict, the list that replaced it)
+        self.table_keys = {}          # id(table) -> its TableKey, so that a table is one key however often used
 
     # torchfile's readers for tds.Vec and tds.Hash call back into these two, which go through the checked stream.
     def read_int(self):
@@ -378,6 +403,8 @@ class _Reader(torchfile.T7Reader):
             for _ in range(size):
                 key_start = self.s.pos
                 key = self.read_obj()
+                if isinstance(key, (dict, list)):
+                    key = self._table_key(key)
                 self._check_key(key, key_start, table)
                 table[key] = self.read_obj()
         finally:
@@ -388,15 +415,20 @@ class _Reader(torchfile.T7Reader):
         self.objects[index] = items
         self.tables.append(items)
         if id(table) in self.referenced_early:
-            self.replaced[id(table)] = items
+            # the placeholder is kept alive with its list, so that its id cannot be taken by another table
+            self.replaced[id(table)] = (table, items)
         return items
+
+    def _table_key(self, table):
+        key = self.table_keys.get(id(table))
+        if key is None:
+            key = self.table_keys[id(table)] = TableKey(table)
+        return key
 
     @staticmethod
     def _check_key(key, key_start, table):
         if key is None or (isinstance(key, float) and math.isnan(key)):
             raise T7Error(f'corrupt t7 file: table key at byte {key_start} is {key!r}, which Lua forbids')
-        if isinstance(key, (dict, list)):
-            raise T7Error(f'unsupported t7 data: a table used as a table key at byte {key_start}')
         if key in table:
             numeric = (bool, int, float)
             other = next((k for k in table if type(k) in numeric and k == key), key) if type(key) in numeric else key
@@ -514,18 +546,27 @@ class _Reader(torchfile.T7Reader):
     def _replace_placeholders(self, root):
         """Points references taken while a list-like table was still a dict at the list that replaced it."""
         swap = self.replaced
+
+        def final(v):
+            return swap[id(v)][1] if isinstance(v, dict) and id(v) in swap and swap[id(v)][0] is v else v
+
+        moved = set()
+        for key in self.table_keys.values():
+            if final(key.table) is not key.table:
+                key.table = final(key.table)
+                moved.add(key)
         for container in self.tables:
             if isinstance(container, dict):
-                for k, v in container.items():
-                    if id(v) in swap and isinstance(v, dict):
-                        container[k] = swap[id(v)]
+                items = [(k, final(v)) for k, v in container.items()]
+                if moved and any(k in moved for k, _ in items):
+                    # those keys hash differently now: the dict is rebuilt, in the same order
+                    container.clear()
+                container.update(items)
             elif isinstance(container, list):
-                for i, v in enumerate(container):
-                    if id(v) in swap and isinstance(v, dict):
-                        container[i] = swap[id(v)]
-            elif isinstance(container.upvalues, dict) and id(container.upvalues) in swap:
-                container.upvalues = swap[id(container.upvalues)]
-        return swap.get(id(root), root) if isinstance(root, dict) else root
+                container[:] = [final(v) for v in container]
+            else:
+                container.upvalues = final(container.upvalues)
+        return final(root)
 
 
 def _looks_ascii(head):
@@ -607,9 +648,16 @@ def equal(a, b):
         if isinstance(x, LuaFunction) or isinstance(y, LuaFunction):
             return (isinstance(x, LuaFunction) and isinstance(y, LuaFunction) and x.typeidx == y.typeidx
                     and x.dumped == y.dumped and same(x.upvalues, y.upvalues))
+        if isinstance(x, TableKey) or isinstance(y, TableKey):
+            return isinstance(x, TableKey) and isinstance(y, TableKey) and same(x.table, y.table)
         if isinstance(x, dict) or isinstance(y, dict):
-            return (isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys()
-                    and all(same(v, y[k]) for k, v in x.items()))
+            if not (isinstance(x, dict) and isinstance(y, dict) and len(x) == len(y)):
+                return False
+            # Keys that are Lua objects (tables, Torch objects, tensors, functions) are matched in file order.
+            x_objects, y_objects = [k for k in x if _is_object(k)], [k for k in y if _is_object(k)]
+            return (len(x_objects) == len(y_objects)
+                    and all(k in y and same(v, y[k]) for k, v in x.items() if not _is_object(k))
+                    and all(same(kx, ky) and same(x[kx], y[ky]) for kx, ky in zip(x_objects, y_objects)))
         if isinstance(x, list) or isinstance(y, list):
             return (isinstance(x, list) and isinstance(y, list) and len(x) == len(y)
                     and all(same(u, v) for u, v in zip(x, y)))
@@ -620,6 +668,10 @@ def equal(a, b):
         return x == y
 
     return same(a, b)
+
+
+def _is_object(key):
+    return isinstance(key, (TableKey, TorchObject, LuaFunction, Storage, torch.Tensor))
 
 
 def _same_values(x, y):

@@ -42,12 +42,10 @@ def class_of(typename):
     package, _, name = typename.partition('.')
     if package in ('nn', 'cudnn'):
         return name
-    # Classes that projects declared outside nn under a name of their own, with nn's fields.
-    return _OUTSIDE_NN.get(typename)
-
-
-# clcNet's ChannelInterlace; char-rnn's OneHot (util/OneHot.lua, saved in every char-rnn checkpoint) is nn.OneHot's.
-_OUTSIDE_NN = {'nn_plus.ChannelInterlace': 'ChannelInterlace', 'OneHot': 'OneHot'}
+    # clcNet's interlace, nngraph's split(1) helpers, and char-rnn's OneHot (a class without a package).
+    if typename in ('nn_plus.ChannelInterlace', 'nngraph.JustElement', 'nngraph.JustTable', 'OneHot'):
+        return typename.rpartition('.')[2]
+    return None
 
 
 class Fields:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torchfile
 
-from t7.read import LuaFunction, Storage, T7Error, TorchObject
+from t7.read import LuaFunction, Storage, T7Error, TableKey, TorchObject
 
 # dtype -> Torch7 CPU tensor class; storages are the same names with Storage.
 TENSOR_CLASSES = {
@@ -130,8 +130,9 @@ class _Writer:
         self._int(size)
         for k, v in items:
             if k is None or isinstance(k, (list, tuple, dict)) or (isinstance(k, float) and math.isnan(k)):
-                raise T7Error(f'cannot write {self._where()}: table key {k!r} is not a valid Lua table key')
-            self.obj(k)
+                raise T7Error(f'cannot write {self._where()}: table key {k!r} is not a valid Lua table key'
+                              f'{" (wrap a table used as a key in t7.TableKey)" if isinstance(k, tuple) else ""}')
+            self.obj(k.table if isinstance(k, TableKey) else k)
             self.path.append(f'.{k}' if isinstance(k, str) else f'[{k!r}]')
             try:
                 self.obj(v)

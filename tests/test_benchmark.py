@@ -12,8 +12,10 @@ import benchmark
 import t7
 from benchmark import BenchmarkError, Performance, lua_2f, lua_d
 from layers import PooledSpatialConvolution, named
+from layers.containers import Concat, ConcatTable
 from layers.activation import Dropout, LogSoftMax
-from layers.legacy import CAddTable, Concat, ConcatTable, View
+from layers.shape import View
+from layers.tables import CAddTable
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 

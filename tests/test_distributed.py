@@ -15,7 +15,7 @@ import runtime
 import train
 from errors import console
 from layers.activation import LogSoftMax
-from layers.legacy import View
+from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 WORLD = 2

@@ -15,7 +15,7 @@ import runtime
 import t7
 import train
 from layers.activation import Dropout, LogSoftMax
-from layers.legacy import View
+from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 ZOO = pathlib.Path(__file__).parent / 'fixtures' / 'nn_zoo'

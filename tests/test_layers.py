@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
+from layers.containers import Concat, ConcatTable
 from layers.activation import Dropout, LogSoftMax, MulConstant, SoftMax
-from layers.legacy import CAddTable, Concat, ConcatTable, View
+from layers.shape import View
+from layers.tables import CAddTable
 
 
 def make_psc(lam=0.5, sparsity=0.3, dtype=torch.float64, **kw):

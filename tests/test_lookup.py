@@ -11,6 +11,9 @@ import torch.nn.functional as F
 
 import t7
 from layers import PooledSpatialConvolution, activation, legacy, lookup
+from layers.containers import ConcatTable
+from layers.shape import View
+from layers.tables import CAddTable
 from layers.lookup import LookupConv2d, LookupInferenceError
 
 FIXTURES = Path(__file__).parent / 'fixtures'
@@ -215,7 +218,7 @@ def alexnet_lcnn_small(density, gen, width=8):
     classifier = nn.Sequential(
         activation.Dropout(0.5), *block(psc(c[4], c[5], 6, 1, 0, 16, density, gen), c[5]),
         activation.Dropout(0.5, v1=True), *block(psc(c[5], c[5], 1, 1, 0, 16, density, gen), c[5]),
-        nn.Conv2d(c[5], 10, 1), legacy.View(10), activation.LogSoftMax())
+        nn.Conv2d(c[5], 10, 1), View(10), activation.LogSoftMax())
     return nn.Sequential(features, classifier).eval()
 
 
@@ -228,11 +231,11 @@ def resnet_lcnn_small(density, gen):
         body = nn.Sequential(psc(cin, cout, 3, stride, 1, 6, density, gen), bn(cout), nn.ReLU(True),
                              psc(cout, cout, 3, 1, 1, 6, density, gen), bn(cout))
         short = nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride), bn(cout))
-        return nn.Sequential(legacy.ConcatTable(body, short), legacy.CAddTable(True), nn.ReLU(True))
+        return nn.Sequential(ConcatTable(body, short), CAddTable(True), nn.ReLU(True))
 
     return nn.Sequential(psc(3, 8, 7, 2, 3, 3, density, gen), bn(8), nn.ReLU(True), nn.MaxPool2d(3, 2, 1),
                          block(8, 8, 1), block(8, 16, 2), block(16, 24, 2), nn.AvgPool2d(4, 1),
-                         legacy.View(24).setNumInputDims(3), nn.Linear(24, 10), activation.LogSoftMax()).eval()
+                         View(24).setNumInputDims(3), nn.Linear(24, 10), activation.LogSoftMax()).eval()
 
 
 @pytest.mark.parametrize('density', [0.005, 0.5])

@@ -16,7 +16,8 @@ import main
 import models
 import t7
 from layers.activation import LogSoftMax
-from layers.legacy import View, named
+from layers.legacy import named
+from layers.shape import View
 from tests.drivers import main_driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

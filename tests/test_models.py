@@ -16,8 +16,10 @@ import models
 import opts
 import util
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
+from layers.containers import Concat, ConcatTable
 from layers.activation import Dropout, MulConstant
-from layers.legacy import CAddTable, Concat, ConcatTable, View
+from layers.shape import View
+from layers.tables import CAddTable
 from models import find_modules, lua_apply, lua_children, parameters_lua_order
 from layers.activation import SpatialDropout
 

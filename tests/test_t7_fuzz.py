@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 import t7
 from layers import PooledSpatialConvolution
 from layers.activation import LogSoftMax
-from layers.legacy import View
+from layers.shape import View
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
-SEEDS = ['serialization_zoo.t7', 'serialization_zoo.ascii.t7', 'imagenet_trainCache.t7', 'optimState_sgd2.cuda.t7']
+SEEDS = ['serialization_zoo.t7', 'serialization_zoo.ascii.t7', 'imagenet_trainCache.t7', 'optimState_sgd2.cuda.t7',
+         'nn_zoo/gModule_shared_2out.module.t7']
 BOUNDARY_INTS = [-1, 0, 1, 3, 4, 6, 7, 8, 255, 2 ** 16, 2 ** 31 - 1, -2 ** 31]
 BOUNDARY_LONGS = [-1, 0, 1, 2 ** 31, 2 ** 40, 2 ** 62, 2 ** 63 - 1, -2 ** 63]
 
@@ -147,9 +148,23 @@ tensors = st.builds(
                      torch.float16]),
     st.lists(st.integers(1, 4), min_size=1, max_size=3), st.integers(0, 1000))
 keys = st.one_of(st.text(max_size=6), st.integers(-5, 5).filter(lambda k: k not in (0, 1)), st.floats(-9, 9))
+
+
+def tables_with_table_keys(inner):
+    """Tables keyed by tables, some of them tables that are also values (nngraph's mapindex and reverseMap)."""
+    def build(entries, shared):
+        table = {t7.TableKey(k): v for k, v in entries}
+        for i, v in enumerate(shared):
+            table[t7.TableKey(v)] = v
+            table[f'shared{i}'] = v
+        return table
+    tables = st.one_of(st.lists(inner, min_size=1, max_size=3), st.dictionaries(keys, inner, min_size=1, max_size=3))
+    return st.builds(build, st.lists(st.tuples(tables, inner), max_size=2), st.lists(tables, max_size=2))
+
+
 values = st.recursive(st.one_of(scalars, tensors),
                       lambda inner: st.one_of(st.lists(inner, min_size=1, max_size=4),
-                                              st.dictionaries(keys, inner, max_size=4)),
+                                              st.dictionaries(keys, inner, max_size=4), tables_with_table_keys(inner)),
                       max_leaves=12)
 
 
@@ -171,14 +186,25 @@ def test_random_values_round_trip(value):
     assert t7.equal(back, normalize(value))
 
 
-def normalize(value):
+def normalize(value, done=None):
+    done = {} if done is None else done
+    if id(value) in done:
+        return done[id(value)]
     if isinstance(value, list):
-        return [normalize(v) for v in value]
+        out = done[id(value)] = [normalize(v, done) for v in value]
+        return out
     if isinstance(value, dict):
-        out = {(int(k) if isinstance(k, float) and k.is_integer() else k): normalize(v) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, t7.TableKey):
+                k = t7.TableKey(normalize(k.table, done))
+            elif isinstance(k, float) and k.is_integer():
+                k = int(k)
+            out[k] = normalize(v, done)
         n = len(out)
         if n and all(type(k) is int and 1 <= k <= n for k in out):
-            return [out[i] for i in range(1, n + 1)]
+            out = [out[i] for i in range(1, n + 1)]
+        done[id(value)] = out
         return out
     if isinstance(value, float) and value.is_integer() and abs(value) <= 2 ** 53:
         return int(value)

@@ -14,7 +14,7 @@ import opts
 import t7
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
 from layers.normalization import SpatialContrastiveNormalization, SpatialSubtractiveNormalization
-from layers.legacy import View
+from layers.shape import View
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 MODELS = ['alexnet-lcnn', 'alexnet-lcnn.cuda', 'resnet8-lcnn', 'resnet8-lcnn.cuda']

@@ -5,8 +5,10 @@ import math
 import pathlib
 import struct
 
+import numpy as np
 import pytest
 import torch
+import torchfile
 
 import t7
 
@@ -316,3 +318,121 @@ def test_bad_mode_and_source_raise_one_clear_error(tmp_path):
         t7.load(tmp_path / 'missing.t7')
     with pytest.raises(t7.T7Error, match='empty'):
         t7.load(b'')
+
+
+def string(text):
+    return struct.pack('<ii', 2, len(text)) + text.encode()
+
+
+def test_tables_used_as_keys_keep_lua_identity():
+    # {[t] = t, x = t, [{}] = 'other'} with t = {y = 1}: the key stands for the very table read as the values.
+    t = table(2, [(string('y'), number(1))])
+    data = table(1, [(t, reference(2)), (string('x'), reference(2)), (table(3, []), string('other'))])
+    outer = t7.load(data)
+    inner = outer['x']
+    assert inner == {'y': 1}
+    assert outer[t7.TableKey(inner)] is inner
+    keys = [k for k in outer if isinstance(k, t7.TableKey)]
+    assert len(keys) == 2 and keys[0].table is inner and keys[1].table == {}
+    assert outer[keys[1]] == 'other' and t7.TableKey({}) not in outer
+
+
+def test_a_table_that_is_its_own_key_and_value():
+    value = t7.load(table(1, [(reference(1), reference(1))]))
+    assert value[t7.TableKey(value)] is value and len(value) == 1
+    buffer = io.BytesIO()
+    t7.save(buffer, value)
+    assert buffer.getvalue() == table(1, [(reference(1), reference(1))])
+    again = t7.load(buffer.getvalue())
+    assert again[t7.TableKey(again)] is again
+
+
+def test_list_like_table_used_as_a_key_before_it_is_complete():
+    # a = {{[a] = true}}: the key taken while `a` was still being read stands for the list `a` became.
+    data = table(1, [(number(1), table(2, [(reference(1), struct.pack('<ii', 5, 1))]))])
+    outer = t7.load(data)
+    assert isinstance(outer, list)
+    (key,) = outer[0]
+    assert key.table is outer and outer[0][t7.TableKey(outer)] is True
+
+
+def torchfile_mismatch(ours, theirs, pairs, where):
+    """Where a value we read differs from torchfile's reading of it, or None. One Lua object must be one Python
+    object in both readings (pairs maps ids both ways). Returns rather than asserts so that a failure does not
+    print the arguments of hundreds of recursive frames."""
+    if isinstance(ours, t7.TableKey):
+        ours = ours.table
+    if isinstance(ours, (dict, list, t7.TorchObject, t7.Storage, t7.LuaFunction, torch.Tensor)):
+        mine, other = pairs.get(('ours', id(ours))), pairs.get(('theirs', id(theirs)))
+        if mine is not None or other is not None:
+            return None if mine is theirs and other is ours else f'{where}: one Lua object read as two, or two as one'
+        pairs['ours', id(ours)], pairs['theirs', id(theirs)] = theirs, ours
+    if isinstance(ours, t7.TorchObject):
+        if not (isinstance(theirs, torchfile.TorchObject) and theirs.torch_typename().decode() == ours.typename):
+            return f'{where}: not a {ours.typename}'
+        return torchfile_table_mismatch(ours.fields, theirs._obj, pairs, f'{where}<{ours.typename}>')
+    if isinstance(ours, (dict, list)):
+        if not isinstance(theirs, torchfile.hashable_uniq_dict):
+            return f'{where}: not a table'
+        return torchfile_table_mismatch(ours if isinstance(ours, dict) else dict(enumerate(ours, 1)), theirs, pairs,
+                                        where)
+    if isinstance(ours, (torch.Tensor, t7.Storage)):
+        data = ours.data if isinstance(ours, t7.Storage) else ours
+        theirs = torch.from_numpy(np.array(theirs)) if isinstance(theirs, np.ndarray) else None
+        same = (theirs is not None and theirs.numel() == data.numel() and theirs.dtype == data.dtype
+                and t7.equal(theirs.reshape(-1), data.reshape(-1)))
+        return None if same else f'{where}: different tensor'
+    if isinstance(ours, t7.LuaFunction):
+        if theirs.dumped != ours.dumped:
+            return f'{where}: different bytecode'
+        return torchfile_mismatch(ours.upvalues, theirs.upvalues, pairs, f'{where}.<upvalues>')
+    if isinstance(ours, str):
+        return None if theirs == ours.encode() else f'{where}: {ours!r}'
+    return None if type(theirs) in (type(ours), int, float) and theirs == ours else f'{where}: {ours!r}'
+
+
+def torchfile_table_mismatch(ours, theirs, pairs, where):
+    if len(ours) != len(theirs):
+        return f'{where}: {len(ours)} entries, torchfile has {len(theirs)}'
+    for k, v in ours.items():
+        if not isinstance(k, (t7.TableKey, t7.TorchObject)):
+            key = k.encode() if isinstance(k, str) else k
+            problem = (torchfile_mismatch(v, theirs[key], pairs, f'{where}.{k}') if key in theirs
+                       else f'{where}: no key {k!r}')
+            if problem:
+                return problem
+    # Table keys come in file order in both readings.
+    objects = [(k, v) for k, v in ours.items() if isinstance(k, (t7.TableKey, t7.TorchObject))]
+    their_objects = [(k, v) for k, v in theirs.items() if isinstance(k, (dict, torchfile.TorchObject))]
+    if len(objects) != len(their_objects):
+        return f'{where}: {len(objects)} table keys, torchfile has {len(their_objects)}'
+    for (k, v), (tk, tv) in zip(objects, their_objects):
+        problem = (torchfile_mismatch(k, tk, pairs, f'{where}[key]')
+                   or torchfile_mismatch(v, tv, pairs, f'{where}[{type(k).__name__}]'))
+        if problem:
+            return problem
+    return None
+
+
+@pytest.mark.parametrize('name', ['nn_zoo/gModule_2in_1out.module.t7', 'nn_zoo/gModule_lstm_split.module.t7',
+                                  'nn_zoo/gModule_lstm_narrow.module.t7', 'nn_zoo/gModule_shared_2out.module.t7',
+                                  'nn_zoo/gModule_unet.module.t7', 'serialization_zoo.t7'])
+def test_values_equal_torchfiles(name):
+    """nngraph files use tables as keys everywhere (mapindex, reverseMap, graph nodes and edges); torchfile reads
+    them when it keeps every table a dict (its list heuristic compares tensors with == and fails)."""
+    with open(FIXTURES / name, 'rb') as f:
+        theirs = torchfile.T7Reader(f, use_list_heuristic=False).read_obj()
+    assert torchfile_mismatch(t7.load(FIXTURES / name), theirs, {}, 'root') is None
+
+
+def test_nngraph_file_keeps_node_identity():
+    g = t7.load(FIXTURES / 'nn_zoo' / 'gModule_shared_2out.module.t7')
+    for node in g.forwardnodes:
+        data = node.data
+        for i in range(1, 1 + sum(type(k) is int for k in data['mapindex'])):
+            source = data['mapindex'][i]
+            assert data['mapindex'][t7.TableKey(source)] == i
+            assert any(n.data is source for n in g.forwardnodes)
+        for consumer in data['reverseMap']:
+            assert consumer.typename == 'nngraph.Node' and any(consumer is n for n in g.backwardnodes)
+    assert g.outnode is g.backwardnodes[0] and g.innode is g.forwardnodes[0]

@@ -174,3 +174,16 @@ def test_save_to_path_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['state.t7']
     with pytest.raises(t7.T7Error, match='cannot write t7 file .*no_dir.*No such file'):
         t7.save(tmp_path / 'no_dir' / 'x.t7', 1)
+
+
+def test_tables_used_as_keys_are_written_as_the_same_lua_table():
+    node = {'module': 'linear'}
+    other = [1, 2]
+    value = {'node': node, t7.TableKey(node): 1, t7.TableKey(other): other}
+    back = round_trip(value)
+    assert back[t7.TableKey(back['node'])] == 1
+    (key,) = [k for k in back if isinstance(k, t7.TableKey) and k.table is not back['node']]
+    assert key.table == [1, 2] and back[key] is key.table
+    assert t7.equal(back, value)
+    # The key and the value are one Lua object: the table is written once, then referenced.
+    assert saved(value).count(b'linear') == 1

@@ -16,7 +16,7 @@ import runtime
 import train
 from errors import UserError, console
 from layers.activation import LogSoftMax
-from layers.legacy import View
+from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')

@@ -14,7 +14,8 @@ from torch import nn
 import benchmark
 from layers import PooledSpatialConvolution
 from layers.activation import LogSoftMax
-from layers.legacy import View, named
+from layers.legacy import named
+from layers.shape import View
 from visualization import plot, tradeoff
 from tests.drivers import main_driver
 
