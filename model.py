@@ -43,8 +43,6 @@ def load_model(path, flag):
 
 def create(opt):
     """The network of -netType, as its model file builds it."""
-    if opt.netType not in models.NET_TYPES:
-        raise UserError(f"-netType {opt.netType}: unknown network; use one of {', '.join(models.NET_TYPES)}")
     try:
         return models.create(opt)
     except ValueError as e:

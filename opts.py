@@ -7,6 +7,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+import models
+
 PROG = 'main.py'
 
 # Classes of the datasets -dataset accepts; -nClasses 0 (clcNet's "unset") and -dataset digits without -nClasses
@@ -441,6 +443,12 @@ def _resume(opt):
         opt.optimState = '%s/optimState_%d.t7' % (opt.save, opt.epochNumber - 1)
 
 
+def _net_type(opt):
+    # Checked here, before anything is written, so a typo costs one line instead of a run folder.
+    if opt.netType not in models.NET_TYPES:
+        _fail(f"unknown -netType {opt.netType!r} (use one of {', '.join(models.NET_TYPES)})")
+
+
 def _clcnet(opt, given):
     """clcNet's post-processing, for the options it owns and for clcNet networks."""
     if opt.netType in CLCNET_NETTYPES:
@@ -495,6 +503,7 @@ def parse(argv):
     _break_batch(opt)
     if opt.resume != 'none':
         _resume(opt)
+    _net_type(opt)
     _clcnet(opt, given)
     _dataset(opt, given)
     return opt

@@ -227,6 +227,7 @@ def test_os_date_is_c_percent_c():
     (['-nGPU', '1\n2'], ['-nGPU', r"'1\n2'"]),
     (['-precision', 'quad'], ['-precision', "'quad'"]),
     (['-dataset', 'cifar10'], ['-dataset', "'cifar10'"]),
+    (['-netType', 'vgg'], ['-netType', "'vgg'", 'alexnet-lcnn']),
     (['-netType', 'clcnet', '-a', '1'], ['-netType clcnet']),
     (['-resetClassifier'], ['-resetClassifier', '-nClasses']),
     (['-resetClassifier', '-nClasses', '0'], ['-resetClassifier', '-nClasses']),
