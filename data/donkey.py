@@ -10,7 +10,7 @@ from tqdm import tqdm
 import t7
 from data import image
 from data.image import DataError
-from data.imagenet import DataLoader, remap
+from data.imagenet import DataLoader, remap, report_subset, subset_seed
 from errors import lua_print
 
 MEANSTD_SAMPLES = 10000
@@ -214,4 +214,9 @@ def setup(opt):
     else:
         hooks.mean, hooks.std = estimate_mean_std(train_loader)
         t7.save(meanstd_cache, {'mean': hooks.mean, 'std': hooks.std})
+    # After the caches and the mean/std, which describe all of -data: every subset is normalised alike.
+    if opt.classes != '' or opt.samplesPerClass > 0:
+        train_loader = train_loader.subset(opt.classes, opt.samplesPerClass, subset_seed(opt))
+        test_loader = test_loader.subset(opt.classes, 0, subset_seed(opt))
+        report_subset(train_loader, test_loader)
     return train_loader, test_loader
