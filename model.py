@@ -147,7 +147,8 @@ def setup(opt, dist):
         # model file, which is also what -updateLRregime asks for.
         if opt.updateLRregime or not callable(saved):
             net.LRregime = file_regime(opt) or saved
-        if opt.resetClassifier:
+        # a resumed run's checkpoint already has the classifier that -resetClassifier gave it
+        if opt.resetClassifier and not (opt.resume != 'none' and opt.epochNumber > 1):
             lua_print(' => Replacing classifier with ' + str(opt.nClasses) + '-way classifier')
             reset_classifier(net, opt.nClasses)
     else:

@@ -10,7 +10,9 @@ Choices that differ from donkey.lua, on purpose:
   - mean/std are the donkey.lua estimator (average of per-image channel means and of per-image unbiased channel
     stds) over the centre crop of every train image instead of 10000 random crops: exact, and cheap enough that no
     cache file is written;
-  - -imageSize equal to -cropSize is allowed (Lua's train crop would step outside the image): the crop is then 0.
+  - -imageSize equal to -cropSize is allowed (Lua's train crop would step outside the image): the crop is then 0;
+  - -classes and -samplesPerClass (ours) keep some classes and K images of each after the mean/std is taken over the
+    whole train split, so that every subset is normalised alike.
 
 Speed: upscaling then cropping an 8x8 image is a product of a (crop x 8) row-weight block, the image, and an
 (8 x crop) column-weight block, so a batch is two batched matmuls, with no upscaled copy of the dataset in memory.

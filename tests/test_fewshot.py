@@ -178,12 +178,13 @@ def test_classes_renumbers_labels_and_restricts_both_splits():
     assert set(labels.tolist()) <= {0, 1, 2}
 
 
-def test_unknown_class_is_one_line(tmp_path):
-    proc = subprocess.run([PYTHON, 'main.py'] + SMALL + ['-classes', '1,x', '-save', str(tmp_path / 'r')],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 1
-    assert proc.stderr.splitlines() == ["main.py: -classes: digits (train) has no class 'x' (its classes: 0, 1, 2, "
-                                        "3, 4, 5, 6, 7, 8, 9); give names from it"]
+def test_unknown_class_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main.main(SMALL + ['-classes', '1,x', '-save', str(tmp_path / 'r')])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "main.py: -classes: digits (train) has no class 'x' (its classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9); give names "
+        'from it']
 
 
 # --- the same on an ImageNet-style -data folder -----------------------------------------------------------------
@@ -307,6 +308,11 @@ def test_freeze_dictionary_keeps_every_dictionary_while_the_coefficients_learn(t
     for (d0, a0, b0), (d1, a1, b1) in zip(pre, frozen):
         assert torch.equal(d0, d1)
         assert not torch.equal(a0, a1) and not torch.equal(b0, b1)
+    # resuming keeps the trained classifier, and the optimState of the trained parameters fits again
+    out = run_main(tune + ['-freezeDictionary', '-resume', str(tmp_path / 'frozen'), '-nEpochs', '2'], capsys)
+    assert 'Replacing classifier' not in out and '==> online epoch # 2' in out
+    resumed, _ = lookups(tmp_path / 'frozen' / 'model_2.t7')
+    assert torch.equal(resumed[0][0], pre[0][0]) and not torch.equal(resumed[0][1], frozen[0][1])
     # the same fine-tuning without the flag moves the dictionary
     run_main(tune + ['-save', str(tmp_path / 'free')], capsys)
     free, _ = lookups(tmp_path / 'free' / 'model_1.t7')
@@ -356,7 +362,8 @@ def test_fewshot_runs_both_protocols_writes_the_csv_and_figures_and_reuses_runs(
     for row in rows:
         log = plot.parse_log(os.path.join(ROOT, row['run_dir']))
         assert (row['top1'], row['top5']) == (log.test[row['epochs']].top1, log.test[row['epochs']].top5)
-        assert row['seed'] == 4 and sorted(log.test) == list(range(1, row['epochs'] + 1))
+        assert row['seed'] == (1 if row['protocol'] == 'pretrain' else 4)
+        assert sorted(log.test) == list(range(1, row['epochs'] + 1))
     assert 'training on 10 images of 10 classes, testing on 359' in \
         (work / 'scratch' / 'CNN' / 'K1' / 'seed4' / 'log.txt').read_text()
     transfer_log = (work / 'transfer' / 'LCNN' / 'K2' / 'seed4' / 'log.txt').read_text()
@@ -364,8 +371,8 @@ def test_fewshot_runs_both_protocols_writes_the_csv_and_figures_and_reuses_runs(
     assert 'kept fixed (-freezeDictionary)' in transfer_log
     assert 'Replacing classifier with 5-way classifier' in transfer_log
     assert 'freezeDictionary false' in (work / 'transfer' / 'CNN' / 'K2' / 'seed4' / 'log.txt').read_text()
-    # the pretrained networks keep only their last model
-    assert sorted(f for f in os.listdir(work / 'pretrain' / 'CNN' / 'Kall' / 'seed4') if f.endswith('.t7')) == [
+    # the pretrained networks (made once, at fewshot.PRETRAIN_SEED) keep only their last model
+    assert sorted(f for f in os.listdir(work / 'pretrain' / 'CNN' / 'Kall' / 'seed1') if f.endswith('.t7')) == [
         'classes.t7', 'model_1.t7']
     fewshot.write_csv(rows, str(out / 'fewshot.csv'))
     fewshot.draw_fewshot(rows, str(out / 'fewshot.png'))
@@ -400,3 +407,11 @@ def test_fewshot_reports_a_failed_run_in_one_line(tmp_path):
                        r'-dataset digits'):
         fewshot.run_sweep(budget, str(tmp_path / 'w'), out=lambda m: None, progress=False)
     assert os.listdir(tmp_path / 'w' / 'pretrain' / 'CNN' / 'Kall' / 'seed1') == ['log.txt']
+
+
+def test_fewshot_bad_seeds_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        fewshot.main(['-seeds', '1,x'])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        'fewshot.py: -seeds 1,x: give whole numbers separated by commas, e.g. 1,2']
