@@ -103,8 +103,6 @@ class Run:
     needs: list = dataclasses.field(default_factory=list)
 
 
-
-
 def _samples(k):
     return [] if k == ALL else ['-samplesPerClass', str(k)]
 
@@ -173,16 +171,12 @@ def finished(run):
     return record if run.epochs in log.test else None
 
 
-def main_process(main_cmd=None):
-    """The default way to train a run: main.py (or `main_cmd`) as a program; returns (exit code, its stderr).
-    Its stdout is dropped: main.py copies everything it prints into the run's log.txt."""
-    main_cmd = main_cmd or [sys.executable, MAIN]
-
-    def launch(argv):
-        proc = subprocess.run(main_cmd + argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-        return proc.returncode, proc.stderr
-    return launch
+def launch_main(argv):
+    """How a run is trained by default: main.py as a program; returns (exit code, its stderr). Its stdout is
+    dropped: main.py copies everything it prints into the run's log.txt."""
+    proc = subprocess.run([sys.executable, MAIN] + argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    return proc.returncode, proc.stderr
 
 
 def execute(run, launch):
@@ -211,10 +205,9 @@ def execute(run, launch):
     return record
 
 
-def run_sweep(budget, work_dir, launch=None, out=None, progress=True):
-    """Make (or reuse) every run of `budget` under work_dir, each trained by `launch(argv)` (default: main.py as a
-    program, see main_process); returns one row per run (CSV_FIELDS) and {(protocol, model, K, seed): its log}."""
-    launch = launch or main_process()
+def run_sweep(budget, work_dir, launch=launch_main, out=None, progress=True):
+    """Make (or reuse) every run of `budget` under work_dir, each trained by `launch(argv)`; returns one row per
+    run (CSV_FIELDS) and {(protocol, model, K, seed): its log}."""
     runs = plan(budget, work_dir)
     rows, logs = [], {}
     with tqdm(total=len(runs), desc='fewshot runs', unit='run', disable=not progress) as bar:
@@ -261,7 +254,7 @@ COLOURS = {'CNN': '#e69500', 'LCNN': '#2e7d32'}
 CHANCE = {'scratch': 10.0, 'transfer': 20.0}
 TITLES = {'scratch': 'From scratch: digits 0-9, K images per class',
           'transfer': 'Transfer: pretrained on 0-4, learn 5-9 from K per class'}
-LEGEND = {'scratch': {'CNN': 'CNN (AlexNet)', 'LCNN': 'LCNN'},
+LEGEND = {'scratch': {'CNN': 'CNN (AlexNet)', 'LCNN': 'LCNN (dictionaries of 32, fc 64)'},
           'transfer': {'CNN': 'CNN, all layers fine-tuned', 'LCNN': 'LCNN, dictionaries transferred and fixed'}}
 
 
