@@ -386,6 +386,9 @@ def _subset(opt, given):
         names = opt.classes.split(',')
         if '' in names or len(set(names)) != len(names):
             _fail(f'-classes {opt.classes!r}: give distinct class names separated by commas, e.g. 0,1,2,3,4')
+        if len(names) < 5:
+            # util.compute_score, as lcnn's computeScore, reports top-5
+            _fail(f'-classes {opt.classes!r}: give at least 5 classes (the runs report top-5 accuracy)')
         if 'nClasses' not in given:
             opt.nClasses = len(names)
     if (opt.classes != '' or opt.samplesPerClass > 0) and opt.netType in CLCNET_NETTYPES and opt.dataset != 'digits':

@@ -64,7 +64,7 @@ def test_options_are_listed_default_to_todays_behaviour_and_stay_out_of_the_run_
     assert os.path.basename(os.path.dirname(opt.save)) == \
         'alexnet-lcnn,classes=5,6,7,8,9,dataset=digits,freezeDictionary=t,samplesPerClass=2'
     # -classes gives the new classifier its size, as -nClasses does
-    assert opts.parse(['-dataset', 'digits', '-classes', '1,2,3', '-resetClassifier']).nClasses == 3
+    assert opts.parse(['-dataset', 'digits', '-classes', '1,2,3,4,5,6', '-resetClassifier']).nClasses == 6
 
 
 @pytest.mark.parametrize('argv, words', [
@@ -72,6 +72,7 @@ def test_options_are_listed_default_to_todays_behaviour_and_stay_out_of_the_run_
     (['-samplesPerClass', '2.5'], ['-samplesPerClass 2.5', 'whole number']),
     (['-classes', '1,,2'], ["-classes '1,,2'", 'distinct class names']),
     (['-classes', '1,2,1'], ["-classes '1,2,1'", 'distinct class names']),
+    (['-classes', '1,2,3,4'], ["-classes '1,2,3,4'", 'at least 5 classes']),
     (['-netType', 'clcneta', '-samplesPerClass', '2'], ['-samplesPerClass', "lcnn's loaders"]),
 ])
 def test_option_errors_are_one_line(capsys, argv, words):
@@ -145,23 +146,23 @@ def test_subset_seed_is_the_runs_in_every_ddp_worker():
 
 
 def test_classes_renumbers_labels_and_restricts_both_splits():
-    train, test = data.setup(parse('-classes', '7,5,9'))
+    train, test = data.setup(parse('-classes', '7,5,9,0,1'))
     whole_train, whole_test = data.setup(parse())
-    assert train.classes == test.classes == ['7', '5', '9']
+    assert train.classes == test.classes == ['7', '5', '9', '0', '1']
     for part, whole in ((train, whole_train), (test, whole_test)):
         x, y = part.get(0, part.size())
         wx, wy = whole.get(0, whole.size())
-        for new, old in enumerate((7, 5, 9)):
+        for new, old in enumerate((7, 5, 9, 0, 1)):
             assert torch.equal(x[y == new], wx[wy == old])
-        assert part.size() == int(sum((wy == c).sum() for c in (7, 5, 9)))
-    opt = parse('-classes', '7,5,9')
+        assert part.size() == int(sum((wy == c).sum() for c in (7, 5, 9, 0, 1)))
+    opt = parse('-classes', '7,5,9,0,1')
     _, labels = next(iter(train.train_batches(opt, 1)))
-    assert set(labels.tolist()) <= {0, 1, 2}
+    assert set(labels.tolist()) <= {0, 1, 2, 3, 4}
 
 
 def test_unknown_class_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main.main(SMALL + ['-classes', '1,x', '-save', str(tmp_path / 'r')])
+        main.main(SMALL + ['-classes', '1,2,3,4,x', '-save', str(tmp_path / 'r')])
     assert e.value.code == 1
     assert capsys.readouterr().err.splitlines() == [
         "main.py: -classes: digits (train) has no class 'x' (its classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9); give names "
@@ -187,10 +188,16 @@ def folder_setup(tinynet, tmp_path, *argv):
     return opt, data.setup(opt)
 
 
+# tinynet's five classes, in another order than its cache's
+REORDERED = ['n04266014', 'n07920052', 'n02123045', 'n01930112', 'n03000134']
+
+
 def test_folder_loader_samples_per_class_and_classes(tinynet, tmp_path):
     opt, (whole, whole_val) = folder_setup(tinynet, tmp_path)
-    opt, (train, val) = folder_setup(tinynet, tmp_path, '-classes', 'n04266014,n07920052', '-samplesPerClass', '2')
-    assert train.classes == val.classes == ['n04266014', 'n07920052']
+    assert whole.classes != REORDERED and sorted(whole.classes) == sorted(REORDERED)
+    subset = ('-classes', ','.join(REORDERED), '-samplesPerClass', '2')
+    opt, (train, val) = folder_setup(tinynet, tmp_path, *subset)
+    assert train.classes == val.classes == REORDERED
     seen = []
 
     def hook(path, rng):
@@ -198,28 +205,26 @@ def test_folder_loader_samples_per_class_and_classes(tinynet, tmp_path):
         return torch.zeros(3, 2, 2)
 
     train.hooks.train_hook = hook
-    labels = torch.cat([y for _, y in train.train_batches(opt, 30)])
+    labels = torch.cat([y for _, y in train.train_batches(opt, 40)])
     by_class = {}
     for path, label in zip(seen, labels.tolist()):
         by_class.setdefault(label, set()).add(path)
-    assert {k: len(v) for k, v in by_class.items()} == {0: 2, 1: 2}
-    assert all(f'/train/{train.classes[label]}/' in p for label, paths in by_class.items() for p in paths)
-    # the validation split keeps every image of the two classes, relabelled in the order given
-    expected = [(whole_val.cached_path(i), ['n04266014', 'n07920052'].index(whole_val.classes[c]))
-                for i, c in enumerate(whole_val.imageClass.tolist())
-                if whole_val.classes[c] in ('n04266014', 'n07920052')]
+    assert {k: len(v) for k, v in by_class.items()} == {c: 2 for c in range(5)}
+    assert all(f'/train/{REORDERED[label]}/' in p for label, paths in by_class.items() for p in paths)
+    # the validation split keeps every image, relabelled in the order given
+    expected = [(whole_val.cached_path(i), REORDERED.index(whole_val.classes[c]))
+                for i, c in enumerate(whole_val.imageClass.tolist())]
     assert sorted((val.cached_path(i), int(val.imageClass[i])) for i in range(val.size())) == sorted(expected)
     # the caches still describe all of -data
     assert cached_train_size(tmp_path) == whole.size() == 18
-    _, (again, _) = folder_setup(tinynet, tmp_path, '-classes', 'n04266014,n07920052', '-samplesPerClass', '2')
+    _, (again, _) = folder_setup(tinynet, tmp_path, *subset)
     assert [again.cached_path(i) for i in range(again.size())] == [train.cached_path(i) for i in range(train.size())]
-    picks = set()
-    for seed in ('5', '6', '7'):
-        _, (other, _) = folder_setup(tinynet, tmp_path, '-classes', 'n04266014,n07920052', '-samplesPerClass', '2',
-                                     '-manualSeed', seed)
-        assert other.size() == 4
-        picks.add(tuple(other.cached_path(i) for i in range(4)))
-    assert len(picks | {tuple(train.cached_path(i) for i in range(4))}) > 1
+    picks = {tuple(train.cached_path(i) for i in range(10))}
+    for seed in ('5', '6'):
+        _, (other, _) = folder_setup(tinynet, tmp_path, *subset, '-manualSeed', seed)
+        assert other.size() == 10
+        picks.add(tuple(other.cached_path(i) for i in range(10)))
+    assert len(picks) > 1
 
 
 def cached_train_size(tmp_path):
@@ -308,12 +313,13 @@ def test_load_params_with_reset_classifier_copies_all_but_the_last_layer(tmp_pat
     saved = tiny(lcnn_opt())
     path = tmp_path / 'saved.t7'
     t7.save_model(str(path), saved)
-    opt = lcnn_opt('-classes', '0,1,2', '-loadParams', str(path), '-resetClassifier', '-save', str(tmp_path / 's'))
+    opt = lcnn_opt('-classes', '0,1,2,3,4,5', '-loadParams', str(path), '-resetClassifier', '-save',
+                   str(tmp_path / 's'))
     net, _ = model_setup.setup(opt, Dist())
     ours, theirs = models.parameters_lua_order(net), models.parameters_lua_order(saved)
     for a, b in zip(ours[:-2], theirs[:-2]):
         assert torch.equal(a, b)
-    assert ours[-2].shape == (3, 8, 8, 8) and torch.equal(ours[-1], torch.zeros(3))
+    assert ours[-2].shape == (6, 8, 8, 8) and torch.equal(ours[-1], torch.zeros(6))
 
 
 # --- visualization/fewshot.py -----------------------------------------------------------------------------------
