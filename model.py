@@ -2,6 +2,7 @@
 -loadParams / a checkpoint), place it on its device, wrap it for several processes (DDP where Lua used
 DataParallelTable), and make the criterion."""
 import contextlib
+import copy
 import io
 import os
 
@@ -13,6 +14,7 @@ import t7
 import util
 from errors import UserError, lua_print
 from layers.legacy import lua_type
+from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 _DTYPES = {'single': torch.float32, 'double': torch.float64, 'half': torch.float16}
@@ -68,6 +70,74 @@ def file_regime(opt):
     return regime if callable(regime) else None
 
 
+def _classifier(net):
+    """(container, key) of the network's last layer with parameters in Lua order (a lookup layer is one layer)."""
+    found = None
+    for name, child in net.named_children():
+        if models.lua_children(child):
+            found = _classifier(child) or found
+        elif models.parameters_lua_order(child):
+            found = (net, name)
+    return found
+
+
+def _new_classifier(old, n_classes):
+    """A fresh layer like `old` with n_classes outputs, initialised as model.lua initialises a new network; a
+    lookup layer keeps its dictionary (poolconv), its combinations (alignconv) are drawn again."""
+    if isinstance(old, PooledSpatialConvolution):
+        layer = PooledSpatialConvolution(old.nInputPlane, n_classes, old.kW, old.kH, old.dW, old.dH, old.padW,
+                                         old.padH, old.poolSize, lambda_=old.lambda_)
+        layer.sparseTh = old.sparseTh
+        layer.log_sparsity = old.log_sparsity
+        if old.alignconv.bias is None:
+            layer.noBias()
+        with torch.no_grad():
+            layer.poolconv.weight.copy_(old.poolconv.weight)
+        return layer
+    if isinstance(old, nn.Conv2d):
+        layer = models.convolution(old.in_channels, n_classes, old.kernel_size[1], old.kernel_size[0],
+                                   old.stride[1], old.stride[0], old.padding[1], old.padding[0], old.groups,
+                                   typename=lua_type(old))
+    elif isinstance(old, nn.Linear):
+        layer = models.linear(old.in_features, n_classes)
+    else:
+        raise UserError(f'-resetClassifier: the last layer with parameters is a {lua_type(old)}; only a '
+                        'convolution, nn.Linear or lookup layer can be replaced')
+    if old.bias is None:
+        layer.bias = None
+    util.rand_initialize(layer)
+    return layer
+
+
+def reset_classifier(net, n_classes, layer=None):
+    """-resetClassifier for lcnn's networks: the last layer with parameters becomes `layer` (default: a fresh
+    n_classes-way one), and an nn.View right after it that flattens the old class count takes the new one."""
+    found = _classifier(net)
+    if found is None:
+        raise UserError('-resetClassifier: the network has no layer with parameters to replace')
+    container, key = found
+    old = container._modules[key]
+    container._modules[key] = _new_classifier(old, n_classes) if layer is None else layer
+    keys = list(container._modules)
+    old_out = models.parameters_lua_order(old)[-1].shape[0]
+    for after in keys[keys.index(key) + 1:]:
+        view = container._modules[after]
+        if isinstance(view, View) and view.sizes[-1:] == (old_out,):
+            container._modules[after] = View(*view.sizes[:-1], n_classes, num_input_dims=view.num_input_dims)
+
+
+def freeze_dictionaries(net):
+    """-freezeDictionary: no gradient for any lookup layer's poolconv, so the optimizer (train.py hands it the
+    parameters that need one) leaves the dictionaries alone, weight decay and momentum included."""
+    layers = [m for m in net.modules() if isinstance(m, PooledSpatialConvolution)]
+    if not layers:
+        raise UserError('-freezeDictionary: this network has no lookup layer (PooledSpatialConvolution) whose '
+                        'dictionary could stay fixed; use an lcnn -netType or leave the flag out')
+    for layer in layers:
+        layer.poolconv.weight.requires_grad_(False)
+    lua_print(f'=> Dictionaries of {len(layers)} lookup layers kept fixed (-freezeDictionary)')
+
+
 def _wrap(net, dist):
     net = net.to(dist.device)
     if dist.world > 1:
@@ -91,16 +161,27 @@ def setup(opt, dist):
         for m in net.modules():
             if isinstance(m, PooledSpatialConvolution):
                 m.log_sparsity = bool(opt.logSparsity)
+        # a resumed run's checkpoint already has the classifier that -resetClassifier gave it
+        if opt.resetClassifier and not (opt.resume != 'none' and opt.epochNumber > 1):
+            lua_print(' => Replacing classifier with ' + str(opt.nClasses) + '-way classifier')
+            reset_classifier(net, opt.nClasses)
     else:
         net = create(opt)
         lua_print('=> Creating model from file: models/' + opt.netType + '.lua')
         models.lua_apply(net, util.rand_initialize)
         if opt.loadParams != 'none':
             saved = load_model(opt.loadParams, '-loadParams')
+            if opt.resetClassifier:
+                # the saved model gets this network's own new last layer, which the copy then leaves as it is
+                lua_print(' => Replacing classifier with ' + str(opt.nClasses) + '-way classifier')
+                container, key = _classifier(net)
+                reset_classifier(saved, opt.nClasses, copy.deepcopy(container._modules[key]))
             try:
                 util.load_params(net, saved)
             except ValueError as e:
                 raise UserError(str(e)) from None
+    if opt.freezeDictionary:
+        freeze_dictionaries(net)
     if opt.criterion != 'classnll':
         raise UserError(f'-criterion {opt.criterion}: only classnll is available (nn.ClassRankingLoss was never '
                         'part of nn)')
@@ -139,5 +220,7 @@ def setup_clcnet(opt, checkpoint, dist):
         with torch.no_grad():
             linear.bias.zero_()
         net[-1] = linear
+    if opt.freezeDictionary:
+        freeze_dictionaries(net)
     net = net.to(_DTYPES[opt.precision])
     return _wrap(net, dist), nn.CrossEntropyLoss()

@@ -350,6 +350,12 @@ def _declare():
     cmd.text('lcnn-torch options:')
     cmd.option('-lookup', False, 'run -testOnly/-benchmark with the compiled fast lookup engine')
     cmd.option('-noProgress', False, 'disable tqdm progress bars')
+    cmd.option('-classes', '', "train and test on these classes only, e.g. 0,1,2,3,4: class names of the data, "
+               "relabelled 0.. in this order ('' = all); lcnn loaders (digits, -data folders)")
+    cmd.option('-samplesPerClass', 0, 'train on this many images per class, a class-balanced subset drawn with '
+               '-manualSeed (0 = all); lcnn loaders (digits, -data folders)')
+    cmd.option('-freezeDictionary', False, "keep every lookup layer's dictionary (poolconv) fixed while the rest "
+               'trains; fine-tune with -retrain FILE -resetClassifier')
     cmd.text()
     return cmd
 
@@ -467,8 +473,8 @@ def _clcnet(opt, given):
             opt.weightDecay = CLCNET_DEFAULT_WEIGHT_DECAY
     if opt.precision not in ('single', 'double', 'half'):
         _fail(f'unknown -precision {opt.precision!r} (use single, double or half)')
-    if opt.resetClassifier and not ('nClasses' in given and opt.nClasses != 0):
-        _fail('-resetClassifier needs -nClasses N, the class count of the new classifier')
+    if opt.resetClassifier and not ('nClasses' in given and opt.nClasses != 0) and opt.classes == '':
+        _fail('-resetClassifier needs -nClasses N (or -classes), the class count of the new classifier')
     if opt.optnet and opt.shareGradInput:
         if 'shareGradInput' in given:
             _fail('cannot use both -shareGradInput and -optnet')
@@ -481,6 +487,22 @@ def _dataset(opt, given):
         _fail(f'unknown -dataset {opt.dataset!r} (use {" or ".join(DATASET_CLASSES)})')
     if opt.nClasses == 0 or 'nClasses' not in given:
         opt.nClasses = DATASET_CLASSES[opt.dataset]
+
+
+def _subset(opt, given):
+    """-classes and -samplesPerClass: checked here, applied by the lcnn loaders (data/digits.py, data/donkey.py)."""
+    if not isinstance(opt.samplesPerClass, int) or opt.samplesPerClass < 0:
+        _fail(f'-samplesPerClass {lua_tostring(opt.samplesPerClass)}: give a whole number of images per class '
+              '(0 = all)')
+    if opt.classes != '':
+        names = opt.classes.split(',')
+        if '' in names or len(set(names)) != len(names):
+            _fail(f'-classes {opt.classes!r}: give distinct class names separated by commas, e.g. 0,1,2,3,4')
+        if 'nClasses' not in given:
+            opt.nClasses = len(names)
+    if (opt.classes != '' or opt.samplesPerClass > 0) and opt.netType in CLCNET_NETTYPES and opt.dataset != 'digits':
+        _fail("-classes and -samplesPerClass work with lcnn's loaders only: with an ImageNet-style -data use an "
+              'alexnet/resnet -netType, or -dataset digits')
 
 
 def parse(argv):
@@ -506,6 +528,7 @@ def parse(argv):
     _net_type(opt)
     _clcnet(opt, given)
     _dataset(opt, given)
+    _subset(opt, given)
     return opt
 
 

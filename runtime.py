@@ -92,6 +92,8 @@ def worker_opt(opt, dist):
     sub = copy.copy(opt)
     sub.batchSize = opt.batchSize // dist.world
     sub.manualSeed = opt.manualSeed + 7919 * dist.rank
+    # -samplesPerClass picks the run's images from the run's seed (data.imagenet.subset_seed)
+    sub.subsetSeed = opt.manualSeed
     return sub
 
 

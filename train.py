@@ -89,7 +89,9 @@ class Trainer:
         self.criterion = criterion
         self.opt = opt
         self.dist = dist or Dist()
-        self.params = models.parameters_lua_order(self.net)
+        # the tensors of Lua's flat parameter vector, less those kept fixed (-freezeDictionary): the optimState
+        # then holds its buffers for the trained ones only, in the same order
+        self.params = [p for p in models.parameters_lua_order(self.net) if p.requires_grad]
         self.regime = model_regime(self.net, opt)
         state = {'learningRate': opt.LR, 'learningRateDecay': 0.0, 'momentum': opt.momentum,
                  'dampening': 0.0, 'weightDecay': opt.weightDecay}

@@ -10,7 +10,9 @@ Choices that differ from donkey.lua, on purpose:
   - mean/std are the donkey.lua estimator (average of per-image channel means and of per-image unbiased channel
     stds) over the centre crop of every train image instead of 10000 random crops: exact, and cheap enough that no
     cache file is written;
-  - -imageSize equal to -cropSize is allowed (Lua's train crop would step outside the image): the crop is then 0.
+  - -imageSize equal to -cropSize is allowed (Lua's train crop would step outside the image): the crop is then 0;
+  - -classes and -samplesPerClass (ours) keep some classes and K images of each after the mean/std is taken over the
+    whole train split, so that every subset is normalised alike.
 
 Speed: upscaling then cropping an 8x8 image is a product of a (crop x 8) row-weight block, the image, and an
 (8 x crop) column-weight block, so a batch is two batched matmuls, with no upscaled copy of the dataset in memory.
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from data.dataloader import Batches
 from data.image import DataError
+from data.imagenet import class_selection, few_examples, report_subset, subset_seed
 
 H5_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'digits.h5')
 SPLITS = ('train', 'val')
@@ -130,18 +133,40 @@ class DigitsLoader:
         self.images = torch.from_numpy(images.astype(np.float32) / levels)
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self._resize = torch.from_numpy(linear_resize_matrix(images.shape[1], image_size))
-        # class-balanced sampling picks a class, then a member: keep each class's members in a padded table
         counts = torch.bincount(self.labels, minlength=len(self.classes))
         if bool((counts == 0).any()):
             raise DataError(f'digits: class {int(torch.argmin(counts))} has no {split} images in {h5_path}; '
                             'regenerate it with data/make_digits.py')
+        self._index_classes()
+        self._stream = None
+        self._stream_key = None
+
+    def _index_classes(self):
+        # class-balanced sampling picks a class, then a member: keep each class's members in a padded table
+        counts = torch.bincount(self.labels, minlength=len(self.classes))
         self._class_count = counts
         self._members = torch.zeros(len(self.classes), int(counts.max()), dtype=torch.int64)
         for c in range(len(self.classes)):
             members = torch.nonzero(self.labels == c).flatten()
             self._members[c, :len(members)] = members
-        self._stream = None
-        self._stream_key = None
+
+    def subset(self, wanted, samples_per_class, seed):
+        """Keep the classes of -classes (relabelled 0.. in that order) and, when samples_per_class > 0, that many
+        images of each (imagenet.few_examples, the same draw as the folder loader's); returns self."""
+        chosen = class_selection(self.classes, wanted, f'digits ({self.split})')
+        keep, labels = [], []
+        for label, c in enumerate(chosen):
+            members = torch.nonzero(self.labels == c).flatten().numpy()
+            if samples_per_class > 0:
+                members = few_examples(members, samples_per_class, seed, self.classes[c])
+            keep.append(torch.from_numpy(members))
+            labels.append(torch.full((len(members),), label, dtype=torch.int64))
+        keep = torch.cat(keep)
+        self.images = self.images[keep]
+        self.labels = torch.cat(labels)
+        self.classes = [self.classes[c] for c in chosen]
+        self._index_classes()
+        return self
 
     def __getstate__(self):
         # copies (and worker processes) get the data, not the running train iterator
@@ -242,9 +267,14 @@ def estimate_meanstd(loader):
 
 
 def setup(opt):
-    """(trainLoader, testLoader) for -dataset digits, normalised with the train split's mean/std."""
+    """(trainLoader, testLoader) for -dataset digits, normalised with the train split's mean/std, restricted to
+    -classes and -samplesPerClass (after the mean/std, so that every subset is normalised alike)."""
     train = DigitsLoader('train', opt.imageSize, opt.cropSize)
     meanstd = estimate_meanstd(train)
     train.meanstd = meanstd
     test = DigitsLoader('val', opt.imageSize, opt.cropSize, meanstd=meanstd)
+    if opt.classes != '' or opt.samplesPerClass > 0:
+        train.subset(opt.classes, opt.samplesPerClass, subset_seed(opt))
+        test.subset(opt.classes, 0, subset_seed(opt))
+        report_subset(train, test)
     return train, test

@@ -12,7 +12,7 @@ import checkpoints
 import t7
 from data import image
 from data.image import DataError
-from data.imagenet import DataLoader, remap
+from data.imagenet import DataLoader, remap, report_subset, subset_seed
 from errors import lua_print
 
 MEANSTD_SAMPLES = 10000
@@ -287,4 +287,9 @@ def setup(opt, check=None):
     else:
         hooks.mean, hooks.std = estimate_mean_std(train_loader, show=not getattr(opt, 'noProgress', False))
         checkpoints.save_object(meanstd_cache, {'mean': hooks.mean, 'std': hooks.std})
+    # After the caches and the mean/std, which describe all of -data: every subset is normalised alike.
+    if opt.classes != '' or opt.samplesPerClass > 0:
+        train_loader = train_loader.subset(opt.classes, opt.samplesPerClass, subset_seed(opt))
+        test_loader = test_loader.subset(opt.classes, 0, subset_seed(opt))
+        report_subset(train_loader, test_loader)
     return train_loader, test_loader

@@ -1,6 +1,7 @@
 """Port of lcnn's datasets/imagenet.lua: the dataLoader class (folder scan, class-balanced sampling, get)."""
 import math
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -37,6 +38,40 @@ def _find(start):
         if entry.is_dir(follow_symlinks=False):
             out.extend(_find(entry.path))
     return out
+
+
+def class_selection(classes, wanted, source):
+    """Indices into `classes` of the comma-separated names of -classes, in the order given ('' = every class)."""
+    if wanted == '':
+        return list(range(len(classes)))
+    index = {name: i for i, name in enumerate(classes)}
+    names = wanted.split(',')
+    for name in names:
+        if name not in index:
+            shown = ', '.join(classes[:12]) + (', ...' if len(classes) > 12 else '')
+            raise DataError(f"-classes: {source} has no class '{name}' (its classes: {shown}); give names from it")
+    return [index[name] for name in names]
+
+
+def few_examples(members, k, seed, name):
+    """-samplesPerClass k of one class: the first k items of a permutation of `members` (the class's items in a
+    fixed order) drawn from the seed and the class name only, so that every network trained at that seed sees the
+    same images, and a smaller k keeps a subset of a larger one. Kept in the order of `members`; k = 0 keeps all."""
+    if k == 0 or k >= len(members):
+        return members
+    rng = np.random.default_rng([int(seed) & 0xffffffffffffffff, zlib.crc32(name.encode())])
+    return members[np.sort(rng.permutation(len(members))[:k])]
+
+
+def subset_seed(opt):
+    """The seed of -samplesPerClass: the run's -manualSeed, also in DDP workers, which sample with seeds of their
+    own (runtime.worker_opt) but must all train on the same images."""
+    return getattr(opt, 'subsetSeed', opt.manualSeed)
+
+
+def report_subset(train_loader, test_loader):
+    lua_print(f'-classes / -samplesPerClass: training on {train_loader.size()} images of '
+              f'{len(train_loader.classes)} classes, testing on {test_loader.size()}')
 
 
 def _encode_paths(paths):
@@ -149,6 +184,25 @@ class DataLoader:
         if self.forceClasses:
             fields['forceClasses'] = list(self.forceClasses)
         return t7.TorchObject('dataLoader', fields)
+
+    def subset(self, wanted, samples_per_class, seed):
+        """A loader of the classes of -classes (relabelled 0.. in that order) and, when samples_per_class > 0, of
+        that many items of each (few_examples, over the class's items sorted by path), sharing hooks and rng."""
+        chosen = class_selection(self.classes, wanted, f'{self.paths[0]} ({self.split})')
+        keep, labels = [], []
+        for label, c in enumerate(chosen):
+            members = self.classList[c].numpy()
+            if samples_per_class > 0:
+                members = np.array(sorted(members, key=self.cached_path), dtype=np.int64)
+                members = np.sort(few_examples(members, samples_per_class, seed, self.classes[c]))
+            keep.append(members)
+            labels.append(np.full(len(members), label, np.int64))
+        keep = torch.from_numpy(np.concatenate(keep))
+        image_class = torch.from_numpy(np.concatenate(labels))
+        class_list = [torch.nonzero(image_class == c).flatten() for c in range(len(chosen))]
+        return DataLoader(self.paths, self.loadSize, self.sampleSize, self.split, [self.classes[c] for c in chosen],
+                          self.imagePath[keep], image_class, class_list, samplingMode=self.samplingMode,
+                          verbose=self.verbose, forceClasses=self.forceClasses, hooks=self.hooks, rng=self.rng)
 
     def __getstate__(self):
         # Worker processes get the loader, never the live iterators that feed from them.

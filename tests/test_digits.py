@@ -20,7 +20,8 @@ CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
 def make_opt(**kw):
-    base = dict(imageSize=12, cropSize=8, batchSize=16, nDonkeys=0, nThreads=0, manualSeed=2, netType='alexnet-lcnn')
+    base = dict(imageSize=12, cropSize=8, batchSize=16, nDonkeys=0, nThreads=0, manualSeed=2, netType='alexnet-lcnn',
+                classes='', samplesPerClass=0)
     base.update(kw)
     return types.SimpleNamespace(**base)
 

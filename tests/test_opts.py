@@ -24,7 +24,7 @@ DEFAULTS = {
     'backend': 'cudnn', 'cudnn': 'fastest', 'gen': 'gen', 'precision': 'single', 'nThreads': 2, 'tenCrop': False,
     'a': 0, 'b': 0, 'c': 0, 'd': 0, 'optnet': False, 'resetClassifier': False,
     # lcnn-torch
-    'lookup': False, 'noProgress': False,
+    'lookup': False, 'noProgress': False, 'classes': '', 'samplesPerClass': 0, 'freezeDictionary': False,
 }
 BOOLEANS = [k for k, v in DEFAULTS.items() if isinstance(v, bool)]
 
