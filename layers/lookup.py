@@ -29,7 +29,7 @@ from layers import legacy
 from layers.ChannelInterlace import ChannelInterlace
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
-__all__ = ['LookupInferenceError', 'LookupConv2d', 'compile', 'time_layers', 'format_timing', 'export', 'load',
+__all__ = ['LookupInferenceError', 'LookupConv2d', 'LookupResidual', 'compile', 'time_layers', 'format_timing', 'export', 'load',
            'resolve_backend', 'LayerTiming', 'lookup_layers']
 
 # A layer runs the lookup kernel without measurement when the dense equivalent needs at least this many times
@@ -148,6 +148,20 @@ def _time_ms(fn, repeats, warmup=2):
     return 1e3 * statistics.median(times)
 
 
+# Rows per panel of a GEMM operand, as layers/csrc/lookup.cpp reads it.
+_PANEL_ROWS = 8
+
+
+def _pack_rows(weight):
+    """An (M, K) matrix as the kernels' GEMM reads it: panels of 8 rows, each stored k-major (8 values per k),
+    rows past M zero."""
+    m, k = weight.shape
+    rows = -(-m // _PANEL_ROWS) * _PANEL_ROWS
+    padded = torch.zeros(rows, k, dtype=torch.float32)
+    padded[:m] = weight
+    return padded.view(rows // _PANEL_ROWS, _PANEL_ROWS, k).transpose(1, 2).contiguous()
+
+
 class LookupConv2d(nn.Module):
     """Inference form of a convolution block: conv [+ batch norm] [+ ReLU] [+ max pooling].
 
@@ -178,8 +192,7 @@ class LookupConv2d(nn.Module):
         self.register_buffer('dense_weight', None if dense_weight is None else dense_weight.detach().float())
         self.backend = resolve_backend(backend_name)
         self._offsets = {}
-        self._csr = None
-        self._transposed = None
+        self._cache = {}
         self._geom = [*self.kernel_size, *self.stride, *self.padding]
         self._pool_list = list(self.pool) if self.pool else []
         self.path = path or ('lookup' if self.has_lookup else 'dense')
@@ -239,7 +252,7 @@ class LookupConv2d(nn.Module):
         if path == 'lookup' and self.has_lookup:
             self.dense_weight = None
         self.path = path
-        self._transposed = None
+        self._cache = {}
         return self
 
     def folded_weight(self):
@@ -274,11 +287,20 @@ class LookupConv2d(nn.Module):
             self._offsets[key] = off.contiguous()
         return self._offsets[key]
 
-    def _post(self, y):
+    def _cached(self, key, make):
+        """A form of the weights derived on first use (packed for the GEMM, transposed for the matrix-vector
+        product): only the layers and paths that run that way pay for the copy."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _post(self, y, residual):
+        if residual is not None:
+            y = y + residual
         if self.pool is None:
             return torch.relu_(y) if self.relu else y
         if self.backend == 'cpp':
-            return torch.ops.lcnn_lookup.max_pool(y, list(self.pool), self.relu)
+            return torch.ops.lcnn_lookup.max_pool(y, self._pool_list, self.relu)
         kh, kw, sh, sw, ph, pw, ceil = self.pool
         if self.relu:
             y = torch.relu_(y)
@@ -286,60 +308,69 @@ class LookupConv2d(nn.Module):
 
     def _covers_input(self, h, w):
         """True when the kernel spans the whole (unpadded) input: the layer is a fully connected one."""
-        return (h, w) == self.kernel_size and self.padding == (0, 0) and self.groups == 1 and \
-            self.dilation == (1, 1)
+        return (h, w) == self.kernel_size and self._plain()
 
-    def _weight_t(self):
-        """The weight of a fully connected use, transposed to (inputs, outputs) for the batch-1 product that
-        skips zero inputs (made on first use: only layers that run that way pay for the copy)."""
-        if self._transposed is None:
-            w = self.dense_weight if self.path == 'dense' else self.dict_weight
-            self._transposed = w.reshape(w.shape[0], -1).t().contiguous()
-        return self._transposed
+    def _plain(self):
+        return self.padding == (0, 0) and self.groups == 1 and self.dilation == (1, 1)
 
-    def _dense(self, x):
+    def _dense(self, x, residual):
         n, c, h, w = x.shape
-        if self._covers_input(h, w):
-            if n == 1 and self.backend == 'cpp':
-                y = torch.ops.lcnn_lookup.linear(x, self._weight_t(), self.bias)
-            else:
-                # oneDNN's convolution of a kernel covering its input is ~10x slower than this product.
-                y = F.linear(x.reshape(n, -1), self.dense_weight.view(self.out_channels, -1), self.bias)
-            return self._post(y.view(n, self.out_channels, 1, 1))
+        covers = self._covers_input(h, w)
+        if self.backend == 'cpp' and (covers or (self.kernel_size == (1, 1) and self._plain())):
+            weight = self.dense_weight.view(self.out_channels, -1)
+            packed = self._cached('dense_pack', lambda: _pack_rows(weight))
+            # One input vector: the product that skips zero inputs wants the weight transposed.
+            wt = self._cached('dense_t', lambda: weight.t().contiguous()) if covers and n == 1 else None
+            return torch.ops.lcnn_lookup.dense(x, packed, wt, self.bias, [*self.kernel_size, *self.stride,
+                                               self.out_channels], self.relu, self._pool_list, residual)
+        if covers:
+            # oneDNN's convolution of a kernel covering its input is ~10x slower than this product.
+            y = F.linear(x.reshape(n, -1), self.dense_weight.view(self.out_channels, -1), self.bias)
+            return self._post(y.view(n, self.out_channels, 1, 1), residual)
         y = F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return self._post(y)
+        return self._post(y, residual)
 
-    def _lookup_torch(self, x):
+    def _lookup_torch(self, x, residual):
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        if self._csr is None:
+
+        def csr():
             d, u, v = self.taps.long()
-            cols = (d * kh + u) * kw + v
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # torch's "sparse CSR is beta" notice; the one warning is ours
-                self._csr = torch.sparse_csr_tensor(self.rowptr, cols, self.values,
-                                                    (self.out_channels, self.dict_weight.shape[0] * kh * kw),
-                                                    check_invariants=False)
+                return torch.sparse_csr_tensor(self.rowptr, (d * kh + u) * kw + v, self.values,
+                                               (self.out_channels, self.dict_weight.shape[0] * kh * kw),
+                                               check_invariants=False)
+
         resp = F.conv2d(x, self.dict_weight[:, :, None, None], padding=(ph, pw))
         cols = F.unfold(resp, (kh, kw), stride=(sh, sw))
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        y = torch.sparse.mm(self._csr, cols.transpose(0, 1).reshape(cols.shape[1], -1))
+        y = torch.sparse.mm(self._cached('csr', csr), cols.transpose(0, 1).reshape(cols.shape[1], -1))
         y = y.view(self.out_channels, n, ho, wo).transpose(0, 1) + self.bias.view(-1, 1, 1)
-        return self._post(y)
+        return self._post(y, residual)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """The block's output; `residual` (shaped like the output) is added before the ReLU, as in a residual
+        block whose sum this layer ends (see LookupResidual)."""
+        return self._run(x, residual, self.path)
+
+    def _run(self, x, residual, path):
         x = x.detach()
         if x.dtype != torch.float32 or x.dim() != 4:
             raise LookupInferenceError(f'{self.source or "lookup layer"}: expected a 4-D float32 input, got '
                                        f'{x.dim()}-D {x.dtype}')
-        if self.path == 'dense':
-            return self._dense(x)
+        if path == 'dense':
+            return self._dense(x, residual)
         if self.backend == 'torch':
-            return self._lookup_torch(x)
+            return self._lookup_torch(x, residual)
         n, _, h, w = x.shape
-        wt = self._weight_t() if n == 1 and self._covers_input(h, w) and self.kernel_size == (1, 1) else None
-        return torch.ops.lcnn_lookup.conv(x, self.dict_weight, wt, self.rowptr, self._tap_offsets(h, w), self.values,
-                                          self.bias, self._geom, self.relu, self._pool_list)
+        dictionary = self.dict_weight
+        packed = self._cached('dict_pack', lambda: _pack_rows(dictionary))
+        dt = self._cached('dict_t', lambda: dictionary.t().contiguous()) \
+            if n == 1 and (h, w) == (1, 1) and self._covers_input(h, w) else None
+        return torch.ops.lcnn_lookup.conv(x, packed, dt, self.rowptr, self._tap_offsets(h, w), self.values,
+                                          self.bias, self._geom + [dictionary.shape[0]], self.relu,
+                                          self._pool_list, residual)
 
     def extra_repr(self):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -350,6 +381,23 @@ class LookupConv2d(nn.Module):
         if self.fused:
             s += ', fused ' + '+'.join(self.fused)
         return s + f', path {self.path}'
+
+
+class LookupResidual(nn.Module):
+    """Inference form of a residual block as the ResNet model files build it, ConcatTable(body, shortcut) ->
+    CAddTable [-> ReLU]: `body` ends with a LookupConv2d that adds the shortcut's output (and applies the ReLU)
+    in its output loop, so the sum never makes a pass of its own over memory."""
+
+    def __init__(self, body, shortcut):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x):
+        residual = self.shortcut(x)
+        layers = list(self.body) if isinstance(self.body, nn.Sequential) else [self.body]
+        for m in layers[:-1]:
+            x = m(x)
+        return layers[-1](x, residual)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -417,7 +465,30 @@ def _rebuild(module, prefix, backend_name):
             continue
         new._modules[name] = None if child is None else _rebuild(child, f'{prefix}{name}.', backend_name)
         i += 1
-    return new
+    return _fuse_residual(new) or new
+
+
+def _last_conv(body):
+    """The LookupConv2d a residual body ends with, when it can take the sum into its output loop."""
+    last = body[-1] if isinstance(body, nn.Sequential) and len(body) else body
+    if isinstance(last, LookupConv2d) and last.pool is None and not last.relu:
+        return last
+    return None
+
+
+def _fuse_residual(seq):
+    """Sequential(ConcatTable(body, shortcut), CAddTable [, ReLU]) as one LookupResidual, else None."""
+    kids = list(seq._modules.values()) if isinstance(seq, nn.Sequential) else []
+    if not 2 <= len(kids) <= 3 or type(kids[0]) is not legacy.ConcatTable or type(kids[1]) is not legacy.CAddTable \
+            or (len(kids) == 3 and type(kids[2]) is not nn.ReLU) or len(kids[0]) != 2:
+        return None
+    body, shortcut = kids[0][0], kids[0][1]
+    last = _last_conv(body)
+    if last is None:
+        return None
+    last.relu = len(kids) == 3
+    last.fused += tuple(legacy.lua_type(m) for m in kids[1:])
+    return LookupResidual(body, shortcut)
 
 
 def lookup_layers(model):
@@ -440,26 +511,35 @@ def _capture_inputs(model, example_input):
 
 
 def _measure(layer, x, repeats):
-    """(dense ms, lookup ms) of one layer on input x (lookup is None for plain convolutions); the layer is left on
-    its dense path, so that choosing dense afterwards does not fold the weights again."""
-    lookup = None
-    if layer.has_lookup:
-        layer.set_path('lookup')
-        lookup = _time_ms(lambda: layer(x), repeats)
+    """(dense ms, lookup ms) of one layer on input x (lookup is None for plain convolutions): medians of `repeats`
+    calls after warm-up, the two forms alternating so that load from other processes hits both alike. The layer
+    is left on its dense path, so that choosing dense afterwards does not fold the weights again."""
     layer.set_path('dense')
-    return _time_ms(lambda: layer(x), repeats), lookup
+    paths = ['dense', 'lookup'] if layer.has_lookup else ['dense']
+    times = {p: [] for p in paths}
+    with torch.no_grad():
+        for r in range(repeats + 2):
+            for p in paths:
+                t0 = time.perf_counter()
+                layer._run(x, None, p)
+                if r >= 2:
+                    times[p].append(time.perf_counter() - t0)
+    ms = {p: 1e3 * statistics.median(t) for p, t in times.items()}
+    return ms['dense'], ms.get('lookup')
 
 
 def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
     """An inference-only copy of `model` in which each PooledSpatialConvolution (and each plain convolution),
-    together with the eval batch norm, ReLU and max pooling right after it in a Sequential, is one LookupConv2d.
+    together with the eval batch norm, ReLU and max pooling right after it in a Sequential, is one LookupConv2d;
+    a residual block (ConcatTable, CAddTable, ReLU) becomes a LookupResidual whose sum and ReLU run in the output
+    loop of its last convolution.
 
-    path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer. With an
-    `example_input`, 'auto' times both forms of each layer on its actual input (median of `repeats` runs after
-    warm-up) and keeps the faster; without one it keeps the lookup form when the dense equivalent needs at least
-    COST_MODEL_MIN_RATIO times more multiplications (dictionary counted over the input, align taps per output;
-    the stride's phases make the dictionary cost per output position sH*sW entries). backend: 'auto', 'cpp' or
-    'torch' (see `resolve_backend()`). Outputs equal the eval-mode model up to float rounding (batch norm is folded)."""
+    path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer by timing both forms of
+    each layer on the input it gets inside the network (medians of `repeats` alternating runs) and keeping the
+    faster. The input is `example_input`, or else a random batch of one at the network's input size
+    (SYNTHETIC_SIZE, lcnn's -cropSize default, with the first layer's channel count); a network that does not
+    take that size falls back to a multiplication count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see
+    `resolve_backend()`). Outputs equal the eval-mode model up to float rounding (batch norm is folded)."""
     if path not in ('auto', 'lookup', 'dense'):
         raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
     devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
@@ -475,16 +555,37 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
         for layer in layers:
             layer.set_path(path)
         return compiled
-    if example_input is None:
-        for layer in layers:
-            layer.set_path('lookup' if _cost_ratio(layer) >= COST_MODEL_MIN_RATIO else 'dense')
+    if not layers:
         return compiled
-    inputs = _capture_inputs(compiled, example_input)
+    if example_input is None:
+        inputs = _synthetic_inputs(compiled)
+        if inputs is None:
+            for layer in layers:
+                layer.set_path('lookup' if _cost_ratio(layer) >= COST_MODEL_MIN_RATIO else 'dense')
+            return compiled
+    else:
+        inputs = _capture_inputs(compiled, example_input)
     for layer in layers:
         if layer in inputs:
             dense, lookup = _measure(layer, inputs[layer], repeats)
             layer.set_path('lookup' if lookup <= dense else 'dense')
     return compiled
+
+
+# Height and width of the random input `compile` times layers on when it is given no example: lcnn's -cropSize
+# default, the size the ImageNet models of both Lua repositories take.
+SYNTHETIC_SIZE = 224
+
+
+def _synthetic_inputs(compiled):
+    """{layer: input} from one forward of a random batch of one at SYNTHETIC_SIZE, or None when the network does
+    not take that size."""
+    first = lookup_layers(compiled)[0]
+    x = torch.randn(1, first.in_channels, SYNTHETIC_SIZE, SYNTHETIC_SIZE, generator=torch.Generator().manual_seed(0))
+    try:
+        return _capture_inputs(compiled, x)
+    except (RuntimeError, ValueError, LookupInferenceError):
+        return None
 
 
 def _cost_ratio(layer):
@@ -508,7 +609,7 @@ class LayerTiming:
     chosen: str
 
 
-_SHORT = {'SpatialBatchNormalization': 'bn', 'ReLU': 'relu', 'SpatialMaxPooling': 'pool'}
+_SHORT = {'SpatialBatchNormalization': 'bn', 'ReLU': 'relu', 'SpatialMaxPooling': 'pool', 'CAddTable': 'add'}
 
 
 def time_layers(model, example_input, repeats=20):
@@ -621,6 +722,8 @@ def _write_node(group, module, where):
             group['values'] = m.values.numpy()
         else:
             group['dense_weight'] = m.dense_weight.numpy()
+    elif isinstance(module, LookupResidual):
+        kind = 'LookupResidual'
     elif type(module) is nn.MaxPool2d:
         kind = 'MaxPool2d'
         for a in ('kernel_size', 'stride', 'padding', 'dilation'):
@@ -720,6 +823,9 @@ def _read_node(group, backend_name):
         m = nn.Flatten(int(a['start_dim']), int(a['end_dim']))
     elif kind == 'ChannelInterlace':
         m = ChannelInterlace(int(a['channel']), int(a['group']))
+    elif kind == 'LookupResidual':
+        parts = dict(kids)
+        m = LookupResidual(parts['body'], parts['shortcut'])
     elif kind == 'MaxPool2d':
         m = nn.MaxPool2d(tup('kernel_size'), tup('stride'), tup('padding'), tup('dilation'),
                          ceil_mode=bool(a['ceil_mode']))
