@@ -222,12 +222,21 @@ std::string set_isa(const std::string& name) {
 // ------------------------------------------------------------------------------------------------------------
 // Drivers
 
-// Split `items` among torch's threads so that each task holds at least ~2^15 elementary operations: smaller
-// loops run on the calling thread, since waking the pool costs more than they do.
+// Items are split among torch's threads so that each task holds at least ~2^15 vector operations (about 10 us):
+// smaller loops run on the calling thread, since waking the pool costs more than they do.
+int64_t g_min_task_work = int64_t(1) << 15;
+
+// The least work per task, in vector operations; returns the previous value. Tests set 1 to have every loop
+// split among the threads, whatever its size.
+int64_t set_min_task_work(int64_t work) {
+  TORCH_CHECK(work >= 1, "lookup kernels: the least work per task must be positive");
+  std::swap(work, g_min_task_work);
+  return work;
+}
+
 template <typename F>
 void parallel_items(int64_t items, int64_t work_per_item, const F& f) {
-  const int64_t min_work = int64_t(1) << 15;
-  const int64_t grain = std::max<int64_t>(1, min_work / std::max<int64_t>(1, work_per_item));
+  const int64_t grain = std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, work_per_item));
   at::parallel_for(0, items, grain, f);
 }
 
@@ -586,4 +595,5 @@ TORCH_LIBRARY(lcnn_lookup, m) {
   m.def("max_pool(Tensor x, int[] pool, bool relu) -> Tensor", &max_pool);
   m.def("isa() -> str", &isa_name);
   m.def("set_isa(str name) -> str", &set_isa);
+  m.def("set_min_task_work(int work) -> int", &set_min_task_work);
 }
