@@ -44,6 +44,7 @@ namespace {
 constexpr int kTileVectors = 8;        // vectors of adjacent outputs accumulated per tap tile
 constexpr int kMR = 8;                 // rows of a packed GEMM panel (the layout lookup.py packs weights in)
 constexpr int64_t kGemvChunk = 4096;   // outputs per matrix-vector pass: their accumulators stay in L1
+constexpr int64_t kGatherBlock = 8192;  // dictionary responses per gather pass of a fully connected lookup
 
 // GEMM: C[m, j] = sum_k A[m, k] B[k, j] (+ bias[m]) (+ residual) (ReLU), image by image. A is packed in panels
 // of kMR rows, (panels, K, kMR), rows past M zero. Each item is one panel times one block of columns of one
@@ -76,6 +77,7 @@ struct TapArgs {
   const float* val;
   const float* bias;
   int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one output plane, (Ho - 1) * Wq + Wo
+  int64_t rows;           // fully connected: dictionary responses per image
   int64_t ntiles;
   bool relu;
   const uint16_t* vmask;  // AVX-512 store: per column j of the padded row, lanes t with (j + t) % Wq < Wo
@@ -413,6 +415,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
     a.out = out.data_ptr<float>();
     a.res = res.defined() ? res.data_ptr<float>() : nullptr;
     a.Ho = a.Wo = 1;
+    a.rows = rows;
     if (N == 1) {
       const TapFn fn = u16 ? isa.gather_u16 : isa.gather_i32;
       parallel_items(O, taps_per_out, [&](int64_t b, int64_t e) { fn(a, b, e); });
