@@ -582,17 +582,35 @@ void fc_batch_i32(const TapArgs& a, int64_t b, int64_t e) { fc_batch_impl<int32_
 // ones, the hardware prefetcher cannot guess them: they are prefetched ahead.
 
 void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
-  constexpr int64_t kAhead = 6;  // rows prefetched ahead
+  constexpr int64_t kAhead = 8;  // rows prefetched ahead
   alignas(64) float acc[kGemvChunk];
   for (int64_t c = begin; c < end; ++c) {
     const int64_t m0 = c * kGemvChunk, len = std::min(kGemvChunk, g.M - m0), full = len / L * L;
     std::memset(acc, 0, sizeof(float) * len);
-    for (int64_t k = 0; k < g.nnz; ++k) {
-      if (k + kAhead < g.nnz) {
-        const char* next = reinterpret_cast<const char*>(g.wt + g.rows[k + kAhead] * g.M + m0);
-        for (int64_t b = 0; b < len * 4; b += 64) __builtin_prefetch(next + b, 0, 0);
+    auto row = [&](int64_t k) { return g.wt + g.rows[k] * g.M + m0; };
+    auto fetch = [&](int64_t k) {
+      if (k < g.nnz)
+        for (int64_t b = 0; b < len; b += 16) __builtin_prefetch(row(k) + b, 0, 0);
+    };
+    int64_t k = 0;
+    // Four rows per pass over the accumulators (in input order, so each sum is still taken in order).
+    for (; k + 4 <= g.nnz; k += 4) {
+      for (int64_t r = 0; r < 4; ++r) fetch(k + kAhead + r);
+      const float *p0 = row(k), *p1 = row(k + 1), *p2 = row(k + 2), *p3 = row(k + 3);
+      const vec w0 = splat(g.x[k]), w1 = splat(g.x[k + 1]), w2 = splat(g.x[k + 2]), w3 = splat(g.x[k + 3]);
+      for (int64_t t = 0; t < full; t += L) {
+        vec v = vload(acc + t);
+        v += w0 * vload(p0 + t);
+        v += w1 * vload(p1 + t);
+        v += w2 * vload(p2 + t);
+        v += w3 * vload(p3 + t);
+        vstore(acc + t, v);
       }
-      const float* p = g.wt + g.rows[k] * g.M + m0;
+      for (int64_t t = full; t < len; ++t)
+        acc[t] = (((acc[t] + g.x[k] * p0[t]) + g.x[k + 1] * p1[t]) + g.x[k + 2] * p2[t]) + g.x[k + 3] * p3[t];
+    }
+    for (; k < g.nnz; ++k) {
+      const float* p = row(k);
       const vec w = splat(g.x[k]);
       for (int64_t t = 0; t < full; t += L) vstore(acc + t, vload(acc + t) + w * vload(p + t));
       for (int64_t t = full; t < len; ++t) acc[t] += g.x[k] * p[t];
