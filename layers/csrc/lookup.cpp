@@ -79,6 +79,7 @@ struct TapArgs {
   int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one output plane, (Ho - 1) * Wq + Wo
   int64_t rows;           // fully connected: dictionary responses per image
   int64_t ntiles;
+  int64_t span, nblocks;  // dictionary planes taken in nblocks blocks of `span` offsets (nblocks 1: all at once)
   bool relu;
   const uint16_t* vmask;  // AVX-512 store: per column j of the padded row, lanes t with (j + t) % Wq < Wo
   const int32_t* dstart;  // ... and where the first of them lands relative to the row's output
@@ -473,8 +474,22 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
     a.vmask = vmask.data();
     a.dstart = dstart.data();
     a.ntiles = (a.Q + TL - 1) / TL;
-    per_image = a.ntiles * O;
-    work = taps_per_out * kTileVectors;
+    // The rows of one plane a tile reads: its own rows and the kernel's reach below them. When those rows of all
+    // the planes pass ~32 KB (big dictionaries), the planes are taken in blocks that stay in L1.
+    const int64_t reach = (std::min(TL, a.Q) + Wq - 1) / Wq + (kH - 1) / sH + 1;
+    const int64_t per_block = std::max<int64_t>(1, (int64_t(32) << 10) / (reach * Wq * 4));
+    a.nblocks = (P * S + per_block - 1) / per_block;
+    a.span = per_block * Hq * Wq;
+    if (a.nblocks > 1) {
+      // Groups of channels share the blocks' passes; enough of them to keep the threads busy.
+      const int64_t want = (4 * at::get_num_threads() + N * a.ntiles - 1) / (N * a.ntiles);
+      a.group = (O + std::min(O, want) - 1) / std::min(O, want);
+      per_image = a.ntiles * ((O + a.group - 1) / a.group);
+      work = taps_per_out * kTileVectors * a.group;
+    } else {
+      per_image = a.ntiles * O;
+      work = taps_per_out * kTileVectors;
+    }
     taps = u16 ? isa.taps_u16 : isa.taps_i32;
   }
   a.out = out.data_ptr<float>();

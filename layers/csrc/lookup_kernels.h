@@ -156,21 +156,23 @@ inline const float* tap_address(const float* base, I offset) {
   return p;
 }
 
-// acc[v] = sum over the taps of channel o of value * base[offset + v * L].
-template <int V, typename I>
-inline __attribute__((always_inline)) void tile_acc(const TapArgs& a, int64_t o, const float* base, vec (&out)[V]) {
+// acc[v] += sum of value * base[offset + v * L] over the taps k, k + 1, ... of a channel (up to k1, and with
+// Bounded, only while offset < bound: a row's taps are sorted by offset); k is left at the first tap not taken.
+template <int V, typename I, bool Bounded>
+inline __attribute__((always_inline)) void tile_acc(const TapArgs& a, int64_t& k, int64_t k1, int64_t bound,
+                                                    const float* base, vec (&out)[V]) {
   // Narrow tiles would wait on the FMA latency of too few accumulators: give them independent chains over
   // alternating taps instead.
   constexpr int CH = V >= 4 ? 1 : (V >= 2 ? 2 : 4);
   vec acc[CH][V];
 #pragma GCC unroll 8
-  for (int c = 0; c < CH; ++c)
+  for (int v = 0; v < V; ++v) acc[0][v] = out[v];
+#pragma GCC unroll 8
+  for (int c = 1; c < CH; ++c)
 #pragma GCC unroll 8
     for (int v = 0; v < V; ++v) acc[c][v] = vec{};
   const I* idx = static_cast<const I*>(a.idx);
-  const int64_t k1 = a.rowptr[o + 1];
-  int64_t k = a.rowptr[o];
-  for (; k + CH <= k1; k += CH) {
+  for (; k + CH <= k1 && (!Bounded || idx[k + CH - 1] < bound); k += CH) {
 #pragma GCC unroll 4
     for (int c = 0; c < CH; ++c) {
       const float* p = tap_address(base, idx[k + c]);
@@ -179,7 +181,7 @@ inline __attribute__((always_inline)) void tile_acc(const TapArgs& a, int64_t o,
       for (int v = 0; v < V; ++v) acc[c][v] += w * vload(p + v * L);
     }
   }
-  for (; k < k1; ++k) {
+  for (; k < k1 && (!Bounded || idx[k] < bound); ++k) {
     const float* p = tap_address(base, idx[k]);
     const vec w = splat(a.val[k]);
 #pragma GCC unroll 8
@@ -231,16 +233,15 @@ inline __attribute__((always_inline)) void store_tile(const TapArgs& a, float* p
 #endif
 }
 
-template <int V, typename I>
-inline __attribute__((always_inline)) void tile_out(const TapArgs& a, int64_t n, int64_t o, int64_t q0) {
-  vec acc[V];
-  tile_acc<V, I>(a, o, a.buf + q0, acc);
+// Store a finished tile of channel o, then fetch that channel's lines for its next tile: it comes after all the
+// other channels of this one, and one stream per channel is too many for the hardware prefetcher.
+template <int V>
+inline __attribute__((always_inline)) void finish_tile(const TapArgs& a, int64_t n, int64_t o, int64_t q0,
+                                                       const vec (&acc)[V]) {
   const int64_t plane_off = (n * a.O + o) * a.Ho * a.Wo;
   float* plane = a.out + plane_off;
   const float* res = a.res ? a.res + plane_off : nullptr;
   store_tile<V>(a, plane, res, q0, acc, a.bias[o]);
-  // Channel o's next tile comes after all the other channels of this one: one stream per channel is too many
-  // for the hardware prefetcher, so its output (and residual) lines are requested now.
   const int64_t next = (q0 + kTileVectors * L) / a.Wq * a.Wo;
   if (next < a.Ho * a.Wo) {
     const int64_t stop = std::min<int64_t>(a.Ho * a.Wo, next + kTileVectors * L);
@@ -251,23 +252,79 @@ inline __attribute__((always_inline)) void tile_out(const TapArgs& a, int64_t n,
   }
 }
 
+template <int V, typename I>
+inline __attribute__((always_inline)) void tile_out(const TapArgs& a, int64_t n, int64_t o, int64_t q0) {
+  vec acc[V] = {};
+  int64_t k = a.rowptr[o];
+  tile_acc<V, I, false>(a, k, a.rowptr[o + 1], 0, a.buf + q0, acc);
+  finish_tile<V>(a, n, o, q0, acc);
+}
+
+// A tile of a group of channels with the dictionary planes taken in blocks (a.span offsets each, so that the
+// rows a tile reads from one block stay in L1): block by block over the group's channels, each channel resuming
+// its taps where the previous block stopped, its partial sums kept in a per-thread scratch.
+template <int V, typename I>
+inline __attribute__((always_inline)) void blocked_tile(const TapArgs& a, int64_t n, int64_t o0, int64_t o1,
+                                                        int64_t q0) {
+  thread_local std::vector<int64_t> pos_buf;
+  thread_local std::vector<float> part_buf;
+  if (static_cast<int64_t>(pos_buf.size()) < o1 - o0) pos_buf.resize(o1 - o0);
+  int64_t* pos = pos_buf.data();
+  float* part = scratch(part_buf, (o1 - o0) * V * L);
+  for (int64_t o = o0; o < o1; ++o) pos[o - o0] = a.rowptr[o];
+  const int64_t blocks = a.nblocks;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * a.span;
+    for (int64_t o = o0; o < o1; ++o) {
+      vec acc[V];
+      float* saved = part + (o - o0) * V * L;
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[v] = b == 0 ? vec{} : vload(saved + v * L);
+      int64_t k = pos[o - o0];
+      tile_acc<V, I, true>(a, k, a.rowptr[o + 1], bound, a.buf + q0, acc);
+      pos[o - o0] = k;
+      if (b + 1 == blocks) {
+        finish_tile<V>(a, n, o, q0, acc);
+      } else {
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) vstore(saved + v * L, acc[v]);
+      }
+    }
+  }
+}
+
 // Items (image, tile, channel), tile-major: all channels of one tile read the same few rows of the dictionary
-// planes while they are in L1/L2.
+// planes while they are in L1/L2. With blocked planes, items are (image, tile, group of channels).
 template <typename I>
 inline void taps_impl(const TapArgs& a, int64_t begin, int64_t end) {
   constexpr int TL = kTileVectors * L;
+  const int64_t per_tile = a.nblocks > 1 ? (a.O + a.group - 1) / a.group : a.O;
   for (int64_t it = begin; it < end; ++it) {
-    const int64_t o = it % a.O, t = (it / a.O) % a.ntiles, n = it / (a.O * a.ntiles);
+    const int64_t c = it % per_tile, t = (it / per_tile) % a.ntiles, n = it / (per_tile * a.ntiles);
     const int64_t q0 = t * TL, lanes = std::min<int64_t>(TL, a.Q - q0);
+    if (a.nblocks > 1) {
+      const int64_t o0 = c * a.group, o1 = std::min(a.O, o0 + a.group);
+      switch ((lanes + L - 1) / L) {
+        case 8: blocked_tile<8, I>(a, n, o0, o1, q0); break;
+        case 7: blocked_tile<7, I>(a, n, o0, o1, q0); break;
+        case 6: blocked_tile<6, I>(a, n, o0, o1, q0); break;
+        case 5: blocked_tile<5, I>(a, n, o0, o1, q0); break;
+        case 4: blocked_tile<4, I>(a, n, o0, o1, q0); break;
+        case 3: blocked_tile<3, I>(a, n, o0, o1, q0); break;
+        case 2: blocked_tile<2, I>(a, n, o0, o1, q0); break;
+        default: blocked_tile<1, I>(a, n, o0, o1, q0); break;
+      }
+      continue;
+    }
     switch ((lanes + L - 1) / L) {
-      case 8: tile_out<8, I>(a, n, o, q0); break;
-      case 7: tile_out<7, I>(a, n, o, q0); break;
-      case 6: tile_out<6, I>(a, n, o, q0); break;
-      case 5: tile_out<5, I>(a, n, o, q0); break;
-      case 4: tile_out<4, I>(a, n, o, q0); break;
-      case 3: tile_out<3, I>(a, n, o, q0); break;
-      case 2: tile_out<2, I>(a, n, o, q0); break;
-      default: tile_out<1, I>(a, n, o, q0); break;
+      case 8: tile_out<8, I>(a, n, c, q0); break;
+      case 7: tile_out<7, I>(a, n, c, q0); break;
+      case 6: tile_out<6, I>(a, n, c, q0); break;
+      case 5: tile_out<5, I>(a, n, c, q0); break;
+      case 4: tile_out<4, I>(a, n, c, q0); break;
+      case 3: tile_out<3, I>(a, n, c, q0); break;
+      case 2: tile_out<2, I>(a, n, c, q0); break;
+      default: tile_out<1, I>(a, n, c, q0); break;
     }
   }
 }
@@ -378,8 +435,9 @@ inline void pooled_impl(const TapArgs& a, int64_t begin, int64_t end) {
         switch ((std::min<int64_t>(TL, qb - q0) + L - 1) / L) {
 #define LCNN_POOL_TILE(V)                                       \
   case V: {                                                     \
-    vec part[V];                                                \
-    tile_acc<V, I>(a, o, a.buf + q0, part);                     \
+    vec part[V] = {};                                           \
+    int64_t k = a.rowptr[o];                                    \
+    tile_acc<V, I, false>(a, k, a.rowptr[o + 1], 0, a.buf + q0, part); \
     for (int v = 0; v < V; ++v) vstore(dst + v * L, part[v]);   \
     break;                                                      \
   }
