@@ -569,11 +569,12 @@ inline void gather_impl(const TapArgs& a, int64_t begin, int64_t end) {
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * kGatherBlock;
     for (int64_t o = begin; o < end; ++o) {
-      // The taps stream from memory once per call, a piece of each row per block: fetch the next rows' pieces.
+      // The taps stream from memory once per call, a piece of each row per block (about its share of the row):
+      // fetch the piece of the row after next.
       if (o + 2 < end) {
-        const int64_t next = pos[o + 2 - begin];
-        for (int64_t t = 0; t < 128; t += 32) __builtin_prefetch(idx + next + t, 0, 0);
-        for (int64_t t = 0; t < 128; t += 16) __builtin_prefetch(a.val + next + t, 0, 0);
+        const int64_t next = pos[o + 2 - begin], piece = (a.rowptr[o + 3] - a.rowptr[o + 2]) / blocks + 16;
+        for (int64_t t = 0; t < piece; t += 64 / sizeof(I)) __builtin_prefetch(idx + next + t, 0, 0);
+        for (int64_t t = 0; t < piece; t += 16) __builtin_prefetch(a.val + next + t, 0, 0);
       }
       int64_t k = pos[o - begin];
       sum[o - begin] += gather_segment<I>(a, k, a.rowptr[o + 1], bound);
