@@ -45,6 +45,7 @@ constexpr int kTileVectors = 8;        // vectors of adjacent outputs accumulate
 constexpr int kMR = 8;                 // rows of a packed GEMM panel (the layout lookup.py packs weights in)
 constexpr int64_t kGemvChunk = 4096;   // outputs per matrix-vector pass: their accumulators stay in L1
 constexpr int64_t kGatherBlock = 8192;  // dictionary responses per gather pass of a fully connected lookup
+constexpr int64_t kBatchBlockBytes = 256 << 10;  // ... and bytes of them per pass at batch > 1
 
 // GEMM: C[m, j] = sum_k A[m, k] B[k, j] (+ bias[m]) (+ residual) (ReLU), image by image. A is packed in panels
 // of kMR rows, (panels, K, kMR), rows past M zero. Each item is one panel times one block of columns of one

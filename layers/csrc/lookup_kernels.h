@@ -588,46 +588,92 @@ void gather_u16(const TapArgs& a, int64_t b, int64_t e) { gather_impl<uint16_t>(
 void gather_i32(const TapArgs& a, int64_t b, int64_t e) { gather_impl<int32_t>(a, b, e); }
 
 // Batch of N > 1: dictionary responses batch-innermost (row `offset` holds the N images), one tap is one FMA per
-// vector of images; the rows a channel's taps read jump around, so they are prefetched a few taps ahead.
+// vector of images. The rows are visited in blocks of kBatchBlockBytes (in L2) like the gathers at batch 1, the
+// partial sums kept in the output between blocks; within a block the rows a channel's taps read jump around, so
+// they are prefetched a few taps ahead. Returns the first tap not taken.
 template <int V, typename I>
-inline __attribute__((always_inline)) void fc_batch_chunk(const TapArgs& a, int64_t o, int64_t c0) {
+inline __attribute__((always_inline)) int64_t fc_batch_chunk(const TapArgs& a, int64_t o, int64_t c0, int64_t k,
+                                                             int64_t bound, bool first, bool last) {
   constexpr int64_t kAhead = 12;
+  // Independent chains over alternating taps, so that a narrow chunk does not wait on the FMA latency.
+  constexpr int CH = V >= 4 ? 1 : (V >= 2 ? 2 : 4);
   const I* idx = static_cast<const I*>(a.idx);
   const int64_t N = a.N, k1 = a.rowptr[o + 1];
   const float* base = a.buf + c0;
-  vec acc[V];
+  float* out = a.out + o * N + c0;
+  vec acc[CH][V];
 #pragma GCC unroll 4
-  for (int v = 0; v < V; ++v) acc[v] = vec{};
-  for (int64_t k = a.rowptr[o]; k < k1; ++k) {
-    if (k + kAhead < k1) __builtin_prefetch(base + static_cast<int64_t>(idx[k + kAhead]) * N, 0, 3);
+  for (int v = 0; v < V; ++v) acc[0][v] = first ? vec{} : vload_n(out + v * L, N - c0 - v * L);
+#pragma GCC unroll 4
+  for (int c = 1; c < CH; ++c)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[c][v] = vec{};
+  for (; k + CH <= k1 && idx[k + CH - 1] < bound; k += CH) {
+    if (k + kAhead + CH <= k1)
+#pragma GCC unroll 4
+      for (int c = 0; c < CH; ++c) __builtin_prefetch(base + static_cast<int64_t>(idx[k + kAhead + c]) * N, 0, 3);
+#pragma GCC unroll 4
+    for (int c = 0; c < CH; ++c) {
+      const float* p = tap_address(base, static_cast<int64_t>(idx[k + c]) * N);
+      const vec w = splat(a.val[k + c]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[c][v] += w * vload(p + v * L);
+    }
+  }
+  for (; k < k1 && idx[k] < bound; ++k) {
     const float* p = base + static_cast<int64_t>(idx[k]) * N;
     const vec w = splat(a.val[k]);
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[v] += w * vload(p + v * L);
+    for (int v = 0; v < V; ++v) acc[0][v] += w * vload(p + v * L);
   }
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v)
+#pragma GCC unroll 4
+    for (int c = 1; c < CH; ++c) acc[0][v] += acc[c][v];
   const float bias = a.bias[o];
 #pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
     const int64_t n = std::min<int64_t>(L, N - c0 - v * L);
     if (n <= 0) break;
-    vec x = acc[v] + bias;
-    if (a.res) x += vload_n(a.res + o * N + c0 + v * L, n);
-    if (a.relu) x = vmax0(x);
-    vstore_n(a.out + o * N + c0 + v * L, x, n);
+    vec x = acc[0][v];
+    if (last) {
+      x += bias;
+      if (a.res) x += vload_n(a.res + o * N + c0 + v * L, n);
+      if (a.relu) x = vmax0(x);
+    }
+    vstore_n(out + v * L, x, n);
   }
+  return k;
 }
 
 template <typename I>
 inline void fc_batch_impl(const TapArgs& a, int64_t begin, int64_t end) {
   constexpr int CB = 4 * L;
-  for (int64_t o = begin; o < end; ++o) {
-    for (int64_t c0 = 0; c0 < a.N; c0 += CB) {
-      switch ((std::min<int64_t>(CB, a.N - c0) + L - 1) / L) {
-        case 4: fc_batch_chunk<4, I>(a, o, c0); break;
-        case 3: fc_batch_chunk<3, I>(a, o, c0); break;
-        case 2: fc_batch_chunk<2, I>(a, o, c0); break;
-        default: fc_batch_chunk<1, I>(a, o, c0); break;
+  const int64_t per_block = std::max<int64_t>(1, kBatchBlockBytes / (4 * a.N));
+  const int64_t blocks = (a.rows + per_block - 1) / per_block;
+  thread_local std::vector<int64_t> pos_buf;
+  if (static_cast<int64_t>(pos_buf.size()) < end - begin) pos_buf.resize(end - begin);
+  int64_t* pos = pos_buf.data();
+  for (int64_t o = begin; o < end; ++o) pos[o - begin] = a.rowptr[o];
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * per_block;
+    for (int64_t o = begin; o < end; ++o) {
+      if (blocks > 1 && o + 2 < end) {
+        const int64_t next = pos[o + 2 - begin], piece = (a.rowptr[o + 3] - a.rowptr[o + 2]) / blocks + 16;
+        for (int64_t t = 0; t < piece; t += 64 / sizeof(I)) __builtin_prefetch(static_cast<const I*>(a.idx) + next + t, 0, 0);
+        for (int64_t t = 0; t < piece; t += 16) __builtin_prefetch(a.val + next + t, 0, 0);
       }
+      int64_t k = pos[o - begin];
+      for (int64_t c0 = 0; c0 < a.N; c0 += CB) {
+        const int64_t k0 = pos[o - begin];
+        switch ((std::min<int64_t>(CB, a.N - c0) + L - 1) / L) {
+          case 4: k = fc_batch_chunk<4, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
+          case 3: k = fc_batch_chunk<3, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
+          case 2: k = fc_batch_chunk<2, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
+          default: k = fc_batch_chunk<1, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
+        }
+      }
+      pos[o - begin] = k;
     }
   }
 }
