@@ -442,6 +442,12 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
   PoolGeom pg{};
   int64_t per_image, work;
   TapFn taps;
+  // The rows of one plane a tile reads: its own rows and the kernel's reach below them. When those rows of all
+  // the planes pass ~32 KB (big dictionaries), the planes are taken in blocks that stay in L1.
+  const int64_t reach = (std::min(TL, a.Q) + Wq - 1) / Wq + (kH - 1) / sH + 1;
+  const int64_t per_block = std::max<int64_t>(1, (int64_t(32) << 10) / (reach * Wq * 4));
+  a.nblocks = (P * S + per_block - 1) / per_block;
+  a.span = per_block * Hq * Wq;
   if (!pool.empty()) {
     pg = pool_geom(pool, Ho, Wo);
     out = at::empty({N, O, pg.Ho, pg.Wo}, x.options());
@@ -475,12 +481,6 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
     a.vmask = vmask.data();
     a.dstart = dstart.data();
     a.ntiles = (a.Q + TL - 1) / TL;
-    // The rows of one plane a tile reads: its own rows and the kernel's reach below them. When those rows of all
-    // the planes pass ~32 KB (big dictionaries), the planes are taken in blocks that stay in L1.
-    const int64_t reach = (std::min(TL, a.Q) + Wq - 1) / Wq + (kH - 1) / sH + 1;
-    const int64_t per_block = std::max<int64_t>(1, (int64_t(32) << 10) / (reach * Wq * 4));
-    a.nblocks = (P * S + per_block - 1) / per_block;
-    a.span = per_block * Hq * Wq;
     if (a.nblocks > 1) {
       // Groups of channels share the blocks' passes; enough of them to keep the threads busy.
       const int64_t want = (4 * at::get_num_threads() + N * a.ntiles - 1) / (N * a.ntiles);

@@ -408,6 +408,31 @@ inline void pool_row(const PoolGeom& p, const float* src, int64_t ld, int64_t W,
     for (int64_t j = 0; j < Wo; ++j) o[j] += bias;
 }
 
+// One tile (lanes q0 .. q0 + V*L) of the group's channels [o0, o1) into rows + (o - o0) * stride, the dictionary
+// planes taken in a.nblocks blocks (see blocked_tile), the partial sums kept where the tile goes.
+template <int V, typename I>
+inline __attribute__((always_inline)) void pooled_tile(const TapArgs& a, int64_t o0, int64_t o1, int64_t q0,
+                                                       float* dst, int64_t stride) {
+  thread_local std::vector<int64_t> pos_buf;
+  if (static_cast<int64_t>(pos_buf.size()) < o1 - o0) pos_buf.resize(o1 - o0);
+  int64_t* pos = pos_buf.data();
+  for (int64_t o = o0; o < o1; ++o) pos[o - o0] = a.rowptr[o];
+  for (int64_t b = 0; b < a.nblocks; ++b) {
+    const int64_t bound = b + 1 == a.nblocks ? std::numeric_limits<int64_t>::max() : (b + 1) * a.span;
+    for (int64_t o = o0; o < o1; ++o) {
+      float* d = dst + (o - o0) * stride;
+      vec acc[V];
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[v] = b == 0 ? vec{} : vload(d + v * L);
+      int64_t k = pos[o - o0];
+      tile_acc<V, I, true>(a, k, a.rowptr[o + 1], bound, a.buf + q0, acc);
+      pos[o - o0] = k;
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) vstore(d + v * L, acc[v]);
+    }
+  }
+}
+
 // Items (image, band of pooled rows, group of channels): the convolution rows under the band are computed for the
 // group's channels into a per-thread scratch, tile by tile and channel by channel within a tile (the dictionary
 // rows a tile reads stay in L1 across the channels), then pooled; bias and ReLU are applied to the pooled values
@@ -430,28 +455,16 @@ inline void pooled_impl(const TapArgs& a, int64_t begin, int64_t end) {
     const int64_t stride = (qb - qa + TL - 1) / TL * TL;
     float* rows = scratch(rows_buf, (o1 - o0) * stride);
     for (int64_t q0 = qa; q0 < qb; q0 += TL) {
-      for (int64_t o = o0; o < o1; ++o) {
-        float* dst = rows + (o - o0) * stride + (q0 - qa);
-        switch ((std::min<int64_t>(TL, qb - q0) + L - 1) / L) {
-#define LCNN_POOL_TILE(V)                                       \
-  case V: {                                                     \
-    vec part[V] = {};                                           \
-    int64_t k = a.rowptr[o];                                    \
-    tile_acc<V, I, false>(a, k, a.rowptr[o + 1], 0, a.buf + q0, part); \
-    for (int v = 0; v < V; ++v) vstore(dst + v * L, part[v]);   \
-    break;                                                      \
-  }
-          LCNN_POOL_TILE(8)
-          LCNN_POOL_TILE(7)
-          LCNN_POOL_TILE(6)
-          LCNN_POOL_TILE(5)
-          LCNN_POOL_TILE(4)
-          LCNN_POOL_TILE(3)
-          LCNN_POOL_TILE(2)
-          LCNN_POOL_TILE(1)
-#undef LCNN_POOL_TILE
-          default: break;
-        }
+      float* dst = rows + (q0 - qa);
+      switch ((std::min<int64_t>(TL, qb - q0) + L - 1) / L) {
+        case 8: pooled_tile<8, I>(a, o0, o1, q0, dst, stride); break;
+        case 7: pooled_tile<7, I>(a, o0, o1, q0, dst, stride); break;
+        case 6: pooled_tile<6, I>(a, o0, o1, q0, dst, stride); break;
+        case 5: pooled_tile<5, I>(a, o0, o1, q0, dst, stride); break;
+        case 4: pooled_tile<4, I>(a, o0, o1, q0, dst, stride); break;
+        case 3: pooled_tile<3, I>(a, o0, o1, q0, dst, stride); break;
+        case 2: pooled_tile<2, I>(a, o0, o1, q0, dst, stride); break;
+        default: pooled_tile<1, I>(a, o0, o1, q0, dst, stride); break;
       }
     }
     for (int64_t o = o0; o < o1; ++o) {
