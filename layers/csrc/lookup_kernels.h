@@ -566,6 +566,20 @@ inline float gather_segment(const TapArgs& a, int64_t& k, int64_t k1, int64_t bo
   return s;
 }
 
+// Fully connected taps stream from memory once per call, a piece of each row per block (about the row's taps
+// over the blocks): when a pass visits row o, it fetches the piece of row o + kPieceAhead.
+constexpr int64_t kPieceAhead = 2;
+
+template <typename I>
+inline void prefetch_piece(const TapArgs& a, const int64_t* pos, int64_t o, int64_t begin, int64_t end,
+                           int64_t blocks) {
+  if (o >= end) return;
+  const int64_t next = pos[o - begin], piece = (a.rowptr[o + 1] - a.rowptr[o]) / blocks + 16;
+  const I* idx = static_cast<const I*>(a.idx);
+  for (int64_t t = 0; t < piece; t += 64 / sizeof(I)) __builtin_prefetch(idx + next + t, 0, 0);
+  for (int64_t t = 0; t < piece; t += 16) __builtin_prefetch(a.val + next + t, 0, 0);
+}
+
 template <typename I>
 inline void gather_impl(const TapArgs& a, int64_t begin, int64_t end) {
   const I* idx = static_cast<const I*>(a.idx);
@@ -582,13 +596,7 @@ inline void gather_impl(const TapArgs& a, int64_t begin, int64_t end) {
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * kGatherBlock;
     for (int64_t o = begin; o < end; ++o) {
-      // The taps stream from memory once per call, a piece of each row per block (about its share of the row):
-      // fetch the piece of the row after next.
-      if (o + 2 < end) {
-        const int64_t next = pos[o + 2 - begin], piece = (a.rowptr[o + 3] - a.rowptr[o + 2]) / blocks + 16;
-        for (int64_t t = 0; t < piece; t += 64 / sizeof(I)) __builtin_prefetch(idx + next + t, 0, 0);
-        for (int64_t t = 0; t < piece; t += 16) __builtin_prefetch(a.val + next + t, 0, 0);
-      }
+      prefetch_piece<I>(a, pos, o + kPieceAhead, begin, end, blocks);
       int64_t k = pos[o - begin];
       sum[o - begin] += gather_segment<I>(a, k, a.rowptr[o + 1], bound);
       pos[o - begin] = k;
@@ -671,11 +679,7 @@ inline void fc_batch_impl(const TapArgs& a, int64_t begin, int64_t end) {
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * per_block;
     for (int64_t o = begin; o < end; ++o) {
-      if (blocks > 1 && o + 2 < end) {
-        const int64_t next = pos[o + 2 - begin], piece = (a.rowptr[o + 3] - a.rowptr[o + 2]) / blocks + 16;
-        for (int64_t t = 0; t < piece; t += 64 / sizeof(I)) __builtin_prefetch(static_cast<const I*>(a.idx) + next + t, 0, 0);
-        for (int64_t t = 0; t < piece; t += 16) __builtin_prefetch(a.val + next + t, 0, 0);
-      }
+      if (blocks > 1) prefetch_piece<I>(a, pos, o + kPieceAhead, begin, end, blocks);
       int64_t k = pos[o - begin];
       for (int64_t c0 = 0; c0 < a.N; c0 += CB) {
         const int64_t k0 = pos[o - begin];
