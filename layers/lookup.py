@@ -2,12 +2,14 @@
 
 `compile(model)` turns every PooledSpatialConvolution (with the batch norm, ReLU and max pooling that follow it)
 into one fused inference layer that runs either the sparse lookup kernel of layers/csrc/lookup.cpp or the exactly
-equivalent dense convolution, whichever is faster; `time_layers` measures both per layer; `export` / `load` keep
-a compiled network in HDF5 without the training graph.
+equivalent dense convolution, whichever is faster, and each residual block into a LookupResidual whose sum and ReLU
+happen in its last convolution; `time_layers` measures both forms per layer; `export` / `load` keep a compiled
+network in HDF5 without the training graph.
 
-How the kernel works and why: see the header of layers/csrc/lookup.cpp. Activations between fused layers are
-kept batch-innermost in memory ((C, H, W, N), handed around as an NCHW-shaped view), which at batch 1 is plain
-NCHW; any other module sees an ordinary NCHW tensor.
+How the kernels work and why: see the header of layers/csrc/lookup.cpp. Convolutions take and give NCHW tensors;
+after a fully connected layer at batch > 1 the output is an NCHW-shaped view of (channels, batch) memory, which the
+next fully connected layer reads without a copy (any other module sees an ordinary tensor). The kernels split work
+over torch's intra-op threads (torch.set_num_threads) and give bit-identical results at any thread count.
 """
 import collections
 import copy
@@ -29,12 +31,12 @@ from layers import legacy
 from layers.ChannelInterlace import ChannelInterlace
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
-__all__ = ['LookupInferenceError', 'LookupConv2d', 'LookupResidual', 'compile', 'time_layers', 'format_timing', 'export', 'load',
-           'resolve_backend', 'LayerTiming', 'lookup_layers']
+__all__ = ['LookupInferenceError', 'LookupConv2d', 'LookupResidual', 'compile', 'time_layers', 'format_timing',
+           'export', 'load', 'resolve_backend', 'LayerTiming', 'lookup_layers', 'SYNTHETIC_SIZE']
 
-# A layer runs the lookup kernel without measurement when the dense equivalent needs at least this many times
-# more multiplications: the prototype study on this machine kind found that layers below ~3-4x lose to oneDNN's
-# dense convolution (the dictionary GEMM and the scatter cost more than their share of multiplications).
+# When `compile` can measure nothing (no example input, and the network refuses the synthetic one), a layer keeps
+# its lookup form when the dense equivalent needs at least this many times more multiplications: the prototype
+# study on this machine kind found that layers below ~3-4x lose to oneDNN's dense convolution.
 COST_MODEL_MIN_RATIO = 4.0
 
 _BACKEND_ENV = 'LCNN_LOOKUP_BACKEND'
@@ -318,9 +320,11 @@ class LookupConv2d(nn.Module):
         covers = self._covers_input(h, w)
         if self.backend == 'cpp' and (covers or (self.kernel_size == (1, 1) and self._plain())):
             weight = self.dense_weight.view(self.out_channels, -1)
-            packed = self._cached('dense_pack', lambda: _pack_rows(weight))
-            # One input vector: the product that skips zero inputs wants the weight transposed.
-            wt = self._cached('dense_t', lambda: weight.t().contiguous()) if covers and n == 1 else None
+            if covers and n == 1:
+                # One input vector: the product that skips zero inputs wants the weight transposed.
+                packed, wt = None, self._cached('dense_t', lambda: weight.t().contiguous())
+            else:
+                packed, wt = self._cached('dense_pack', lambda: _pack_rows(weight)), None
             return torch.ops.lcnn_lookup.dense(x, packed, wt, self.bias, [*self.kernel_size, *self.stride,
                                                self.out_channels], self.relu, self._pool_list, residual)
         if covers:
@@ -365,9 +369,11 @@ class LookupConv2d(nn.Module):
             return self._lookup_torch(x, residual)
         n, _, h, w = x.shape
         dictionary = self.dict_weight
-        packed = self._cached('dict_pack', lambda: _pack_rows(dictionary))
-        dt = self._cached('dict_t', lambda: dictionary.t().contiguous()) \
-            if n == 1 and (h, w) == (1, 1) and self._covers_input(h, w) else None
+        if n == 1 and (h, w) == (1, 1) and self._covers_input(h, w):
+            # A fully connected dictionary at batch 1: the product that skips zero inputs, on the transpose.
+            packed, dt = None, self._cached('dict_t', lambda: dictionary.t().contiguous())
+        else:
+            packed, dt = self._cached('dict_pack', lambda: _pack_rows(dictionary)), None
         return torch.ops.lcnn_lookup.conv(x, packed, dt, self.rowptr, self._tap_offsets(h, w), self.values,
                                           self.bias, self._geom + [dictionary.shape[0]], self.relu,
                                           self._pool_list, residual)
@@ -667,7 +673,7 @@ def format_timing(rows):
 
 
 _FORMAT = 'lcnn-lookup-inference'
-_VERSION = 1
+_VERSION = 2  # 2: LookupResidual nodes
 
 
 def _none_to(v, default):

@@ -43,7 +43,7 @@ namespace {
 
 constexpr int kTileVectors = 8;        // vectors of adjacent outputs accumulated per tap tile
 constexpr int kMR = 8;                 // rows of a packed GEMM panel (the layout lookup.py packs weights in)
-constexpr int64_t kGemvChunk = 4096;   // outputs per matrix-vector pass: their accumulators stay in L1
+constexpr int64_t kGemvChunk = 4096;   // most outputs per matrix-vector pass: their accumulators stay in L1
 constexpr int64_t kGatherBlock = 8192;  // dictionary responses per gather pass of a fully connected lookup
 constexpr int64_t kBatchBlockBytes = 256 << 10;  // ... and bytes of them per pass at batch > 1
 
@@ -105,7 +105,7 @@ struct GemvArgs {
   const float* wt;      // (K, M): the weight transposed, one row per input
   const float* bias;    // M values or null
   float* y;
-  int64_t M;
+  int64_t M, chunk;     // outputs, and outputs per item
   bool relu;
 };
 
@@ -300,10 +300,12 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
       rows.push_back(k);
     }
   }
-  const GemvArgs g{vals.data(), rows.data(), static_cast<int64_t>(rows.size()), wt, bias, y, M, relu};
-  const int64_t chunks = (M + kGemvChunk - 1) / kGemvChunk;
+  // One chunk of outputs per thread (a product with one vector is bound by memory: every thread adds bandwidth).
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunk = std::min(kGemvChunk, ((M + threads - 1) / threads + 15) / 16 * 16);
+  const GemvArgs g{vals.data(), rows.data(), static_cast<int64_t>(rows.size()), wt, bias, y, M, chunk, relu};
   const GemvFn fn = kIsas[g_isa].gemv;
-  parallel_items(chunks, g.nnz * kGemvChunk, [&](int64_t b, int64_t e) { fn(g, b, e); });
+  parallel_items((M + chunk - 1) / chunk, g.nnz * chunk / 16, [&](int64_t b, int64_t e) { fn(g, b, e); });
 }
 
 // Zero the border of `count` padded planes of Hp x Wp around an H x W interior at (pH, pW).
@@ -324,11 +326,14 @@ void check_float(const at::Tensor& t, const char* what) {
               " must be a contiguous float32 CPU tensor");
 }
 
-// Dense GEMM operand: packed (panels, K, kMR) of a matrix with M rows.
-void check_packed(const at::Tensor& a, int64_t M, int64_t K, const char* what) {
+// A GEMM operand: packed (panels, K, kMR) of a matrix with M rows; returns its data.
+const float* packed_data(const std::optional<at::Tensor>& t, int64_t M, int64_t K, const char* what) {
+  TORCH_CHECK(t.has_value(), "lookup kernels: this shape needs the packed ", what);
+  const at::Tensor& a = *t;
   check_float(a, what);
   TORCH_CHECK(a.dim() == 3 && a.size(0) == (M + kMR - 1) / kMR && a.size(1) == K && a.size(2) == kMR,
               "lookup kernels: ", what, " must be packed as (", (M + kMR - 1) / kMR, ", ", K, ", ", kMR, ")");
+  return a.data_ptr<float>();
 }
 
 // The batch-innermost (C, H*W*N) copy of an NCHW tensor (a view when it is laid out that way already).
@@ -354,7 +359,8 @@ at::Tensor residual_like(const std::optional<at::Tensor>& residual, int64_t N, i
 // (C, P), for a fully connected dictionary at batch 1; geom = [kH, kW, sH, sW, padH, padW, P]; idx holds, per tap,
 // its plane offset for this input's height and width (uint16 stored as int16, or int32); pool = [] or
 // [kH, kW, sH, sW, padH, padW, ceil]; residual: added before the ReLU (no pooling).
-at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const std::optional<at::Tensor>& dict_t,
+at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dict_pack,
+                       const std::optional<at::Tensor>& dict_t,
                        const at::Tensor& rowptr, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& bias,
                        std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
                        const std::optional<at::Tensor>& residual) {
@@ -370,7 +376,10 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
   const int64_t kH = geom[0], kW = geom[1], sH = geom[2], sW = geom[3], pH = geom[4], pW = geom[5], P = geom[6];
   TORCH_CHECK(kH > 0 && kW > 0 && sH > 0 && sW > 0 && pH >= 0 && pW >= 0 && P > 0, "lookup conv: invalid geometry");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = rowptr.numel() - 1;
-  check_packed(dict_pack, P, C, "dictionary");
+  // Fully connected (the kernel covers the input); a fully connected dictionary at batch 1 is served by dict_t
+  // (then the packed form is not needed, nor made by lookup.py).
+  const bool fc = pH == 0 && pW == 0 && H == kH && W == kW, gemv = fc && N == 1 && H * W == 1 && dict_t.has_value();
+  const float* A = gemv ? nullptr : packed_data(dict_pack, P, C, "dictionary");
   TORCH_CHECK(rowptr.data_ptr<int64_t>()[O] == val.numel(), "lookup conv: rowptr does not end at the number of taps");
   TORCH_CHECK(bias.numel() == O, "lookup conv: bias size does not match the number of output channels");
   const int64_t Hp = H + 2 * pH, Wp = W + 2 * pW;
@@ -392,12 +401,12 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
   const int64_t taps_per_out = val.numel() / std::max<int64_t>(1, O) + 1;
   const int64_t pad = int64_t(kTileVectors) * 16 + 16;  // zeroed tail: the last tile may read past the planes
 
-  if (pH == 0 && pW == 0 && H == kH && W == kW) {
-    // Fully connected: dictionary responses (P, H*W, N), batch innermost.
+  if (fc) {
+    // Dictionary responses (P, H*W, N), batch innermost.
     const int64_t rows = P * H * W;
     at::Tensor buf = at::empty({rows * N + pad}, x.options());
     float* B = buf.data_ptr<float>();
-    if (N == 1 && H * W == 1 && dict_t.has_value()) {
+    if (gemv) {
       check_float(*dict_t, "transposed dictionary");
       TORCH_CHECK(dict_t->dim() == 2 && dict_t->size(0) == C && dict_t->size(1) == P,
                   "lookup conv: transposed dictionary must be (C, P)");
@@ -405,7 +414,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
       gemv_skip_zeros(xc.data_ptr<float>(), C, dict_t->data_ptr<float>(), P, nullptr, false, B);
     } else {
       at::Tensor xt = batch_innermost(x);
-      const GemmArgs g{dict_pack.data_ptr<float>(), P, C, xt.data_ptr<float>(), H * W * N, 0, H * W * N, 1, B,
+      const GemmArgs g{A, P, C, xt.data_ptr<float>(), H * W * N, 0, H * W * N, 1, B,
                        H * W * N, 0, 0, 0, 0, nullptr, nullptr, false};
       run_gemm(g);
     }
@@ -506,14 +515,14 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
     const float* xn = xc.data_ptr<float>() + n * C * H * W;
     if (S == 1) {
       if (padded) zero_borders(B, P, Hp, Wp, H, W, pH, pW);
-      const GemmArgs g{dict_pack.data_ptr<float>(), P, C, xn, H * W, 0, H * W, 1, B, Hp * Wp, 0, padded ? W : 0, Wp,
+      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, B, Hp * Wp, 0, padded ? W : 0, Wp,
                        pH * Wp + pW, nullptr, nullptr, false};
       run(gemm_items, gemm_work, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
     } else if (C <= kPhaseDictMaxC) {
-      const PhaseDictArgs f{xn, dict_pack.data_ptr<float>(), B, C, P, H, W, sH, sW, pH, pW, Hq, Wq};
+      const PhaseDictArgs f{xn, A, B, C, P, H, W, sH, sW, pH, pW, Hq, Wq};
       run(sH * Hq, P * Wq * C, [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); });
     } else {
-      const GemmArgs g{dict_pack.data_ptr<float>(), P, C, xn, H * W, 0, H * W, 1, D, H * W, 0, 0, 0, 0, nullptr,
+      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, D, H * W, 0, 0, 0, 0, nullptr,
                        nullptr, false};
       run(gemm_items, gemm_work, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
       const PhaseArgs f{D, B, P, H, W, sH, sW, pH, pW, Hq, Wq};
@@ -544,7 +553,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_pack, const s
 // A dense convolution whose kernel is 1x1 (any stride, no padding) or covers its whole input (a fully connected
 // layer): y = W x + bias with our GEMM (or, for one input vector, the product that skips zero inputs, given the
 // transposed weight w_t), then residual, ReLU and max pooling. geom = [kH, kW, sH, sW, O].
-at::Tensor dense_conv(const at::Tensor& x, const at::Tensor& w_pack, const std::optional<at::Tensor>& w_t,
+at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pack, const std::optional<at::Tensor>& w_t,
                       const at::Tensor& bias, std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
                       const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
@@ -559,7 +568,6 @@ at::Tensor dense_conv(const at::Tensor& x, const at::Tensor& w_pack, const std::
   at::Tensor out;
   if (H == kH && W == kW) {
     const int64_t K = C * H * W;
-    check_packed(w_pack, O, K, "weight");
     if (N == 1 && w_t.has_value()) {
       check_float(*w_t, "transposed weight");
       TORCH_CHECK(w_t->dim() == 2 && w_t->size(0) == K && w_t->size(1) == O, "dense conv: transposed weight must be (K, O)");
@@ -580,20 +588,19 @@ at::Tensor dense_conv(const at::Tensor& x, const at::Tensor& w_pack, const std::
       at::Tensor y = at::empty({O, N}, x.options());
       at::Tensor res;
       if (residual.has_value()) res = residual_like(residual, N, O, 1, 1, true);
-      const GemmArgs g{w_pack.data_ptr<float>(), O, K, xt.data_ptr<float>(), N, 0, N, 1, y.data_ptr<float>(), N, 0,
+      const GemmArgs g{packed_data(w_pack, O, K, "weight"), O, K, xt.data_ptr<float>(), N, 0, N, 1, y.data_ptr<float>(), N, 0,
                        0, 0, 0, bias.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, post_relu};
       run_gemm(g);
       out = from_batch_innermost(y);
     }
   } else {
     TORCH_CHECK(kH == 1 && kW == 1, "dense conv: only 1x1 kernels or kernels covering the input are supported");
-    check_packed(w_pack, O, C, "weight");
     at::Tensor xs = (sH > 1 || sW > 1) ? x.slice(2, 0, H, sH).slice(3, 0, W, sW).contiguous() : x.contiguous();
     const int64_t Ho = xs.size(2), Wo = xs.size(3);
     out = at::empty({N, O, Ho, Wo}, x.options());
     at::Tensor res;
     if (residual.has_value()) res = residual_like(residual, N, O, Ho, Wo, false);
-    const GemmArgs g{w_pack.data_ptr<float>(), O, C, xs.data_ptr<float>(), Ho * Wo, C * Ho * Wo, Ho * Wo, N,
+    const GemmArgs g{packed_data(w_pack, O, C, "weight"), O, C, xs.data_ptr<float>(), Ho * Wo, C * Ho * Wo, Ho * Wo, N,
                      out.data_ptr<float>(), Ho * Wo, O * Ho * Wo, 0, 0, 0, bias.data_ptr<float>(),
                      res.defined() ? res.data_ptr<float>() : nullptr, post_relu};
     run_gemm(g);
@@ -605,10 +612,10 @@ at::Tensor dense_conv(const at::Tensor& x, const at::Tensor& w_pack, const std::
 }  // namespace
 
 TORCH_LIBRARY(lcnn_lookup, m) {
-  m.def("conv(Tensor x, Tensor dict_pack, Tensor? dict_t, Tensor rowptr, Tensor idx, Tensor val, Tensor bias, "
+  m.def("conv(Tensor x, Tensor? dict_pack, Tensor? dict_t, Tensor rowptr, Tensor idx, Tensor val, Tensor bias, "
         "int[] geom, bool relu, int[] pool, Tensor? residual) -> Tensor",
         &lookup_conv);
-  m.def("dense(Tensor x, Tensor w_pack, Tensor? w_t, Tensor bias, int[] geom, bool relu, int[] pool, "
+  m.def("dense(Tensor x, Tensor? w_pack, Tensor? w_t, Tensor bias, int[] geom, bool relu, int[] pool, "
         "Tensor? residual) -> Tensor",
         &dense_conv);
   m.def("max_pool(Tensor x, int[] pool, bool relu) -> Tensor", &max_pool);

@@ -707,7 +707,7 @@ void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
   constexpr int64_t kAhead = 8;  // rows prefetched ahead
   alignas(64) float acc[kGemvChunk];
   for (int64_t c = begin; c < end; ++c) {
-    const int64_t m0 = c * kGemvChunk, len = std::min(kGemvChunk, g.M - m0), full = len / L * L;
+    const int64_t m0 = c * g.chunk, len = std::min(g.chunk, g.M - m0), full = len / L * L;
     std::memset(acc, 0, sizeof(float) * len);
     auto row = [&](int64_t k) { return g.wt + g.rows[k] * g.M + m0; };
     auto fetch = [&](int64_t k) {
