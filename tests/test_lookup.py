@@ -204,6 +204,30 @@ def test_threads_give_identical_results(cpp, batch):
         torch.ops.lcnn_lookup.set_min_task_work(previous)
 
 
+def test_big_dictionaries_run_in_blocks(cpp):
+    """Dictionaries too big for L1 are taken in blocks of planes (convolutions, with and without pooling) or of
+    responses (fully connected, batch 1 and batch): same results as the reference, identical at any thread
+    count."""
+    gen = torch.Generator().manual_seed(17)
+    conv = psc(16, 24, 3, 1, 1, 200, 0.05, gen)
+    cases = [(nn.Sequential(conv, randomize_bn(nn.BatchNorm2d(24), gen), nn.ReLU()), (3, 16, 13, 13)),
+             (nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(3, 2)), (2, 16, 13, 13)),
+             (nn.Sequential(psc(16, 40, 6, 1, 0, 300, 0.05, gen), nn.ReLU()), (1, 16, 6, 6)),
+             (nn.Sequential(psc(16, 40, 6, 1, 0, 300, 0.05, gen), nn.ReLU()), (17, 16, 6, 6))]
+    previous = torch.ops.lcnn_lookup.set_min_task_work(1)
+    try:
+        for model, shape in cases:
+            model.eval()
+            x = torch.randn(shape, generator=gen)
+            compiled = lookup.compile(model, path='lookup')
+            with torch.no_grad():
+                outs = at_threads([1, 2, 3], lambda: compiled(x))
+                close(outs[0], model(x))
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    finally:
+        torch.ops.lcnn_lookup.set_min_task_work(previous)
+
+
 def test_max_pool_kernel_matches_torch(cpp):
     gen = torch.Generator().manual_seed(11)
     for shape, (k, s, p, ceil) in [((1, 5, 55, 55), (3, 2, 0, False)), ((3, 4, 12, 17), (3, 2, 1, True)),
