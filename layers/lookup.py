@@ -152,6 +152,9 @@ def _time_ms(fn, repeats, warmup=2):
 
 # Rows per panel of a GEMM operand, as layers/csrc/lookup.cpp reads it.
 _PANEL_ROWS = 8
+# Dictionary responses per block pass of a fully connected lookup layer: 16 KB, in L1 at batch 1 (its gathers),
+# and 256 KB (in L2) at batch 16, where each response is a row of the batch.
+_FC_BLOCK = 4096
 
 
 def _pack_rows(weight):
@@ -374,9 +377,30 @@ class LookupConv2d(nn.Module):
             packed, dt = None, self._cached('dict_t', lambda: dictionary.t().contiguous())
         else:
             packed, dt = self._cached('dict_pack', lambda: _pack_rows(dictionary)), None
-        return torch.ops.lcnn_lookup.conv(x, packed, dt, self.rowptr, self._tap_offsets(h, w), self.values,
-                                          self.bias, self._geom + [dictionary.shape[0]], self.relu,
-                                          self._pool_list, residual)
+        if self._covers_input(h, w):
+            rowptr, offsets, values = self._cached('fc_taps', lambda: self._block_major(h, w))
+        else:
+            rowptr, offsets, values = self.rowptr, self._tap_offsets(h, w), self.values
+        return torch.ops.lcnn_lookup.conv(x, packed, dt, rowptr, offsets, values, self.bias,
+                                          self._geom + [dictionary.shape[0]], self.relu, self._pool_list, residual)
+
+    def _block_major(self, h, w):
+        """The taps of a fully connected use reordered block-major: for each block of _FC_BLOCK dictionary
+        responses, every output's taps into it (rowptr (blocks, outputs + 1), one CSR per block). A block pass
+        then reads one contiguous stream of taps while its responses stay in cache (the order of a row's taps
+        within a block is kept)."""
+        offsets = self._tap_offsets(h, w)
+        flat = offsets.long() & 0xFFFF if offsets.dtype == torch.int16 else offsets.long()
+        (sh, sw) = self.stride
+        responses = self.dict_weight.shape[0] * sh * sw * -(-h // sh) * -(-w // sw)
+        blocks = -(-responses // _FC_BLOCK)
+        rows = torch.repeat_interleave(torch.arange(self.out_channels), self.rowptr.diff())
+        key = flat // _FC_BLOCK * self.out_channels + rows
+        order = torch.argsort(key, stable=True)
+        starts = torch.zeros(blocks * self.out_channels + 1, dtype=torch.int64)
+        starts[1:] = torch.bincount(key, minlength=blocks * self.out_channels).cumsum(0)
+        grid = torch.arange(blocks)[:, None] * self.out_channels + torch.arange(self.out_channels + 1)[None, :]
+        return starts[grid].contiguous(), offsets[order].contiguous(), self.values[order].contiguous()
 
     def extra_repr(self):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding

@@ -14,9 +14,11 @@
 //      is computed into a small per-thread scratch (it stays in L1/L2) and pooled from there, so the full-size
 //      convolution output never goes to memory; bias and ReLU are applied after the max (they are monotonic).
 // Fully connected layers (the kernel covers the whole input) have a single output position: at batch 1 each
-// output is a gathered dot product of its taps (dictionary responses blocked so that the gathers hit L1); for a
-// batch the dictionary responses are kept batch-innermost so that one tap is one FMA over the whole batch. A
-// fully connected dictionary (or dense layer) at batch 1 is a matrix-vector product that skips zero inputs.
+// output is a gathered dot product of its taps; for a batch the dictionary responses are kept batch-innermost so
+// that one tap is one FMA over the whole batch. Their taps come block-major from lookup.py (for each block of
+// responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory while
+// the block's responses stay in L1 (batch 1) or L2. A fully connected dictionary (or dense layer) at batch 1 is
+// a matrix-vector product that skips zero inputs.
 //
 // Determinism: every output element is computed by exactly one thread, with its sum always taken in the same
 // order (taps in CSR order, GEMM inputs from first to last), however the work is split: results are identical
@@ -44,8 +46,6 @@ namespace {
 constexpr int kTileVectors = 8;        // vectors of adjacent outputs accumulated per tap tile
 constexpr int kMR = 8;                 // rows of a packed GEMM panel (the layout lookup.py packs weights in)
 constexpr int64_t kGemvChunk = 4096;   // most outputs per matrix-vector pass: their accumulators stay in L1
-constexpr int64_t kGatherBlock = 8192;  // dictionary responses per gather pass of a fully connected lookup
-constexpr int64_t kBatchBlockBytes = 256 << 10;  // ... and bytes of them per pass at batch > 1
 
 // GEMM: C[m, j] = sum_k A[m, k] B[k, j] (+ bias[m]) (+ residual) (ReLU), image by image. A is packed in panels
 // of kMR rows, (panels, K, kMR), rows past M zero. Each item is one panel times one block of columns of one
@@ -78,7 +78,7 @@ struct TapArgs {
   const float* val;
   const float* bias;
   int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one output plane, (Ho - 1) * Wq + Wo
-  int64_t rows;           // fully connected: dictionary responses per image
+  int64_t blocks;         // fully connected: blocks of responses; rowptr is then (blocks, O + 1), one CSR each
   int64_t ntiles;
   int64_t span, nblocks;  // dictionary planes taken in nblocks blocks of `span` offsets (nblocks 1: all at once)
   bool relu;
@@ -367,20 +367,23 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "lookup conv: input must be a 4-D float32 CPU tensor, got ", x.sizes(), " ", x.scalar_type());
   TORCH_CHECK(geom.size() == 7, "lookup conv: geom must be [kH, kW, sH, sW, padH, padW, P]");
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.scalar_type() == at::kLong && rowptr.is_contiguous() && rowptr.numel() >= 1,
-              "lookup conv: rowptr must be a contiguous int64 vector");
+  TORCH_CHECK((rowptr.dim() == 1 || rowptr.dim() == 2) && rowptr.scalar_type() == at::kLong &&
+                  rowptr.is_contiguous() && rowptr.size(-1) >= 1,
+              "lookup conv: rowptr must be a contiguous int64 vector (or blocks of them)");
   check_float(val, "tap values");
   check_float(bias, "bias");
   TORCH_CHECK((idx.scalar_type() == at::kShort || idx.scalar_type() == at::kInt) && idx.is_contiguous() &&
                   idx.numel() == val.numel(), "lookup conv: tap offsets must be int16 or int32, one per value");
   const int64_t kH = geom[0], kW = geom[1], sH = geom[2], sW = geom[3], pH = geom[4], pW = geom[5], P = geom[6];
   TORCH_CHECK(kH > 0 && kW > 0 && sH > 0 && sW > 0 && pH >= 0 && pW >= 0 && P > 0, "lookup conv: invalid geometry");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = rowptr.numel() - 1;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = rowptr.size(-1) - 1;
+  const int64_t blocks = rowptr.dim() == 2 ? rowptr.size(0) : 1;
   // Fully connected (the kernel covers the input); a fully connected dictionary at batch 1 is served by dict_t
   // (then the packed form is not needed, nor made by lookup.py).
   const bool fc = pH == 0 && pW == 0 && H == kH && W == kW, gemv = fc && N == 1 && H * W == 1 && dict_t.has_value();
   const float* A = gemv ? nullptr : packed_data(dict_pack, P, C, "dictionary");
-  TORCH_CHECK(rowptr.data_ptr<int64_t>()[O] == val.numel(), "lookup conv: rowptr does not end at the number of taps");
+  TORCH_CHECK(rowptr.data_ptr<int64_t>()[rowptr.numel() - 1] == val.numel(),
+              "lookup conv: rowptr does not end at the number of taps");
   TORCH_CHECK(bias.numel() == O, "lookup conv: bias size does not match the number of output channels");
   const int64_t Hp = H + 2 * pH, Wp = W + 2 * pW;
   TORCH_CHECK(Hp >= kH && Wp >= kW, "lookup conv: kernel ", kH, "x", kW, " larger than padded input ", Hp, "x", Wp);
@@ -401,6 +404,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   const int64_t taps_per_out = val.numel() / std::max<int64_t>(1, O) + 1;
   const int64_t pad = int64_t(kTileVectors) * 16 + 16;  // zeroed tail: the last tile may read past the planes
 
+  TORCH_CHECK(fc || blocks == 1, "lookup conv: blocks of taps are for fully connected layers only");
   if (fc) {
     // Dictionary responses (P, H*W, N), batch innermost.
     const int64_t rows = P * H * W;
@@ -426,7 +430,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     a.out = out.data_ptr<float>();
     a.res = res.defined() ? res.data_ptr<float>() : nullptr;
     a.Ho = a.Wo = 1;
-    a.rows = rows;
+    a.blocks = blocks;
     if (N == 1) {
       const TapFn fn = u16 ? isa.gather_u16 : isa.gather_i32;
       parallel_items(O, taps_per_out, [&](int64_t b, int64_t e) { fn(a, b, e); });

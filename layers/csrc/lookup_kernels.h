@@ -498,7 +498,9 @@ void pool(const PoolArgs& p, int64_t begin, int64_t end) {
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// Fully connected lookups: one output position.
+// Fully connected lookups: one output position. The taps come block-major (see TapArgs::blocks): block by block,
+// each output's taps into responses of that block, so that every block pass reads one contiguous stream of taps
+// while its responses stay in cache; an output's partial sums are added in block order.
 
 inline float finish(const TapArgs& a, int64_t o, float s) {
   s += a.bias[o];
@@ -506,17 +508,14 @@ inline float finish(const TapArgs& a, int64_t o, float s) {
   return a.relu ? std::max(s, 0.f) : s;
 }
 
-// Batch of one: each output is one dot product of its tap values with the responses they gather. The responses
-// are visited in blocks of kGatherBlock values (32 KB: the gathers then hit L1, about 35% faster than L2 on
-// AlexNet's fc6): block by block over the thread's outputs, each output resuming its taps where the previous
-// block stopped (a row's taps are sorted by offset), its partial sums added in block order.
+// Batch of one: sum of value * response over taps [k, k1), gathered (GCC does not vectorise a gathered reduction
+// by itself).
 template <typename I>
-inline float gather_segment(const TapArgs& a, int64_t& k, int64_t k1, int64_t bound) {
+inline float gather_dot(const TapArgs& a, int64_t k, int64_t k1) {
   const I* idx = static_cast<const I*>(a.idx);
   const float* val = a.val;
   float s = 0.f;
 #if LCNN_VB == 64
-  // GCC does not vectorise a gathered reduction by itself.
   auto offsets = [&](int64_t at, __mmask16 m) {
     if constexpr (std::is_same_v<I, uint16_t>)
       return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, idx + at));
@@ -524,24 +523,20 @@ inline float gather_segment(const TapArgs& a, int64_t& k, int64_t k1, int64_t bo
       return _mm512_maskz_loadu_epi32(m, idx + at);
   };
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  for (; k + 32 <= k1 && idx[k + 31] < bound; k += 32) {
+  for (; k + 32 <= k1; k += 32) {
+    // The taps stream from memory once per call (the pieces of a block pass follow each other): fetch ahead.
+    __builtin_prefetch(idx + k + 1024, 0, 0);
+    __builtin_prefetch(val + k + 512, 0, 0);
+    __builtin_prefetch(val + k + 528, 0, 0);
     acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), _mm512_i32gather_ps(offsets(k, 0xFFFF), a.buf, 4), acc0);
     acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k + 16), _mm512_i32gather_ps(offsets(k + 16, 0xFFFF), a.buf, 4),
                            acc1);
   }
-  if (k < k1 && idx[k] < bound) {
-    // The rest below the bound, at most 16 + 15 taps: whole vectors, then the lanes under the bound.
-    for (int step = 0; step < 2 && k < k1; ++step) {
-      const int64_t n = std::min<int64_t>(16, k1 - k);
-      const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
-      const __m512i off = offsets(k, m);
-      const __mmask16 below = _mm512_mask_cmplt_epi32_mask(m, off, _mm512_set1_epi32(static_cast<int>(
-                                                                       std::min<int64_t>(bound, INT32_MAX))));
-      const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), below, off, a.buf, 4);
-      acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(below, val + k), g, acc0);
-      k += __builtin_popcount(below);
-      if (below != m) break;
-    }
+  for (; k < k1; k += 16) {
+    const int64_t n = std::min<int64_t>(16, k1 - k);
+    const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
+    const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, offsets(k, m), a.buf, 4);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, val + k), g, acc0);
   }
   s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 #elif LCNN_VB == 32
@@ -554,7 +549,7 @@ inline float gather_segment(const TapArgs& a, int64_t& k, int64_t k1, int64_t bo
     return _mm256_i32gather_ps(a.buf, v, 4);
   };
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (; k + 16 <= k1 && idx[k + 15] < bound; k += 16) {
+  for (; k + 16 <= k1; k += 16) {
     acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), gather8(k), acc0);
     acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8), gather8(k + 8), acc1);
   }
@@ -562,44 +557,19 @@ inline float gather_segment(const TapArgs& a, int64_t& k, int64_t k1, int64_t bo
   _mm256_store_ps(part, _mm256_add_ps(acc0, acc1));
   s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 #endif
-  for (; k < k1 && idx[k] < bound; ++k) s += val[k] * a.buf[idx[k]];
+  for (; k < k1; ++k) s += val[k] * a.buf[idx[k]];
   return s;
-}
-
-// Fully connected taps stream from memory once per call, a piece of each row per block (about the row's taps
-// over the blocks): when a pass visits row o, it fetches the piece of row o + kPieceAhead.
-constexpr int64_t kPieceAhead = 2;
-
-template <typename I>
-inline void prefetch_piece(const TapArgs& a, const int64_t* pos, int64_t o, int64_t begin, int64_t end,
-                           int64_t blocks) {
-  if (o >= end) return;
-  const int64_t next = pos[o - begin], piece = (a.rowptr[o + 1] - a.rowptr[o]) / blocks + 16;
-  const I* idx = static_cast<const I*>(a.idx);
-  for (int64_t t = 0; t < piece; t += 64 / sizeof(I)) __builtin_prefetch(idx + next + t, 0, 0);
-  for (int64_t t = 0; t < piece; t += 16) __builtin_prefetch(a.val + next + t, 0, 0);
 }
 
 template <typename I>
 inline void gather_impl(const TapArgs& a, int64_t begin, int64_t end) {
-  const I* idx = static_cast<const I*>(a.idx);
-  const int64_t blocks = (a.rows + kGatherBlock - 1) / kGatherBlock, count = end - begin;
-  thread_local std::vector<int64_t> pos_buf;
   thread_local std::vector<float> sum_buf;
-  if (static_cast<int64_t>(pos_buf.size()) < count) pos_buf.resize(count);
-  int64_t* pos = pos_buf.data();
-  float* sum = scratch(sum_buf, count);
-  for (int64_t o = begin; o < end; ++o) {
-    pos[o - begin] = a.rowptr[o];
-    sum[o - begin] = 0.f;
-  }
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * kGatherBlock;
+  float* sum = scratch(sum_buf, end - begin);
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    const int64_t* rp = a.rowptr + b * (a.O + 1);
     for (int64_t o = begin; o < end; ++o) {
-      prefetch_piece<I>(a, pos, o + kPieceAhead, begin, end, blocks);
-      int64_t k = pos[o - begin];
-      sum[o - begin] += gather_segment<I>(a, k, a.rowptr[o + 1], bound);
-      pos[o - begin] = k;
+      const float s = gather_dot<I>(a, rp[o], rp[o + 1]);
+      sum[o - begin] = b == 0 ? s : sum[o - begin] + s;
     }
   }
   for (int64_t o = begin; o < end; ++o) a.out[o] = finish(a, o, sum[o - begin]);
@@ -609,17 +579,16 @@ void gather_u16(const TapArgs& a, int64_t b, int64_t e) { gather_impl<uint16_t>(
 void gather_i32(const TapArgs& a, int64_t b, int64_t e) { gather_impl<int32_t>(a, b, e); }
 
 // Batch of N > 1: dictionary responses batch-innermost (row `offset` holds the N images), one tap is one FMA per
-// vector of images. The rows are visited in blocks of kBatchBlockBytes (in L2) like the gathers at batch 1, the
-// partial sums kept in the output between blocks; within a block the rows a channel's taps read jump around, so
-// they are prefetched a few taps ahead. Returns the first tap not taken.
+// vector of images; the rows a channel's taps read jump around, so they are prefetched a few taps ahead. Taps
+// [k, k1) of one block into lanes c0 .. of output o; the partial sums are kept in the output between blocks.
 template <int V, typename I>
-inline __attribute__((always_inline)) int64_t fc_batch_chunk(const TapArgs& a, int64_t o, int64_t c0, int64_t k,
-                                                             int64_t bound, bool first, bool last) {
+inline __attribute__((always_inline)) void fc_batch_chunk(const TapArgs& a, int64_t o, int64_t c0, int64_t k,
+                                                          int64_t k1, bool first, bool last) {
   constexpr int64_t kAhead = 12;
   // Independent chains over alternating taps, so that a narrow chunk does not wait on the FMA latency.
   constexpr int CH = V >= 4 ? 1 : (V >= 2 ? 2 : 4);
   const I* idx = static_cast<const I*>(a.idx);
-  const int64_t N = a.N, k1 = a.rowptr[o + 1];
+  const int64_t N = a.N;
   const float* base = a.buf + c0;
   float* out = a.out + o * N + c0;
   vec acc[CH][V];
@@ -629,7 +598,7 @@ inline __attribute__((always_inline)) int64_t fc_batch_chunk(const TapArgs& a, i
   for (int c = 1; c < CH; ++c)
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[c][v] = vec{};
-  for (; k + CH <= k1 && idx[k + CH - 1] < bound; k += CH) {
+  for (; k + CH <= k1; k += CH) {
     if (k + kAhead + CH <= k1)
 #pragma GCC unroll 4
       for (int c = 0; c < CH; ++c) __builtin_prefetch(base + static_cast<int64_t>(idx[k + kAhead + c]) * N, 0, 3);
@@ -641,22 +610,20 @@ inline __attribute__((always_inline)) int64_t fc_batch_chunk(const TapArgs& a, i
       for (int v = 0; v < V; ++v) acc[c][v] += w * vload(p + v * L);
     }
   }
-  for (; k < k1 && idx[k] < bound; ++k) {
+  for (; k < k1; ++k) {
     const float* p = base + static_cast<int64_t>(idx[k]) * N;
     const vec w = splat(a.val[k]);
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[0][v] += w * vload(p + v * L);
   }
-#pragma GCC unroll 4
-  for (int v = 0; v < V; ++v)
-#pragma GCC unroll 4
-    for (int c = 1; c < CH; ++c) acc[0][v] += acc[c][v];
   const float bias = a.bias[o];
 #pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
     const int64_t n = std::min<int64_t>(L, N - c0 - v * L);
     if (n <= 0) break;
     vec x = acc[0][v];
+#pragma GCC unroll 4
+    for (int c = 1; c < CH; ++c) x += acc[c][v];
     if (last) {
       x += bias;
       if (a.res) x += vload_n(a.res + o * N + c0 + v * L, n);
@@ -664,33 +631,23 @@ inline __attribute__((always_inline)) int64_t fc_batch_chunk(const TapArgs& a, i
     }
     vstore_n(out + v * L, x, n);
   }
-  return k;
 }
 
 template <typename I>
 inline void fc_batch_impl(const TapArgs& a, int64_t begin, int64_t end) {
   constexpr int CB = 4 * L;
-  const int64_t per_block = std::max<int64_t>(1, kBatchBlockBytes / (4 * a.N));
-  const int64_t blocks = (a.rows + per_block - 1) / per_block;
-  thread_local std::vector<int64_t> pos_buf;
-  if (static_cast<int64_t>(pos_buf.size()) < end - begin) pos_buf.resize(end - begin);
-  int64_t* pos = pos_buf.data();
-  for (int64_t o = begin; o < end; ++o) pos[o - begin] = a.rowptr[o];
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * per_block;
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    const int64_t* rp = a.rowptr + b * (a.O + 1);
+    const bool first = b == 0, last = b + 1 == a.blocks;
     for (int64_t o = begin; o < end; ++o) {
-      if (blocks > 1) prefetch_piece<I>(a, pos, o + kPieceAhead, begin, end, blocks);
-      int64_t k = pos[o - begin];
       for (int64_t c0 = 0; c0 < a.N; c0 += CB) {
-        const int64_t k0 = pos[o - begin];
         switch ((std::min<int64_t>(CB, a.N - c0) + L - 1) / L) {
-          case 4: k = fc_batch_chunk<4, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
-          case 3: k = fc_batch_chunk<3, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
-          case 2: k = fc_batch_chunk<2, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
-          default: k = fc_batch_chunk<1, I>(a, o, c0, k0, bound, b == 0, b + 1 == blocks); break;
+          case 4: fc_batch_chunk<4, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
+          case 3: fc_batch_chunk<3, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
+          case 2: fc_batch_chunk<2, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
+          default: fc_batch_chunk<1, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
         }
       }
-      pos[o - begin] = k;
     }
   }
 }
