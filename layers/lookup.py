@@ -32,7 +32,8 @@ from layers.ChannelInterlace import ChannelInterlace
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
 __all__ = ['LookupInferenceError', 'LookupConv2d', 'LookupResidual', 'compile', 'time_layers', 'format_timing',
-           'export', 'load', 'resolve_backend', 'LayerTiming', 'lookup_layers', 'SYNTHETIC_SIZE']
+           'export', 'load', 'resolve_backend', 'LayerTiming', 'lookup_layers', 'SYNTHETIC_SIZE',
+           'SYNTHETIC_BATCHES']
 
 # When `compile` can measure nothing (no example input, and the network refuses the synthetic one), a layer keeps
 # its lookup form when the dense equivalent needs at least this many times more multiplications: the prototype
@@ -566,10 +567,11 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
 
     path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer by timing both forms of
     each layer on the input it gets inside the network (medians of `repeats` alternating runs) and keeping the
-    faster. The input is `example_input`, or else a random batch of one at the network's input size
-    (SYNTHETIC_SIZE, lcnn's -cropSize default, with the first layer's channel count); a network that does not
-    take that size falls back to a multiplication count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see
-    `resolve_backend()`). Outputs equal the eval-mode model up to float rounding (batch norm is folded)."""
+    faster. The input is `example_input`, or else random inputs at the network's input size (SYNTHETIC_SIZE, lcnn's
+    -cropSize default, with the first layer's channel count) at each batch size of SYNTHETIC_BATCHES, the lookup
+    form kept only where it wins at all of them; a network that does not take that size falls back to a
+    multiplication count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see `resolve_backend()`). Outputs
+    equal the eval-mode model up to float rounding (batch norm is folded)."""
     if path not in ('auto', 'lookup', 'dense'):
         raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
     devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
@@ -588,32 +590,35 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
     if not layers:
         return compiled
     if example_input is None:
-        inputs = _synthetic_inputs(compiled)
-        if inputs is None:
+        runs = _synthetic_inputs(compiled)
+        if runs is None:
             for layer in layers:
                 layer.set_path('lookup' if _cost_ratio(layer) >= COST_MODEL_MIN_RATIO else 'dense')
             return compiled
     else:
-        inputs = _capture_inputs(compiled, example_input)
+        runs = [_capture_inputs(compiled, example_input)]
     for layer in layers:
-        if layer in inputs:
-            dense, lookup = _measure(layer, inputs[layer], repeats)
-            layer.set_path('lookup' if lookup <= dense else 'dense')
+        times = [_measure(layer, inputs[layer], repeats) for inputs in runs if layer in inputs]
+        if times:
+            layer.set_path('lookup' if all(lookup <= dense for dense, lookup in times) else 'dense')
     return compiled
 
 
-# Height and width of the random input `compile` times layers on when it is given no example: lcnn's -cropSize
-# default, the size the ImageNet models of both Lua repositories take.
+# Height and width of the random input `compile` times layers on when it is given no example (lcnn's -cropSize
+# default, the size the ImageNet models of both Lua repositories take), and its batch sizes: a layer keeps its
+# lookup form only if that is faster at each of them, so that the choice holds for single images and batches.
 SYNTHETIC_SIZE = 224
+SYNTHETIC_BATCHES = (1, 16)
 
 
 def _synthetic_inputs(compiled):
-    """{layer: input} from one forward of a random batch of one at SYNTHETIC_SIZE, or None when the network does
-    not take that size."""
+    """[{layer: input}] from one forward of a random input at SYNTHETIC_SIZE per batch size of SYNTHETIC_BATCHES,
+    or None when the network does not take that size."""
     first = lookup_layers(compiled)[0]
-    x = torch.randn(1, first.in_channels, SYNTHETIC_SIZE, SYNTHETIC_SIZE, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
     try:
-        return _capture_inputs(compiled, x)
+        return [_capture_inputs(compiled, torch.randn(n, first.in_channels, SYNTHETIC_SIZE, SYNTHETIC_SIZE,
+                                                      generator=gen)) for n in SYNTHETIC_BATCHES]
     except (RuntimeError, ValueError, LookupInferenceError):
         return None
 

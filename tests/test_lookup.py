@@ -323,21 +323,24 @@ def test_compile_leaves_model_untouched(cpp):
 
 
 def test_compile_without_example_times_a_synthetic_input(cpp, monkeypatch):
-    """No example input: each layer is timed on what it gets from a random batch of one at 224x224 (the first
-    layer's channel count), and the measurement decides."""
+    """No example input: each layer is timed on what it gets from random inputs at 224x224 (the first layer's
+    channel count), one image and a batch of 16; the lookup form stays where it wins at both."""
     gen = torch.Generator().manual_seed(4)
     model = nn.Sequential(psc(3, 8, 11, 4, 2, 3, 0.05, gen), nn.ReLU(), nn.MaxPool2d(3, 2),
                           psc(8, 16, 5, 1, 2, 6, 0.05, gen), psc(16, 16, 3, 1, 1, 6, 0.05, gen)).eval()
     seen = []
+    lookup_wins = {('0', 1): True, ('0', 16): True, ('3', 1): False, ('3', 16): True, ('4', 1): True,
+                   ('4', 16): False}
 
     def measure(layer, x, repeats):
         seen.append((layer.source, tuple(x.shape)))
-        return (1.0, 2.0) if layer.source == '3' else (2.0, 1.0)  # (dense ms, lookup ms)
+        return (2.0, 1.0) if lookup_wins[layer.source, x.shape[0]] else (1.0, 2.0)  # (dense ms, lookup ms)
 
     monkeypatch.setattr(lookup, '_measure', measure)
     compiled = lookup.compile(model)
-    assert seen == [('0', (1, 3, 224, 224)), ('3', (1, 8, 27, 27)), ('4', (1, 16, 27, 27))]
-    assert [m.path for m in lookup.lookup_layers(compiled)] == ['lookup', 'dense', 'lookup']
+    assert sorted(seen) == sorted([('0', (1, 3, 224, 224)), ('3', (1, 8, 27, 27)), ('4', (1, 16, 27, 27)),
+                                   ('0', (16, 3, 224, 224)), ('3', (16, 8, 27, 27)), ('4', (16, 16, 27, 27))])
+    assert [m.path for m in lookup.lookup_layers(compiled)] == ['lookup', 'dense', 'dense']
 
 
 def test_cost_model_when_the_network_refuses_the_synthetic_size(cpp):

@@ -757,13 +757,17 @@ void phases(const PhaseArgs& f, int64_t begin, int64_t end) {
 }
 
 // A dictionary over few input channels (the first layer's RGB): computed straight into the stride-phase planes,
-// reading each input row once per phase, instead of a GEMM into a temporary and a scatter. Items are the sH * Hq
-// phase rows (a, hq); each writes row hq of the planes (p, a, b) for every p and b.
+// reading each input row once per phase, instead of a GEMM into a temporary and a scatter. Items are the Hq * sH
+// phase rows (hq, a), so that input rows are visited in order; each writes row hq of the planes (p, a, b) for
+// every p and b. The input is read once per call, from memory: the rows an item after next reads are fetched.
 void phase_dict(const PhaseDictArgs& f, int64_t begin, int64_t end) {
   const int64_t S = f.sH * f.sW, C = f.C, P = f.P, s = f.sW;
   float xs[kPhaseDictMaxC * L];
   for (int64_t it = begin; it < end; ++it) {
-    const int64_t a = it / f.Hq, hq = it - a * f.Hq, h = hq * f.sH + a - f.pH;
+    const int64_t hq = it / f.sH, a = it - hq * f.sH, h = hq * f.sH + a - f.pH;
+    if (h + 2 < f.H && h + 2 >= 0)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t w = 0; w < f.W; w += 16) __builtin_prefetch(f.x + (c * f.H + h + 2) * f.W + w, 0, 3);
     for (int64_t b = 0; b < f.sW; ++b) {
       auto row = [&](int64_t p) { return f.B + ((p * S + a * f.sW + b) * f.Hq + hq) * f.Wq; };
       if (h < 0 || h >= f.H) {
