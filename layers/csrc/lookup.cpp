@@ -2,27 +2,32 @@
 //
 // A lookup layer computes y = align(pad(dict(x))): `dict` is a 1x1 convolution onto P dictionary channels and
 // `align` a very sparse kH x kW convolution with stride (sH, sW). Inference runs it per image, in NCHW:
-//   1. the dictionary is a small GEMM of our own (register-blocked, 8 dictionary rows x up to 3 vectors of
-//      pixels); for stride 1 it writes straight into zero-bordered planes, for larger strides into a temporary
-//      that is then split into sH*sW stride phases, so that every tap of a strided convolution becomes a stride-1
-//      shift inside one phase plane;
+//   1. the dictionary is a small GEMM of our own (register-blocked: 8 dictionary rows x up to 3 vectors of pixels,
+//      about the machine's peak); for stride 1 it writes straight into zero-bordered planes, for larger strides
+//      into a temporary that is then split into sH*sW stride phases, so that every tap of a strided convolution
+//      becomes a stride-1 shift inside one phase plane (over 3 input channels, the first layer's, the dictionary
+//      is computed straight into the phases);
 //   2. per output channel a CSR list of (flat plane offset, weight) taps; a tile of up to 8 SIMD vectors of
-//      adjacent positions of the padded plane is accumulated in registers, one broadcast-FMA per tap; the lanes
-//      that fall on padding columns are dropped when the tile is written (AVX-512: compressed in registers), and
-//      bias (folded batch norm), a residual input and ReLU are applied on the way out;
-//   3. a max pooling after the layer is folded into the output loop: a band of convolution rows of one channel
-//      is computed into a small per-thread scratch (it stays in L1/L2) and pooled from there, so the full-size
+//      adjacent positions of the padded plane is accumulated in registers, one broadcast-FMA per tap, tile by
+//      tile with all channels of a tile in a row (they read the same rows of the planes); the lanes that fall on
+//      padding columns are dropped when the tile is written (AVX-512: compressed in registers), and bias (folded
+//      batch norm), a residual input (the sum ending a residual block) and ReLU are applied on the way out. A big
+//      dictionary is taken in blocks of planes whose rows under a tile fit in L1, the partial sums kept aside;
+//   3. a max pooling after the layer is folded into the output loop: a band of convolution rows of a group of
+//      channels is computed into a small per-thread scratch (L2) and pooled from there, so the full-size
 //      convolution output never goes to memory; bias and ReLU are applied after the max (they are monotonic).
+// With a batch, each thread takes whole images (its planes stay in its caches); one image is split over threads.
 // Fully connected layers (the kernel covers the whole input) have a single output position: at batch 1 each
 // output is a gathered dot product of its taps; for a batch the dictionary responses are kept batch-innermost so
 // that one tap is one FMA over the whole batch. Their taps come block-major from lookup.py (for each block of
 // responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory while
 // the block's responses stay in L1 (batch 1) or L2. A fully connected dictionary (or dense layer) at batch 1 is
-// a matrix-vector product that skips zero inputs.
+// a matrix-vector product that skips zero inputs; dense 1x1 and fully connected layers otherwise use the GEMM.
 //
 // Determinism: every output element is computed by exactly one thread, with its sum always taken in the same
-// order (taps in CSR order, GEMM inputs from first to last), however the work is split: results are identical
-// for any torch.set_num_threads. All parallel loops go through at::parallel_for (torch's intra-op pool).
+// order (taps in CSR order, blocks in order, GEMM inputs from first to last), however the work is split: results
+// are identical for any torch.set_num_threads. All parallel loops go through at::parallel_for (torch's intra-op
+// thread pool).
 //
 // Instruction sets: the file is built with the compiler's baseline flags; the kernels (lookup_kernels.h) are
 // compiled three times under GCC target pragmas (AVX-512, AVX2+FMA, SSE2) and chosen at run time from CPUID, so
@@ -84,9 +89,9 @@ struct TapArgs {
   bool relu;
   const uint16_t* vmask;  // AVX-512 store: per column j of the padded row, lanes t with (j + t) % Wq < Wo
   const int32_t* dstart;  // ... and where the first of them lands relative to the row's output
-  PoolGeom pool;          // folded max pooling (pool.kH == 0: none), computed in bands of `band` pooled rows
-  int64_t band, nbands;   // for groups of `group` channels
-  int64_t group;
+  PoolGeom pool;          // folded max pooling (pool.kH == 0: none), computed in nbands bands of `band` pooled rows
+  int64_t band, nbands;
+  int64_t group;          // channels per item, with pooling or blocks of planes
 };
 
 struct PoolArgs {
@@ -267,7 +272,8 @@ void check_pool(const std::vector<int64_t>& pool) {
 
 PoolGeom pool_geom(const std::vector<int64_t>& pool, int64_t H, int64_t W) {
   check_pool(pool);
-  const PoolGeom g{pool[0], pool[1], pool[2], pool[3], pool[4], pool[5], pooled_size(H, pool[0], pool[2], pool[4], pool[6]),
+  const int64_t Ho = pooled_size(H, pool[0], pool[2], pool[4], pool[6]);
+  const PoolGeom g{pool[0], pool[1], pool[2], pool[3], pool[4], pool[5], Ho,
                    pooled_size(W, pool[1], pool[3], pool[5], pool[6])};
   TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "lookup kernels: max pooling window larger than its input");
   return g;
@@ -343,7 +349,9 @@ at::Tensor batch_innermost(const at::Tensor& x) {
 }
 
 // (N, O, 1, 1) view of an (O, N) buffer.
-at::Tensor from_batch_innermost(const at::Tensor& y) { return y.view({y.size(0), y.size(1), 1, 1}).permute({1, 0, 2, 3}); }
+at::Tensor from_batch_innermost(const at::Tensor& y) {
+  return y.view({y.size(0), y.size(1), 1, 1}).permute({1, 0, 2, 3});
+}
 
 // A residual laid out like the output: (N, O, Ho, Wo) contiguous, or (O, N) for a batch of one position.
 at::Tensor residual_like(const std::optional<at::Tensor>& residual, int64_t N, int64_t O, int64_t Ho, int64_t Wo,
@@ -508,8 +516,8 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   }
   a.out = out.data_ptr<float>();
   const bool padded = pH || pW;
-  const int64_t gemm_items =
-      ((P + kMR - 1) / kMR) * ((H * W + isa.gemm_cols - 1) / isa.gemm_cols), gemm_work = C * kMR * isa.gemm_cols / isa.lanes;
+  const int64_t gemm_items = ((P + kMR - 1) / kMR) * ((H * W + isa.gemm_cols - 1) / isa.gemm_cols);
+  const int64_t gemm_work = C * kMR * isa.gemm_cols / isa.lanes;
   // One image; `par`: spread each stage over the threads (else the calling thread does all of it).
   auto image = [&](int64_t n, float* B, float* D, bool par) {
     auto run = [&](int64_t items, int64_t w, const auto& f) {
@@ -557,7 +565,8 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
 // A dense convolution whose kernel is 1x1 (any stride, no padding) or covers its whole input (a fully connected
 // layer): y = W x + bias with our GEMM (or, for one input vector, the product that skips zero inputs, given the
 // transposed weight w_t), then residual, ReLU and max pooling. geom = [kH, kW, sH, sW, O].
-at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pack, const std::optional<at::Tensor>& w_t,
+at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pack,
+                      const std::optional<at::Tensor>& w_t,
                       const at::Tensor& bias, std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
                       const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
@@ -574,7 +583,8 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
     const int64_t K = C * H * W;
     if (N == 1 && w_t.has_value()) {
       check_float(*w_t, "transposed weight");
-      TORCH_CHECK(w_t->dim() == 2 && w_t->size(0) == K && w_t->size(1) == O, "dense conv: transposed weight must be (K, O)");
+      TORCH_CHECK(w_t->dim() == 2 && w_t->size(0) == K && w_t->size(1) == O,
+                  "dense conv: transposed weight must be (K, O)");
       at::Tensor xc = x.contiguous();
       out = at::empty({1, O, 1, 1}, x.options());
       float* y = out.data_ptr<float>();
@@ -592,8 +602,9 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
       at::Tensor y = at::empty({O, N}, x.options());
       at::Tensor res;
       if (residual.has_value()) res = residual_like(residual, N, O, 1, 1, true);
-      const GemmArgs g{packed_data(w_pack, O, K, "weight"), O, K, xt.data_ptr<float>(), N, 0, N, 1, y.data_ptr<float>(), N, 0,
-                       0, 0, 0, bias.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, post_relu};
+      const GemmArgs g{packed_data(w_pack, O, K, "weight"), O, K, xt.data_ptr<float>(), N, 0, N, 1,
+                       y.data_ptr<float>(), N, 0, 0, 0, 0, bias.data_ptr<float>(),
+                       res.defined() ? res.data_ptr<float>() : nullptr, post_relu};
       run_gemm(g);
       out = from_batch_innermost(y);
     }
