@@ -172,14 +172,16 @@ class LookupConv2d(nn.Module):
     """Inference form of a convolution block: conv [+ batch norm] [+ ReLU] [+ max pooling].
 
     A block made from a PooledSpatialConvolution keeps its sparse form (dictionary weight and a CSR list of align
-    taps, batch norm folded into tap values and bias) and runs either the lookup kernel (`path='lookup'`) or the
-    dense convolution obtained by folding dictionary and align weights into one kernel (`path='dense'`). A block
-    made from a plain convolution only has the dense form. Everything is a buffer: the layer is inference-only.
+    taps, batch norm folded into tap values and bias) and runs either the lookup kernel ('lookup') or the dense
+    convolution obtained by folding dictionary and align weights into one kernel ('dense'): `path` for a single
+    image, `batch_path` for a batch (a fully connected layer can be bound by reading its weights at batch 1 and by
+    arithmetic on a batch, where the dense form's GEMM may win). A block made from a plain convolution only has the
+    dense form. Everything is a buffer: the layer is inference-only.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias, dict_weight=None,
                  rowptr=None, taps=None, values=None, dense_weight=None, groups=1, dilation=1, relu=False,
-                 pool=None, path=None, backend_name=None, source='', fused=()):
+                 pool=None, path=None, batch_path=None, backend_name=None, source='', fused=()):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
@@ -201,8 +203,7 @@ class LookupConv2d(nn.Module):
         self._cache = {}
         self._geom = [*self.kernel_size, *self.stride, *self.padding]
         self._pool_list = list(self.pool) if self.pool else []
-        self.path = path or ('lookup' if self.has_lookup else 'dense')
-        self.set_path(self.path)
+        self.set_path(path or ('lookup' if self.has_lookup else 'dense'), batch_path)
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -247,19 +248,26 @@ class LookupConv2d(nn.Module):
 
     # -- paths --------------------------------------------------------------------------------------------------
 
-    def set_path(self, path):
-        """Switch between 'lookup' and 'dense'; the dense kernel is folded from the sparse form when needed."""
-        if path not in ('lookup', 'dense'):
-            raise LookupInferenceError(f"unknown path '{path}': use lookup or dense")
-        if path == 'lookup' and not self.has_lookup:
-            raise LookupInferenceError(f'{self.source or "layer"} is a plain convolution: it has no lookup form')
-        if path == 'dense' and self.dense_weight is None:
+    def set_path(self, path, batch_path=None):
+        """Choose 'lookup' or 'dense' for a single image (`path`) and for a batch (`batch_path`, default the same);
+        the dense kernel is folded from the sparse form when one of them needs it."""
+        batch_path = batch_path or path
+        for p in (path, batch_path):
+            if p not in ('lookup', 'dense'):
+                raise LookupInferenceError(f"unknown path '{p}': use lookup or dense")
+            if p == 'lookup' and not self.has_lookup:
+                raise LookupInferenceError(f'{self.source or "layer"} is a plain convolution: it has no lookup form')
+        if 'dense' in (path, batch_path) and self.dense_weight is None:
             self.dense_weight = self.folded_weight()
-        if path == 'lookup' and self.has_lookup:
+        if 'dense' not in (path, batch_path):
             self.dense_weight = None
-        self.path = path
+        self.path, self.batch_path = path, batch_path
         self._cache = {}
         return self
+
+    def path_for(self, batch):
+        """The form this layer runs at a batch size."""
+        return self.path if batch == 1 else self.batch_path
 
     def folded_weight(self):
         """The dense kernel equal to dictionary followed by align taps: W[o, c, u, v] = sum_d A[o, d, u, v] D[d, c]."""
@@ -360,7 +368,7 @@ class LookupConv2d(nn.Module):
     def forward(self, x, residual=None):
         """The block's output; `residual` (shaped like the output) is added before the ReLU, as in a residual
         block whose sum this layer ends (see LookupResidual)."""
-        return self._run(x, residual, self.path)
+        return self._run(x, residual, self.path_for(x.shape[0]))
 
     def _run(self, x, residual, path):
         x = x.detach()
@@ -411,7 +419,7 @@ class LookupConv2d(nn.Module):
             s += f', dictionary {self.dict_weight.shape[0]}, {100 * density:.2f}% taps'
         if self.fused:
             s += ', fused ' + '+'.join(self.fused)
-        return s + f', path {self.path}'
+        return s + f', path {self.path}' + (f', batch path {self.batch_path}' if self.batch_path != self.path else '')
 
 
 class LookupResidual(nn.Module):
@@ -567,10 +575,11 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
 
     path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer by timing both forms of
     each layer on the input it gets inside the network (medians of `repeats` alternating runs) and keeping the
-    faster. The input is `example_input`, or else random inputs at the network's input size (SYNTHETIC_SIZE, lcnn's
-    -cropSize default, with the first layer's channel count) at each batch size of SYNTHETIC_BATCHES, the lookup
-    form kept only where it wins at all of them; a network that does not take that size falls back to a
-    multiplication count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see `resolve_backend()`). Outputs
+    faster. The input is `example_input` (its choice holds for single images and batches alike), or else random
+    inputs at the network's input size (SYNTHETIC_SIZE, lcnn's -cropSize default, with the first layer's channel
+    count) at the batch sizes of SYNTHETIC_BATCHES: the first decides a layer's form for single images (`path`),
+    the second for batches (`batch_path`); a network that does not take that size falls back to a multiplication
+    count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see `resolve_backend()`). Outputs
     equal the eval-mode model up to float rounding (batch norm is folded)."""
     if path not in ('auto', 'lookup', 'dense'):
         raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
@@ -598,15 +607,20 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
     else:
         runs = [_capture_inputs(compiled, example_input)]
     for layer in layers:
-        times = [_measure(layer, inputs[layer], repeats) for inputs in runs if layer in inputs]
-        if times:
-            layer.set_path('lookup' if all(lookup <= dense for dense, lookup in times) else 'dense')
+        faster = []
+        for inputs in runs:
+            if layer in inputs:
+                dense, lookup = _measure(layer, inputs[layer], repeats)
+                faster.append('lookup' if lookup <= dense else 'dense')
+        if faster:
+            # One example decides both; the synthetic batch of one decides `path`, the batch `batch_path`.
+            layer.set_path(faster[0], faster[-1])
     return compiled
 
 
-# Height and width of the random input `compile` times layers on when it is given no example (lcnn's -cropSize
-# default, the size the ImageNet models of both Lua repositories take), and its batch sizes: a layer keeps its
-# lookup form only if that is faster at each of them, so that the choice holds for single images and batches.
+# Height and width of the random inputs `compile` times layers on when it is given no example (lcnn's -cropSize
+# default, the size the ImageNet models of both Lua repositories take), and their batch sizes: one image, and a
+# batch standing for all others.
 SYNTHETIC_SIZE = 224
 SYNTHETIC_BATCHES = (1, 16)
 
@@ -657,27 +671,28 @@ def time_layers(model, example_input, repeats=20):
     compiled.eval()
     inputs = _capture_inputs(compiled, example_input)
     rows = []
+    batch = example_input.shape[0]
     for layer in lookup_layers(compiled):
         if layer not in inputs:
             continue
-        chosen = layer.path
+        chosen = (layer.path, layer.batch_path)
         dense, lookup = _measure(layer, inputs[layer], repeats)
-        layer.set_path(chosen)
+        layer.set_path(*chosen)
         x = inputs[layer]
         (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
         what = f'{layer.in_channels}->{layer.out_channels} {kh}x{kw}/{sh}'
         for lua in layer.fused:
             what += '+' + _SHORT.get(lua.split('.')[-1], lua.split('.')[-1])
         rows.append(LayerTiming(f'{layer.source or "model"} ({what}, in {x.shape[2]}x{x.shape[3]})', dense, lookup,
-                                layer.path))
-    chosen = {layer: layer.path for layer in lookup_layers(compiled)}
+                                layer.path_for(batch)))
+    chosen = {layer: (layer.path, layer.batch_path) for layer in lookup_layers(compiled)}
     try:
         for layer in chosen:
             layer.set_path('dense')
         dense_total = _time_ms(lambda: compiled(example_input), repeats)
     finally:
-        for layer, p in chosen.items():
-            layer.set_path(p)
+        for layer, paths in chosen.items():
+            layer.set_path(*paths)
     compiled_total = _time_ms(lambda: compiled(example_input), repeats)
     rows.append(LayerTiming('total (whole network)', dense_total, compiled_total, 'as compiled'))
     return rows
@@ -702,7 +717,7 @@ def format_timing(rows):
 
 
 _FORMAT = 'lcnn-lookup-inference'
-_VERSION = 2  # 2: LookupResidual nodes
+_VERSION = 2  # 2: LookupResidual nodes, batch_path
 
 
 def _none_to(v, default):
@@ -743,7 +758,7 @@ def _write_node(group, module, where):
         kind = 'LookupConv2d'
         m = module
         for a in ('in_channels', 'out_channels', 'kernel_size', 'stride', 'padding', 'dilation', 'groups', 'relu',
-                  'path', 'source'):
+                  'path', 'batch_path', 'source'):
             group.attrs[a] = getattr(m, a)
         group.attrs['pool'] = np.array(m.pool or (), dtype=np.int64)
         group.attrs['fused'] = '+'.join(m.fused)
@@ -895,7 +910,8 @@ def _read_node(group, backend_name):
         m = LookupConv2d(int(a['in_channels']), int(a['out_channels']), (kh, kw), tup('stride'), tup('padding'),
                          bias=_tensor(group, 'bias'), dense_weight=_tensor(group, 'dense_weight'),
                          groups=int(a['groups']), dilation=tup('dilation'), relu=bool(a['relu']),
-                         pool=tup('pool') or None, path=str(a['path']), backend_name=backend_name,
+                         pool=tup('pool') or None, path=str(a['path']),
+                         batch_path=str(a['batch_path']) if 'batch_path' in a else None, backend_name=backend_name,
                          source=str(a['source']), fused=[t for t in str(a['fused']).split('+') if t], **sparse)
     else:
         raise LookupInferenceError(f'load: unknown module type {kind!r} in {group.name}; the file was written by a '

@@ -324,7 +324,7 @@ def test_compile_leaves_model_untouched(cpp):
 
 def test_compile_without_example_times_a_synthetic_input(cpp, monkeypatch):
     """No example input: each layer is timed on what it gets from random inputs at 224x224 (the first layer's
-    channel count), one image and a batch of 16; the lookup form stays where it wins at both."""
+    channel count), one image and a batch of 16, which decide its form for single images and for batches."""
     gen = torch.Generator().manual_seed(4)
     model = nn.Sequential(psc(3, 8, 11, 4, 2, 3, 0.05, gen), nn.ReLU(), nn.MaxPool2d(3, 2),
                           psc(8, 16, 5, 1, 2, 6, 0.05, gen), psc(16, 16, 3, 1, 1, 6, 0.05, gen)).eval()
@@ -340,7 +340,17 @@ def test_compile_without_example_times_a_synthetic_input(cpp, monkeypatch):
     compiled = lookup.compile(model)
     assert sorted(seen) == sorted([('0', (1, 3, 224, 224)), ('3', (1, 8, 27, 27)), ('4', (1, 16, 27, 27)),
                                    ('0', (16, 3, 224, 224)), ('3', (16, 8, 27, 27)), ('4', (16, 16, 27, 27))])
-    assert [m.path for m in lookup.lookup_layers(compiled)] == ['lookup', 'dense', 'dense']
+    layers = lookup.lookup_layers(compiled)
+    assert [(m.path, m.batch_path) for m in layers] == [('lookup', 'lookup'), ('dense', 'lookup'), ('lookup', 'dense')]
+    used = []
+    for m in layers:
+        run = m._run
+        m._run = lambda x, residual, path, run=run: used.append(path) or run(x, residual, path)
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, 224, 224, generator=gen)
+        with torch.no_grad():
+            close(compiled(x), model(x))
+    assert used == ['lookup', 'dense', 'lookup', 'lookup', 'lookup', 'dense']
 
 
 def test_cost_model_when_the_network_refuses_the_synthetic_size(cpp):
@@ -502,9 +512,11 @@ def test_hdf5_round_trip(cpp, tmp_path, maker):
                     generator=gen)
     compiled = lookup.compile(model, path='lookup')
     lookup.lookup_layers(compiled)[1].set_path('dense')  # a folded lookup layer is stored in its sparse form
+    lookup.lookup_layers(compiled)[2].set_path('lookup', 'dense')
     lookup.export(compiled, tmp_path / 'net.h5')
     loaded = lookup.load(tmp_path / 'net.h5')
-    assert [m.path for m in lookup.lookup_layers(loaded)] == [m.path for m in lookup.lookup_layers(compiled)]
+    paths = lambda m: [(layer.path, layer.batch_path) for layer in lookup.lookup_layers(m)]
+    assert paths(loaded) == paths(compiled)
     with torch.no_grad():
         assert torch.equal(loaded(x), compiled(x))
         close(loaded(x), model(x))
