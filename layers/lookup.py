@@ -200,10 +200,16 @@ class LookupConv2d(nn.Module):
         self.register_buffer('dense_weight', None if dense_weight is None else dense_weight.detach().float())
         self.backend = resolve_backend(backend_name)
         self._offsets = {}
-        self._cache = {}
+        self._cache, self._calls = {}, {}
         self._geom = [*self.kernel_size, *self.stride, *self.padding]
         self._pool_list = list(self.pool) if self.pool else []
         self.set_path(path or ('lookup' if self.has_lookup else 'dense'), batch_path)
+
+    def __getstate__(self):
+        # The prepared calls are closures (not picklable) and, like the derived weights, rebuilt on first use.
+        state = self.__dict__.copy()
+        state['_calls'], state['_cache'], state['_offsets'] = {}, {}, {}
+        return state
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -262,7 +268,7 @@ class LookupConv2d(nn.Module):
         if 'dense' not in (path, batch_path):
             self.dense_weight = None
         self.path, self.batch_path = path, batch_path
-        self._cache = {}
+        self._cache, self._calls = {}, {}
         return self
 
     def path_for(self, batch):
@@ -327,8 +333,8 @@ class LookupConv2d(nn.Module):
     def _plain(self):
         return self.padding == (0, 0) and self.groups == 1 and self.dilation == (1, 1)
 
-    def _dense(self, x, residual):
-        n, c, h, w = x.shape
+    def _dense_call(self, n, h, w):
+        """The dense form for inputs of batch n and size h x w, as a function of (x, residual)."""
         covers = self._covers_input(h, w)
         if self.backend == 'cpp' and (covers or (self.kernel_size == (1, 1) and self._plain())):
             weight = self.dense_weight.view(self.out_channels, -1)
@@ -337,14 +343,16 @@ class LookupConv2d(nn.Module):
                 packed, wt = None, self._cached('dense_t', lambda: weight.t().contiguous())
             else:
                 packed, wt = self._cached('dense_pack', lambda: _pack_rows(weight)), None
-            return torch.ops.lcnn_lookup.dense(x, packed, wt, self.bias, [*self.kernel_size, *self.stride,
-                                               self.out_channels], self.relu, self._pool_list, residual)
+            args = (packed, wt, self.bias, [*self.kernel_size, *self.stride, self.out_channels], self.relu,
+                    self._pool_list)
+            return lambda x, residual: torch.ops.lcnn_lookup.dense(x, *args, residual)
         if covers:
             # oneDNN's convolution of a kernel covering its input is ~10x slower than this product.
-            y = F.linear(x.reshape(n, -1), self.dense_weight.view(self.out_channels, -1), self.bias)
-            return self._post(y.view(n, self.out_channels, 1, 1), residual)
-        y = F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return self._post(y, residual)
+            weight = self.dense_weight.view(self.out_channels, -1)
+            return lambda x, residual: self._post(F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(
+                x.shape[0], self.out_channels, 1, 1), residual)
+        return lambda x, residual: self._post(F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding,
+                                                       self.dilation, self.groups), residual)
 
     def _lookup_torch(self, x, residual):
         n, _, h, w = x.shape
@@ -371,15 +379,24 @@ class LookupConv2d(nn.Module):
         return self._run(x, residual, self.path_for(x.shape[0]))
 
     def _run(self, x, residual, path):
-        x = x.detach()
+        if x.requires_grad:
+            x = x.detach()
         if x.dtype != torch.float32 or x.dim() != 4:
             raise LookupInferenceError(f'{self.source or "lookup layer"}: expected a 4-D float32 input, got '
                                        f'{x.dim()}-D {x.dtype}')
-        if path == 'dense':
-            return self._dense(x, residual)
-        if self.backend == 'torch':
-            return self._lookup_torch(x, residual)
         n, _, h, w = x.shape
+        # The call for this form and input shape is built once: at batch 1 the Python around a kernel would
+        # otherwise cost a good part of a small layer's time.
+        key = (path, n == 1, h, w)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = self._dense_call(n, h, w) if path == 'dense' else self._lookup_call(n, h, w)
+        return call(x, residual)
+
+    def _lookup_call(self, n, h, w):
+        """The lookup form for inputs of batch n and size h x w, as a function of (x, residual)."""
+        if self.backend == 'torch':
+            return self._lookup_torch
         dictionary = self.dict_weight
         if n == 1 and (h, w) == (1, 1) and self._covers_input(h, w):
             # A fully connected dictionary at batch 1: the product that skips zero inputs, on the transpose.
@@ -390,8 +407,9 @@ class LookupConv2d(nn.Module):
             rowptr, offsets, values = self._cached('fc_taps', lambda: self._block_major(h, w))
         else:
             rowptr, offsets, values = self.rowptr, self._tap_offsets(h, w), self.values
-        return torch.ops.lcnn_lookup.conv(x, packed, dt, rowptr, offsets, values, self.bias,
-                                          self._geom + [dictionary.shape[0]], self.relu, self._pool_list, residual)
+        args = (packed, dt, rowptr, offsets, values, self.bias, self._geom + [dictionary.shape[0]], self.relu,
+                self._pool_list)
+        return lambda x, residual: torch.ops.lcnn_lookup.conv(x, *args, residual)
 
     def _block_major(self, h, w):
         """The taps of a fully connected use reordered block-major: for each block of _FC_BLOCK dictionary
@@ -432,11 +450,12 @@ class LookupResidual(nn.Module):
         self.body, self.shortcut = body, shortcut
 
     def forward(self, x):
-        residual = self.shortcut(x)
-        layers = list(self.body) if isinstance(self.body, nn.Sequential) else [self.body]
-        for m in layers[:-1]:
+        residual = x if type(self.shortcut) is nn.Identity else self.shortcut(x)
+        layers = self.body._modules.values() if isinstance(self.body, nn.Sequential) else [self.body]
+        *head, last = layers
+        for m in head:
             x = m(x)
-        return layers[-1](x, residual)
+        return last(x, residual)
 
 
 # ----------------------------------------------------------------------------------------------------------------

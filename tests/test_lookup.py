@@ -1,5 +1,7 @@
 """Tests of layers/lookup.py and layers/csrc/lookup.cpp: the fast lookup inference engine (issue 7)."""
+import copy
 import lzma
+import pickle
 import random
 import warnings
 from pathlib import Path
@@ -310,6 +312,18 @@ def test_resnet_lcnn_shaped(cpp, density):
         close(lookup.compile(model, path='lookup')(x), ref)
         close(lookup.compile(model, path='dense')(x), ref)
         close(lookup.compile(model)(x[:1]), model(x[:1]))
+
+
+def test_compiled_model_copies(cpp):
+    """Prepared per-shape calls are closures: copies (deepcopy, pickling, as multiprocessing does) rebuild them."""
+    gen = torch.Generator().manual_seed(18)
+    model = resnet_lcnn_small(0.1, gen)
+    compiled = lookup.compile(model, path='lookup')
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        out = compiled(x)  # prepares the calls and derived weights first
+        for again in (copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled))):
+            assert torch.equal(again(x), out)
 
 
 def test_compile_leaves_model_untouched(cpp):
