@@ -34,11 +34,13 @@
 // a build cached on one machine never executes unsupported instructions on another.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/FunctionRef.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -247,6 +249,44 @@ template <typename F>
 void parallel_items(int64_t items, int64_t work_per_item, const F& f) {
   const int64_t grain = std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, work_per_item));
   at::parallel_for(0, items, grain, f);
+}
+
+// Items of one step of a layer, and the work of one item in vector operations.
+struct Stage {
+  int64_t items, work;
+  c10::function_ref<void(int64_t, int64_t)> fn;
+};
+
+// Stages run in order, each complete before the next starts (the taps read what the dictionary wrote). With
+// several threads they share one parallel region instead of one each (a small layer at batch 1 would spend much of
+// its time starting regions): threads take chunks of a stage's items as they come, then wait until all of that
+// stage's items are done. Which thread computes an item never changes its result.
+void run_stages(std::initializer_list<Stage> stages, bool par) {
+  const int64_t threads = par ? at::get_num_threads() : 1;
+  bool split = false;
+  for (const Stage& st : stages)
+    split = split || st.items > std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work));
+  if (threads == 1 || !split) {
+    for (const Stage& st : stages)
+      if (st.items > 0) st.fn(0, st.items);
+    return;
+  }
+  std::vector<std::atomic<int64_t>> next(stages.size()), done(stages.size());
+  for (size_t i = 0; i < stages.size(); ++i) next[i] = done[i] = 0;
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    size_t i = 0;
+    for (const Stage& st : stages) {
+      // Chunks of a few tasks' worth per thread, so that one slow thread leaves its share to the others.
+      const int64_t grain = std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work) / 4);
+      for (int64_t b; (b = next[i].fetch_add(grain)) < st.items;) {
+        const int64_t e = std::min(st.items, b + grain);
+        st.fn(b, e);
+        done[i].fetch_add(e - b);
+      }
+      while (done[i].load(std::memory_order_acquire) < st.items) _mm_pause();
+      ++i;
+    }
+  });
 }
 
 void run_gemm(const GemmArgs& g) {
@@ -518,33 +558,31 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   const bool padded = pH || pW;
   const int64_t gemm_items = ((P + kMR - 1) / kMR) * ((H * W + isa.gemm_cols - 1) / isa.gemm_cols);
   const int64_t gemm_work = C * kMR * isa.gemm_cols / isa.lanes;
-  // One image; `par`: spread each stage over the threads (else the calling thread does all of it).
+  // One image; `par`: spread it over the threads (else the calling thread does all of it).
   auto image = [&](int64_t n, float* B, float* D, bool par) {
-    auto run = [&](int64_t items, int64_t w, const auto& f) {
-      if (par) parallel_items(items, w, f);
-      else f(0, items);
-    };
     const float* xn = xc.data_ptr<float>() + n * C * H * W;
-    if (S == 1) {
-      if (padded) zero_borders(B, P, Hp, Wp, H, W, pH, pW);
-      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, B, Hp * Wp, 0, padded ? W : 0, Wp,
-                       pH * Wp + pW, nullptr, nullptr, false};
-      run(gemm_items, gemm_work, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
-    } else if (C <= kPhaseDictMaxC) {
-      const PhaseDictArgs f{xn, A, B, C, P, H, W, sH, sW, pH, pW, Hq, Wq};
-      run(sH * Hq, P * Wq * C, [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); });
-    } else {
-      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, D, H * W, 0, 0, 0, 0, nullptr,
-                       nullptr, false};
-      run(gemm_items, gemm_work, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
-      const PhaseArgs f{D, B, P, H, W, sH, sW, pH, pW, Hq, Wq};
-      run(P * S * Hq, Wq, [&](int64_t b, int64_t e) { isa.phases(f, b, e); });
-    }
+    if (S == 1 && padded) zero_borders(B, P, Hp, Wp, H, W, pH, pW);
     std::memset(B + img, 0, sizeof(float) * pad);
     TapArgs t = a;
     t.buf = B;
     const int64_t first = n * per_image;
-    run(per_image, work, [&](int64_t b, int64_t e) { taps(t, first + b, first + e); });
+    auto run_taps = [&](int64_t b, int64_t e) { taps(t, first + b, first + e); };
+    if (S == 1) {
+      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, B, Hp * Wp, 0, padded ? W : 0, Wp,
+                       pH * Wp + pW, nullptr, nullptr, false};
+      auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
+      run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
+    } else if (C <= kPhaseDictMaxC) {
+      const PhaseDictArgs f{xn, A, B, C, P, H, W, sH, sW, pH, pW, Hq, Wq};
+      auto dict = [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); };
+      run_stages({{sH * Hq, P * Wq * C, dict}, {per_image, work, run_taps}}, par);
+    } else {
+      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, D, H * W, 0, 0, 0, 0, nullptr, nullptr, false};
+      const PhaseArgs f{D, B, P, H, W, sH, sW, pH, pW, Hq, Wq};
+      auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
+      auto split = [&](int64_t b, int64_t e) { isa.phases(f, b, e); };
+      run_stages({{gemm_items, gemm_work, gemm}, {P * S * Hq, Wq, split}, {per_image, work, run_taps}}, par);
+    }
   };
   const int64_t threads = at::get_num_threads();
   if (N > 1 && (N % threads == 0 || N >= 4 * threads)) {
