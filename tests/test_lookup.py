@@ -1,4 +1,4 @@
-"""Tests of layers/lookup.py and layers/csrc/lookup.cpp: the fast lookup inference engine (issue 7)."""
+"""Tests of layers/lookup.py and layers/csrc/lookup.cpp: the fast lookup inference engine (issues 7, 13)."""
 import copy
 import lzma
 import pickle
