@@ -1,4 +1,4 @@
-"""Wall-clock benchmark of layers/lookup.py's compiled lookup inference against dense eager PyTorch (issue 7).
+"""Wall-clock benchmark of layers/lookup.py's compiled lookup inference against dense eager PyTorch (issues 7, 13).
 
 No Lua counterpart: lcnn only counted multiplications (benchmark/PerformanceModule.lua).
 Compares, in one run, median milliseconds per forward (steady state: blocks of repeated forwards after warm-up,
@@ -9,14 +9,17 @@ dense and lookup blocks alternating so that load from other processes hits both 
     for LCNN-fast (dictionaries 3,30,30,30,30,512,512) and LCNN-accurate (3,500,500,500,30,1024,1024);
   * dense ResNet-18 (models.create 'resnet') vs the compiled ResNet-18-LCNN (models.create 'resnet-lcnn'),
     fast (firstPool 3, pool1-4 = 8) and accurate (firstPool 3, pool1-4 = 128);
-at batch 1 and 16, with torch threads = 1 and again at the machine's core count. Align weights get one uniform
+at batch 1 and 16, with torch threads = 1 and again at the machine's core count (both models at the same count).
+The lookup model is compiled with the timed batch as example input, and once without any example (layers timed
+on a synthetic input, `lookup.compile(model)`): both are timed. Align weights get one uniform
 density per network, chosen so that the whole network needs the target factor fewer multiplications than its
 dense equivalent (counted as lcnn's benchmark counts them: dictionary over the padded input, align taps scaled by
 their density; paper targets: AlexNet 31x / 3.2x as in the issue, ResNet-18 29.2x / 5.0x). The
-table shows ms, speedup, the counted multiplication ratio and speedup / ratio; then per-layer tables
-(layers.lookup.time_layers) show where the time goes.
+table shows ms, speedup, the counted multiplication ratio and speedup / ratio; a second table compares the
+thread counts (speedup at all cores over speedup at 1, and the lookup engine's own gain); then per-layer tables
+(layers.lookup.time_layers) show where the time goes. Each table prints the machine's load average.
 
-Run: .venv/bin/python benchmarks/lookup_speed.py [--repeats N] [--quick]
+Run: .venv/bin/python benchmarks/lookup_speed.py [--repeats N] [--quick] [--nets ...] [--batches ...] [--threads ...]
 """
 import argparse
 import os
@@ -180,53 +183,86 @@ def build(family, config, gen):
     return lcnn, density, dense_total / lcnn_total
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--repeats', type=int, default=30, help='timed forwards per measurement (median)')
-    parser.add_argument('--quick', action='store_true', help='AlexNet only, batch 1, 1 thread')
+    parser.add_argument('--repeats', type=int, default=30, help='timed forwards per measurement at batch 1 (median)')
+    parser.add_argument('--quick', action='store_true', help='AlexNet only, batch 1, 1 thread, no per-layer tables')
+    parser.add_argument('--nets', default='all',
+                        help="comma-separated subset of 'AlexNet LCNN-fast', ... (family or full name); default all")
+    parser.add_argument('--batches', default='1,16', help='batch sizes (default 1,16)')
+    parser.add_argument('--threads', default='1,all', help="thread counts, 'all' = the machine's cores (default 1,all)")
+    parser.add_argument('--no-layers', action='store_true', help='leave out the per-layer tables')
     args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    args.batches = [int(b) for b in args.batches.split(',')]
+    args.threads = sorted({cores if t == 'all' else int(t) for t in args.threads.split(',')})
+    names = [f'{family} {config}' for family in CONFIGS for config in CONFIGS[family]]
+    wanted = names if args.nets == 'all' else [n for n in names if any(w.strip() in n for w in args.nets.split(','))]
+    if not wanted:
+        raise SystemExit(f"--nets {args.nets}: none of {', '.join(names)}")
+    args.nets = wanted
+    if args.quick:
+        args.nets, args.batches, args.threads, args.no_layers = [names[0], names[1]], [1], [1], True
+    return args
+
+
+def main():
+    args = parse_args()
     gen = torch.Generator().manual_seed(0)
     torch.set_num_threads(1)
-    print(f'lookup kernels: backend {lookup.resolve_backend()}'
-          + (f', {torch.ops.lcnn_lookup.isa()}' if lookup.resolve_backend() == 'cpp' else '')
+    backend = lookup.resolve_backend()
+    print(f'lookup kernels: backend {backend}' + (f', {torch.ops.lcnn_lookup.isa()}' if backend == 'cpp' else '')
           + f'; torch {torch.__version__}; {os.cpu_count()} cores')
-    dense_models = {'AlexNet': calibrate(alexnet_dense(), gen), 'ResNet-18': calibrate(resnet18(), gen)}
-    families = ['AlexNet'] if args.quick else ['AlexNet', 'ResNet-18']
-    lcnn_models = {}
-    for family in families:
-        for config in CONFIGS[family]:
-            lcnn_models[family, config] = build(family, config, gen)
-            print(f'{family} {config}: uniform align density {100 * lcnn_models[family, config][1]:.3f}%')
-    thread_counts = [1] if args.quick else sorted({1, os.cpu_count() or 1})
-    batches = [1] if args.quick else [1, 16]
-    per_layer = []
-    for threads in thread_counts:
+    families = sorted({name.split()[0] for name in args.nets}, key=list(CONFIGS).index)
+    dense_models = {f: calibrate(alexnet_dense() if f == 'AlexNet' else resnet18(), gen) for f in families}
+    lcnn_models, no_example = {}, {}
+    for name in args.nets:
+        family, config = name.split()
+        lcnn_models[name] = build(family, config, gen)
+        # Compiled once without an example input: every layer timed on a synthetic input, whatever the batch.
+        no_example[name] = lookup.compile(lcnn_models[name][0])
+        print(f'{name}: uniform align density {100 * lcnn_models[name][1]:.3f}%')
+    results, per_layer = {}, []
+    for threads in args.threads:
         torch.set_num_threads(threads)
         rows = []
-        for family in families:
-            for batch in batches:
+        for name in args.nets:
+            family = name.split()[0]
+            lcnn, _, ratio = lcnn_models[name]
+            for batch in args.batches:
                 x = torch.randn(batch, 3, 224, 224, generator=gen)
-                for config in CONFIGS[family]:
-                    lcnn, _, ratio = lcnn_models[family, config]
-                    compiled = lookup.compile(lcnn, x)
-                    repeats = args.repeats if batch == 1 else max(5, args.repeats // 3)
-                    dense_ms, lookup_ms = block_medians([lambda: dense_models[family](x), lambda: compiled(x)],
-                                                        repeats)
-                    speedup = dense_ms / lookup_ms
-                    rows.append((f'{family} {config}', batch, dense_ms, lookup_ms, speedup, ratio, speedup / ratio))
-                    if threads == 1 and family == 'AlexNet' and (config == 'LCNN-fast' or batch == 1):
-                        per_layer.append((f'{family} {config}, batch {batch}, 1 thread',
-                                          lookup.time_layers(compiled, x, repeats=repeats)))
+                compiled = lookup.compile(lcnn, x)
+                repeats = args.repeats if batch == 1 else max(6, args.repeats // 3)
+                dense_ms, lookup_ms, plain_ms = block_medians(
+                    [lambda: dense_models[family](x), lambda: compiled(x), lambda: no_example[name](x)], repeats)
+                results[name, batch, threads] = (dense_ms, lookup_ms)
+                speedup = dense_ms / lookup_ms
+                rows.append((name, batch, dense_ms, lookup_ms, plain_ms, speedup, ratio, speedup / ratio))
+                if threads == 1 and not args.no_layers and family == 'AlexNet' and (batch == 1 or 'fast' in name):
+                    per_layer.append((f'{name}, batch {batch}, 1 thread',
+                                      lookup.time_layers(compiled, x, repeats=repeats)))
         load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
-        print(f'\ntorch threads = {threads}: median ms per forward (dense eager PyTorch vs compiled lookup); '
-              f'machine load average {load} on {os.cpu_count()} cores')
-        head = f'{"network":<24} {"batch":>5} {"dense ms":>9} {"lookup ms":>9} {"speedup":>8} {"mult ratio":>10} ' \
-               f'{"speedup/ratio":>13}'
+        print(f'\ntorch threads = {threads}: median ms per forward (dense eager PyTorch vs compiled lookup, compiled '
+              f'with the timed batch as example input / without one); machine load average {load} on '
+              f'{os.cpu_count()} cores')
+        head = f'{"network":<24} {"batch":>5} {"dense ms":>9} {"lookup ms":>9} {"no-ex ms":>9} {"speedup":>8} ' \
+               f'{"mult ratio":>10} {"speedup/ratio":>13}'
         print(head)
         print('-' * len(head))
-        for name, batch, dense_ms, lookup_ms, speedup, ratio, eff in rows:
-            print(f'{name:<24} {batch:>5} {dense_ms:>9.2f} {lookup_ms:>9.2f} {speedup:>7.2f}x {ratio:>9.1f}x '
-                  f'{eff:>13.2f}')
+        for name, batch, dense_ms, lookup_ms, plain_ms, speedup, ratio, eff in rows:
+            print(f'{name:<24} {batch:>5} {dense_ms:>9.2f} {lookup_ms:>9.2f} {plain_ms:>9.2f} {speedup:>7.2f}x '
+                  f'{ratio:>9.1f}x {eff:>13.2f}')
+    if len(args.threads) > 1:
+        top = args.threads[-1]
+        print(f'\n{top} threads against 1 (same run): speedup at {top} / speedup at 1, and the lookup engine\'s own '
+              f'gain (lookup ms at 1 / at {top})')
+        head = f'{"network":<24} {"batch":>5} {"speedup ratio":>13} {"lookup gain":>11}'
+        print(head)
+        print('-' * len(head))
+        for name in args.nets:
+            for batch in args.batches:
+                (d1, l1), (dn, ln) = results[name, batch, 1], results[name, batch, top]
+                print(f'{name:<24} {batch:>5} {(dn / ln) / (d1 / l1):>13.2f} {l1 / ln:>10.2f}x')
     torch.set_num_threads(1)
     for title, timing in per_layer:
         print(f'\nper layer, {title} (dense = folded dense conv in PyTorch; lookup = fused lookup kernel):')

@@ -2,12 +2,14 @@
 
 `compile(model)` turns every PooledSpatialConvolution (with the batch norm, ReLU and max pooling that follow it)
 into one fused inference layer that runs either the sparse lookup kernel of layers/csrc/lookup.cpp or the exactly
-equivalent dense convolution, whichever is faster; `time_layers` measures both per layer; `export` / `load` keep
-a compiled network in HDF5 without the training graph.
+equivalent dense convolution, whichever is faster, and each residual block into a LookupResidual whose sum and ReLU
+happen in its last convolution; `time_layers` measures both forms per layer; `export` / `load` keep a compiled
+network in HDF5 without the training graph.
 
-How the kernel works and why: see the header of layers/csrc/lookup.cpp. Activations between fused layers are
-kept batch-innermost in memory ((C, H, W, N), handed around as an NCHW-shaped view), which at batch 1 is plain
-NCHW; any other module sees an ordinary NCHW tensor.
+How the kernels work and why: see the header of layers/csrc/lookup.cpp. Convolutions take and give NCHW tensors;
+after a fully connected layer at batch > 1 the output is an NCHW-shaped view of (channels, batch) memory, which the
+next fully connected layer reads without a copy (any other module sees an ordinary tensor). The kernels split work
+over torch's intra-op threads (torch.set_num_threads) and give bit-identical results at any thread count.
 """
 import collections
 import copy
@@ -29,12 +31,13 @@ from layers import activation, containers, legacy, shape, tables
 from layers.ChannelInterlace import ChannelInterlace
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
-__all__ = ['LookupInferenceError', 'LookupConv2d', 'compile', 'time_layers', 'format_timing', 'export', 'load',
-           'resolve_backend', 'LayerTiming', 'lookup_layers']
+__all__ = ['LookupInferenceError', 'LookupConv2d', 'LookupResidual', 'compile', 'time_layers', 'format_timing',
+           'export', 'load', 'resolve_backend', 'LayerTiming', 'lookup_layers', 'SYNTHETIC_SIZE',
+           'SYNTHETIC_BATCHES']
 
-# A layer runs the lookup kernel without measurement when the dense equivalent needs at least this many times
-# more multiplications: the prototype study on this machine kind found that layers below ~3-4x lose to oneDNN's
-# dense convolution (the dictionary GEMM and the scatter cost more than their share of multiplications).
+# When `compile` can measure nothing (no example input, and the network refuses the synthetic one), a layer keeps
+# its lookup form when the dense equivalent needs at least this many times more multiplications: the prototype
+# study on this machine kind found that layers below ~3-4x lose to oneDNN's dense convolution.
 COST_MODEL_MIN_RATIO = 4.0
 
 _BACKEND_ENV = 'LCNN_LOOKUP_BACKEND'
@@ -148,18 +151,37 @@ def _time_ms(fn, repeats, warmup=2):
     return 1e3 * statistics.median(times)
 
 
+# Rows per panel of a GEMM operand, as layers/csrc/lookup.cpp reads it.
+_PANEL_ROWS = 8
+# Dictionary responses per block pass of a fully connected lookup layer: 16 KB, in L1 at batch 1 (its gathers),
+# and 256 KB (in L2) at batch 16, where each response is a row of the batch.
+_FC_BLOCK = 4096
+
+
+def _pack_rows(weight):
+    """An (M, K) matrix as the kernels' GEMM reads it: panels of 8 rows, each stored k-major (8 values per k),
+    rows past M zero."""
+    m, k = weight.shape
+    rows = -(-m // _PANEL_ROWS) * _PANEL_ROWS
+    padded = torch.zeros(rows, k, dtype=torch.float32)
+    padded[:m] = weight
+    return padded.view(rows // _PANEL_ROWS, _PANEL_ROWS, k).transpose(1, 2).contiguous()
+
+
 class LookupConv2d(nn.Module):
     """Inference form of a convolution block: conv [+ batch norm] [+ ReLU] [+ max pooling].
 
     A block made from a PooledSpatialConvolution keeps its sparse form (dictionary weight and a CSR list of align
-    taps, batch norm folded into tap values and bias) and runs either the lookup kernel (`path='lookup'`) or the
-    dense convolution obtained by folding dictionary and align weights into one kernel (`path='dense'`). A block
-    made from a plain convolution only has the dense form. Everything is a buffer: the layer is inference-only.
+    taps, batch norm folded into tap values and bias) and runs either the lookup kernel ('lookup') or the dense
+    convolution obtained by folding dictionary and align weights into one kernel ('dense'): `path` for a single
+    image, `batch_path` for a batch (a fully connected layer can be bound by reading its weights at batch 1 and by
+    arithmetic on a batch, where the dense form's GEMM may win). A block made from a plain convolution only has the
+    dense form. Everything is a buffer: the layer is inference-only.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias, dict_weight=None,
                  rowptr=None, taps=None, values=None, dense_weight=None, groups=1, dilation=1, relu=False,
-                 pool=None, path=None, backend_name=None, source='', fused=()):
+                 pool=None, path=None, batch_path=None, backend_name=None, source='', fused=()):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
@@ -178,12 +200,16 @@ class LookupConv2d(nn.Module):
         self.register_buffer('dense_weight', None if dense_weight is None else dense_weight.detach().float())
         self.backend = resolve_backend(backend_name)
         self._offsets = {}
-        self._csr = None
-        self._transposed = None
+        self._cache, self._calls = {}, {}
         self._geom = [*self.kernel_size, *self.stride, *self.padding]
         self._pool_list = list(self.pool) if self.pool else []
-        self.path = path or ('lookup' if self.has_lookup else 'dense')
-        self.set_path(self.path)
+        self.set_path(path or ('lookup' if self.has_lookup else 'dense'), batch_path)
+
+    def __getstate__(self):
+        # The prepared calls are closures (not picklable) and, like the derived weights, rebuilt on first use.
+        state = self.__dict__.copy()
+        state['_calls'], state['_cache'], state['_offsets'] = {}, {}, {}
+        return state
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -228,19 +254,26 @@ class LookupConv2d(nn.Module):
 
     # -- paths --------------------------------------------------------------------------------------------------
 
-    def set_path(self, path):
-        """Switch between 'lookup' and 'dense'; the dense kernel is folded from the sparse form when needed."""
-        if path not in ('lookup', 'dense'):
-            raise LookupInferenceError(f"unknown path '{path}': use lookup or dense")
-        if path == 'lookup' and not self.has_lookup:
-            raise LookupInferenceError(f'{self.source or "layer"} is a plain convolution: it has no lookup form')
-        if path == 'dense' and self.dense_weight is None:
+    def set_path(self, path, batch_path=None):
+        """Choose 'lookup' or 'dense' for a single image (`path`) and for a batch (`batch_path`, default the same);
+        the dense kernel is folded from the sparse form when one of them needs it."""
+        batch_path = batch_path or path
+        for p in (path, batch_path):
+            if p not in ('lookup', 'dense'):
+                raise LookupInferenceError(f"unknown path '{p}': use lookup or dense")
+            if p == 'lookup' and not self.has_lookup:
+                raise LookupInferenceError(f'{self.source or "layer"} is a plain convolution: it has no lookup form')
+        if 'dense' in (path, batch_path) and self.dense_weight is None:
             self.dense_weight = self.folded_weight()
-        if path == 'lookup' and self.has_lookup:
+        if 'dense' not in (path, batch_path):
             self.dense_weight = None
-        self.path = path
-        self._transposed = None
+        self.path, self.batch_path = path, batch_path
+        self._cache, self._calls = {}, {}
         return self
+
+    def path_for(self, batch):
+        """The form this layer runs at a batch size."""
+        return self.path if batch == 1 else self.batch_path
 
     def folded_weight(self):
         """The dense kernel equal to dictionary followed by align taps: W[o, c, u, v] = sum_d A[o, d, u, v] D[d, c]."""
@@ -274,11 +307,20 @@ class LookupConv2d(nn.Module):
             self._offsets[key] = off.contiguous()
         return self._offsets[key]
 
-    def _post(self, y):
+    def _cached(self, key, make):
+        """A form of the weights derived on first use (packed for the GEMM, transposed for the matrix-vector
+        product): only the layers and paths that run that way pay for the copy."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _post(self, y, residual):
+        if residual is not None:
+            y = y + residual
         if self.pool is None:
             return torch.relu_(y) if self.relu else y
         if self.backend == 'cpp':
-            return torch.ops.lcnn_lookup.max_pool(y, list(self.pool), self.relu)
+            return torch.ops.lcnn_lookup.max_pool(y, self._pool_list, self.relu)
         kh, kw, sh, sw, ph, pw, ceil = self.pool
         if self.relu:
             y = torch.relu_(y)
@@ -286,60 +328,106 @@ class LookupConv2d(nn.Module):
 
     def _covers_input(self, h, w):
         """True when the kernel spans the whole (unpadded) input: the layer is a fully connected one."""
-        return (h, w) == self.kernel_size and self.padding == (0, 0) and self.groups == 1 and \
-            self.dilation == (1, 1)
+        return (h, w) == self.kernel_size and self._plain()
 
-    def _weight_t(self):
-        """The weight of a fully connected use, transposed to (inputs, outputs) for the batch-1 product that
-        skips zero inputs (made on first use: only layers that run that way pay for the copy)."""
-        if self._transposed is None:
-            w = self.dense_weight if self.path == 'dense' else self.dict_weight
-            self._transposed = w.reshape(w.shape[0], -1).t().contiguous()
-        return self._transposed
+    def _plain(self):
+        return self.padding == (0, 0) and self.groups == 1 and self.dilation == (1, 1)
 
-    def _dense(self, x):
-        n, c, h, w = x.shape
-        if self._covers_input(h, w):
-            if n == 1 and self.backend == 'cpp':
-                y = torch.ops.lcnn_lookup.linear(x, self._weight_t(), self.bias)
+    def _dense_call(self, n, h, w):
+        """The dense form for inputs of batch n and size h x w, as a function of (x, residual)."""
+        covers = self._covers_input(h, w)
+        if self.backend == 'cpp' and (covers or (self.kernel_size == (1, 1) and self._plain())):
+            weight = self.dense_weight.view(self.out_channels, -1)
+            if covers and n == 1:
+                # One input vector: the product that skips zero inputs wants the weight transposed.
+                packed, wt = None, self._cached('dense_t', lambda: weight.t().contiguous())
             else:
-                # oneDNN's convolution of a kernel covering its input is ~10x slower than this product.
-                y = F.linear(x.reshape(n, -1), self.dense_weight.view(self.out_channels, -1), self.bias)
-            return self._post(y.view(n, self.out_channels, 1, 1))
-        y = F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return self._post(y)
+                packed, wt = self._cached('dense_pack', lambda: _pack_rows(weight)), None
+            args = (packed, wt, self.bias, [*self.kernel_size, *self.stride, self.out_channels], self.relu,
+                    self._pool_list)
+            return lambda x, residual: torch.ops.lcnn_lookup.dense(x, *args, residual)
+        if covers:
+            # oneDNN's convolution of a kernel covering its input is ~10x slower than this product.
+            weight = self.dense_weight.view(self.out_channels, -1)
+            return lambda x, residual: self._post(F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(
+                x.shape[0], self.out_channels, 1, 1), residual)
+        return lambda x, residual: self._post(F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding,
+                                                       self.dilation, self.groups), residual)
 
-    def _lookup_torch(self, x):
+    def _lookup_torch(self, x, residual):
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        if self._csr is None:
+
+        def csr():
             d, u, v = self.taps.long()
-            cols = (d * kh + u) * kw + v
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # torch's "sparse CSR is beta" notice; the one warning is ours
-                self._csr = torch.sparse_csr_tensor(self.rowptr, cols, self.values,
-                                                    (self.out_channels, self.dict_weight.shape[0] * kh * kw),
-                                                    check_invariants=False)
+                return torch.sparse_csr_tensor(self.rowptr, (d * kh + u) * kw + v, self.values,
+                                               (self.out_channels, self.dict_weight.shape[0] * kh * kw),
+                                               check_invariants=False)
+
         resp = F.conv2d(x, self.dict_weight[:, :, None, None], padding=(ph, pw))
         cols = F.unfold(resp, (kh, kw), stride=(sh, sw))
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        y = torch.sparse.mm(self._csr, cols.transpose(0, 1).reshape(cols.shape[1], -1))
+        y = torch.sparse.mm(self._cached('csr', csr), cols.transpose(0, 1).reshape(cols.shape[1], -1))
         y = y.view(self.out_channels, n, ho, wo).transpose(0, 1) + self.bias.view(-1, 1, 1)
-        return self._post(y)
+        return self._post(y, residual)
 
-    def forward(self, x):
-        x = x.detach()
+    def forward(self, x, residual=None):
+        """The block's output; `residual` (shaped like the output) is added before the ReLU, as in a residual
+        block whose sum this layer ends (see LookupResidual)."""
+        return self._run(x, residual, self.path_for(x.shape[0]))
+
+    def _run(self, x, residual, path):
+        if x.requires_grad:
+            x = x.detach()
         if x.dtype != torch.float32 or x.dim() != 4:
             raise LookupInferenceError(f'{self.source or "lookup layer"}: expected a 4-D float32 input, got '
                                        f'{x.dim()}-D {x.dtype}')
-        if self.path == 'dense':
-            return self._dense(x)
-        if self.backend == 'torch':
-            return self._lookup_torch(x)
         n, _, h, w = x.shape
-        wt = self._weight_t() if n == 1 and self._covers_input(h, w) and self.kernel_size == (1, 1) else None
-        return torch.ops.lcnn_lookup.conv(x, self.dict_weight, wt, self.rowptr, self._tap_offsets(h, w), self.values,
-                                          self.bias, self._geom, self.relu, self._pool_list)
+        # The call for this form and input shape is built once: at batch 1 the Python around a kernel would
+        # otherwise cost a good part of a small layer's time.
+        key = (path, n == 1, h, w)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = self._dense_call(n, h, w) if path == 'dense' else self._lookup_call(n, h, w)
+        return call(x, residual)
+
+    def _lookup_call(self, n, h, w):
+        """The lookup form for inputs of batch n and size h x w, as a function of (x, residual)."""
+        if self.backend == 'torch':
+            return self._lookup_torch
+        dictionary = self.dict_weight
+        if n == 1 and (h, w) == (1, 1) and self._covers_input(h, w):
+            # A fully connected dictionary at batch 1: the product that skips zero inputs, on the transpose.
+            packed, dt = None, self._cached('dict_t', lambda: dictionary.t().contiguous())
+        else:
+            packed, dt = self._cached('dict_pack', lambda: _pack_rows(dictionary)), None
+        if self._covers_input(h, w):
+            rowptr, offsets, values = self._cached('fc_taps', lambda: self._block_major(h, w))
+        else:
+            rowptr, offsets, values = self.rowptr, self._tap_offsets(h, w), self.values
+        args = (packed, dt, rowptr, offsets, values, self.bias, self._geom + [dictionary.shape[0]], self.relu,
+                self._pool_list)
+        return lambda x, residual: torch.ops.lcnn_lookup.conv(x, *args, residual)
+
+    def _block_major(self, h, w):
+        """The taps of a fully connected use reordered block-major: for each block of _FC_BLOCK dictionary
+        responses, every output's taps into it (rowptr (blocks, outputs + 1), one CSR per block). A block pass
+        then reads one contiguous stream of taps while its responses stay in cache (the order of a row's taps
+        within a block is kept)."""
+        offsets = self._tap_offsets(h, w)
+        flat = offsets.long() & 0xFFFF if offsets.dtype == torch.int16 else offsets.long()
+        (sh, sw) = self.stride
+        responses = self.dict_weight.shape[0] * sh * sw * -(-h // sh) * -(-w // sw)
+        blocks = -(-responses // _FC_BLOCK)
+        rows = torch.repeat_interleave(torch.arange(self.out_channels), self.rowptr.diff())
+        key = flat // _FC_BLOCK * self.out_channels + rows
+        order = torch.argsort(key, stable=True)
+        starts = torch.zeros(blocks * self.out_channels + 1, dtype=torch.int64)
+        starts[1:] = torch.bincount(key, minlength=blocks * self.out_channels).cumsum(0)
+        grid = torch.arange(blocks)[:, None] * self.out_channels + torch.arange(self.out_channels + 1)[None, :]
+        return starts[grid].contiguous(), offsets[order].contiguous(), self.values[order].contiguous()
 
     def extra_repr(self):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -349,7 +437,25 @@ class LookupConv2d(nn.Module):
             s += f', dictionary {self.dict_weight.shape[0]}, {100 * density:.2f}% taps'
         if self.fused:
             s += ', fused ' + '+'.join(self.fused)
-        return s + f', path {self.path}'
+        return s + f', path {self.path}' + (f', batch path {self.batch_path}' if self.batch_path != self.path else '')
+
+
+class LookupResidual(nn.Module):
+    """Inference form of a residual block as the ResNet model files build it, ConcatTable(body, shortcut) ->
+    CAddTable [-> ReLU]: `body` ends with a LookupConv2d that adds the shortcut's output (and applies the ReLU)
+    in its output loop, so the sum never makes a pass of its own over memory."""
+
+    def __init__(self, body, shortcut):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x):
+        residual = x if type(self.shortcut) is nn.Identity else self.shortcut(x)
+        layers = self.body._modules.values() if isinstance(self.body, nn.Sequential) else [self.body]
+        *head, last = layers
+        for m in head:
+            x = m(x)
+        return last(x, residual)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -417,7 +523,30 @@ def _rebuild(module, prefix, backend_name):
             continue
         new._modules[name] = None if child is None else _rebuild(child, f'{prefix}{name}.', backend_name)
         i += 1
-    return new
+    return _fuse_residual(new) or new
+
+
+def _last_conv(body):
+    """The LookupConv2d a residual body ends with, when it can take the sum into its output loop."""
+    last = body[-1] if isinstance(body, nn.Sequential) and len(body) else body
+    if isinstance(last, LookupConv2d) and last.pool is None and not last.relu:
+        return last
+    return None
+
+
+def _fuse_residual(seq):
+    """Sequential(ConcatTable(body, shortcut), CAddTable [, ReLU]) as one LookupResidual, else None."""
+    kids = list(seq._modules.values()) if isinstance(seq, nn.Sequential) else []
+    if not 2 <= len(kids) <= 3 or type(kids[0]) is not legacy.ConcatTable or type(kids[1]) is not legacy.CAddTable \
+            or (len(kids) == 3 and type(kids[2]) is not nn.ReLU) or len(kids[0]) != 2:
+        return None
+    body, shortcut = kids[0][0], kids[0][1]
+    last = _last_conv(body)
+    if last is None:
+        return None
+    last.relu = len(kids) == 3
+    last.fused += tuple(legacy.lua_type(m) for m in kids[1:])
+    return LookupResidual(body, shortcut)
 
 
 def lookup_layers(model):
@@ -440,26 +569,37 @@ def _capture_inputs(model, example_input):
 
 
 def _measure(layer, x, repeats):
-    """(dense ms, lookup ms) of one layer on input x (lookup is None for plain convolutions); the layer is left on
-    its dense path, so that choosing dense afterwards does not fold the weights again."""
-    lookup = None
-    if layer.has_lookup:
-        layer.set_path('lookup')
-        lookup = _time_ms(lambda: layer(x), repeats)
+    """(dense ms, lookup ms) of one layer on input x (lookup is None for plain convolutions): medians of `repeats`
+    calls after warm-up, the two forms alternating so that load from other processes hits both alike. The layer
+    is left on its dense path, so that choosing dense afterwards does not fold the weights again."""
     layer.set_path('dense')
-    return _time_ms(lambda: layer(x), repeats), lookup
+    paths = ['dense', 'lookup'] if layer.has_lookup else ['dense']
+    times = {p: [] for p in paths}
+    with torch.no_grad():
+        for r in range(repeats + 2):
+            for p in paths:
+                t0 = time.perf_counter()
+                layer._run(x, None, p)
+                if r >= 2:
+                    times[p].append(time.perf_counter() - t0)
+    ms = {p: 1e3 * statistics.median(t) for p, t in times.items()}
+    return ms['dense'], ms.get('lookup')
 
 
 def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
     """An inference-only copy of `model` in which each PooledSpatialConvolution (and each plain convolution),
-    together with the eval batch norm, ReLU and max pooling right after it in a Sequential, is one LookupConv2d.
+    together with the eval batch norm, ReLU and max pooling right after it in a Sequential, is one LookupConv2d;
+    a residual block (ConcatTable, CAddTable, ReLU) becomes a LookupResidual whose sum and ReLU run in the output
+    loop of its last convolution.
 
-    path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer. With an
-    `example_input`, 'auto' times both forms of each layer on its actual input (median of `repeats` runs after
-    warm-up) and keeps the faster; without one it keeps the lookup form when the dense equivalent needs at least
-    COST_MODEL_MIN_RATIO times more multiplications (dictionary counted over the input, align taps per output;
-    the stride's phases make the dictionary cost per output position sH*sW entries). backend: 'auto', 'cpp' or
-    'torch' (see `resolve_backend()`). Outputs equal the eval-mode model up to float rounding (batch norm is folded)."""
+    path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer by timing both forms of
+    each layer on the input it gets inside the network (medians of `repeats` alternating runs) and keeping the
+    faster. The input is `example_input` (its choice holds for single images and batches alike), or else random
+    inputs at the network's input size (SYNTHETIC_SIZE, lcnn's -cropSize default, with the first layer's channel
+    count) at the batch sizes of SYNTHETIC_BATCHES: the first decides a layer's form for single images (`path`),
+    the second for batches (`batch_path`); a network that does not take that size falls back to a multiplication
+    count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see `resolve_backend()`). Outputs
+    equal the eval-mode model up to float rounding (batch norm is folded)."""
     if path not in ('auto', 'lookup', 'dense'):
         raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
     devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
@@ -475,16 +615,45 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
         for layer in layers:
             layer.set_path(path)
         return compiled
-    if example_input is None:
-        for layer in layers:
-            layer.set_path('lookup' if _cost_ratio(layer) >= COST_MODEL_MIN_RATIO else 'dense')
+    if not layers:
         return compiled
-    inputs = _capture_inputs(compiled, example_input)
+    if example_input is None:
+        runs = _synthetic_inputs(compiled)
+        if runs is None:
+            for layer in layers:
+                layer.set_path('lookup' if _cost_ratio(layer) >= COST_MODEL_MIN_RATIO else 'dense')
+            return compiled
+    else:
+        runs = [_capture_inputs(compiled, example_input)]
     for layer in layers:
-        if layer in inputs:
-            dense, lookup = _measure(layer, inputs[layer], repeats)
-            layer.set_path('lookup' if lookup <= dense else 'dense')
+        faster = []
+        for inputs in runs:
+            if layer in inputs:
+                dense, lookup = _measure(layer, inputs[layer], repeats)
+                faster.append('lookup' if lookup <= dense else 'dense')
+        if faster:
+            # One example decides both; the synthetic batch of one decides `path`, the batch `batch_path`.
+            layer.set_path(faster[0], faster[-1])
     return compiled
+
+
+# Height and width of the random inputs `compile` times layers on when it is given no example (lcnn's -cropSize
+# default, the size the ImageNet models of both Lua repositories take), and their batch sizes: one image, and a
+# batch standing for all others.
+SYNTHETIC_SIZE = 224
+SYNTHETIC_BATCHES = (1, 16)
+
+
+def _synthetic_inputs(compiled):
+    """[{layer: input}] from one forward of a random input at SYNTHETIC_SIZE per batch size of SYNTHETIC_BATCHES,
+    or None when the network does not take that size."""
+    first = lookup_layers(compiled)[0]
+    gen = torch.Generator().manual_seed(0)
+    try:
+        return [_capture_inputs(compiled, torch.randn(n, first.in_channels, SYNTHETIC_SIZE, SYNTHETIC_SIZE,
+                                                      generator=gen)) for n in SYNTHETIC_BATCHES]
+    except (RuntimeError, ValueError, LookupInferenceError):
+        return None
 
 
 def _cost_ratio(layer):
@@ -508,7 +677,7 @@ class LayerTiming:
     chosen: str
 
 
-_SHORT = {'SpatialBatchNormalization': 'bn', 'ReLU': 'relu', 'SpatialMaxPooling': 'pool'}
+_SHORT = {'SpatialBatchNormalization': 'bn', 'ReLU': 'relu', 'SpatialMaxPooling': 'pool', 'CAddTable': 'add'}
 
 
 def time_layers(model, example_input, repeats=20):
@@ -521,27 +690,28 @@ def time_layers(model, example_input, repeats=20):
     compiled.eval()
     inputs = _capture_inputs(compiled, example_input)
     rows = []
+    batch = example_input.shape[0]
     for layer in lookup_layers(compiled):
         if layer not in inputs:
             continue
-        chosen = layer.path
+        chosen = (layer.path, layer.batch_path)
         dense, lookup = _measure(layer, inputs[layer], repeats)
-        layer.set_path(chosen)
+        layer.set_path(*chosen)
         x = inputs[layer]
         (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
         what = f'{layer.in_channels}->{layer.out_channels} {kh}x{kw}/{sh}'
         for lua in layer.fused:
             what += '+' + _SHORT.get(lua.split('.')[-1], lua.split('.')[-1])
         rows.append(LayerTiming(f'{layer.source or "model"} ({what}, in {x.shape[2]}x{x.shape[3]})', dense, lookup,
-                                layer.path))
-    chosen = {layer: layer.path for layer in lookup_layers(compiled)}
+                                layer.path_for(batch)))
+    chosen = {layer: (layer.path, layer.batch_path) for layer in lookup_layers(compiled)}
     try:
         for layer in chosen:
             layer.set_path('dense')
         dense_total = _time_ms(lambda: compiled(example_input), repeats)
     finally:
-        for layer, p in chosen.items():
-            layer.set_path(p)
+        for layer, paths in chosen.items():
+            layer.set_path(*paths)
     compiled_total = _time_ms(lambda: compiled(example_input), repeats)
     rows.append(LayerTiming('total (whole network)', dense_total, compiled_total, 'as compiled'))
     return rows
@@ -566,7 +736,7 @@ def format_timing(rows):
 
 
 _FORMAT = 'lcnn-lookup-inference'
-_VERSION = 1
+_VERSION = 2  # 2: LookupResidual nodes, batch_path
 
 
 def _none_to(v, default):
@@ -607,7 +777,7 @@ def _write_node(group, module, where):
         kind = 'LookupConv2d'
         m = module
         for a in ('in_channels', 'out_channels', 'kernel_size', 'stride', 'padding', 'dilation', 'groups', 'relu',
-                  'path', 'source'):
+                  'path', 'batch_path', 'source'):
             group.attrs[a] = getattr(m, a)
         group.attrs['pool'] = np.array(m.pool or (), dtype=np.int64)
         group.attrs['fused'] = '+'.join(m.fused)
@@ -621,6 +791,8 @@ def _write_node(group, module, where):
             group['values'] = m.values.numpy()
         else:
             group['dense_weight'] = m.dense_weight.numpy()
+    elif isinstance(module, LookupResidual):
+        kind = 'LookupResidual'
     elif type(module) is nn.MaxPool2d:
         kind = 'MaxPool2d'
         for a in ('kernel_size', 'stride', 'padding', 'dilation'):
@@ -720,6 +892,9 @@ def _read_node(group, backend_name):
         m = nn.Flatten(int(a['start_dim']), int(a['end_dim']))
     elif kind == 'ChannelInterlace':
         m = ChannelInterlace(int(a['channel']), int(a['group']))
+    elif kind == 'LookupResidual':
+        parts = dict(kids)
+        m = LookupResidual(parts['body'], parts['shortcut'])
     elif kind == 'MaxPool2d':
         m = nn.MaxPool2d(tup('kernel_size'), tup('stride'), tup('padding'), tup('dilation'),
                          ceil_mode=bool(a['ceil_mode']))
@@ -754,7 +929,8 @@ def _read_node(group, backend_name):
         m = LookupConv2d(int(a['in_channels']), int(a['out_channels']), (kh, kw), tup('stride'), tup('padding'),
                          bias=_tensor(group, 'bias'), dense_weight=_tensor(group, 'dense_weight'),
                          groups=int(a['groups']), dilation=tup('dilation'), relu=bool(a['relu']),
-                         pool=tup('pool') or None, path=str(a['path']), backend_name=backend_name,
+                         pool=tup('pool') or None, path=str(a['path']),
+                         batch_path=str(a['batch_path']) if 'batch_path' in a else None, backend_name=backend_name,
                          source=str(a['source']), fused=[t for t in str(a['fused']).split('+') if t], **sparse)
     else:
         raise LookupInferenceError(f'load: unknown module type {kind!r} in {group.name}; the file was written by a '

@@ -1,5 +1,7 @@
-"""Tests of layers/lookup.py and layers/csrc/lookup.cpp: the fast lookup inference engine (issue 7)."""
+"""Tests of layers/lookup.py and layers/csrc/lookup.cpp: the fast lookup inference engine (issues 7, 13)."""
+import copy
 import lzma
+import pickle
 import random
 import warnings
 from pathlib import Path
@@ -141,13 +143,17 @@ def test_instruction_set_variants(cpp, isa):
         return
     gen = torch.Generator().manual_seed(7)
     try:
-        for (k, s, p, size), batch in [((11, 4, 2, 35), 1), ((3, 1, 1, 9), 5), ((6, 1, 0, 6), 1), ((6, 1, 0, 6), 2)]:
-            layer = psc(5, 29, k, s, p, 40, 0.1, gen).eval()
-            x = torch.randn(batch, 5, size, size, generator=gen)
+        # strided with few and with many input channels, padded, fully connected at batch 1 and 2
+        for (c, k, s, p, size), batch in [((5, 11, 4, 2, 35), 1), ((3, 7, 2, 3, 30), 2), ((5, 3, 1, 1, 9), 5),
+                                          ((5, 6, 1, 0, 6), 1), ((5, 6, 1, 0, 6), 2)]:
+            layer = psc(c, 29, k, s, p, 40, 0.1, gen).eval()
+            x = torch.randn(batch, c, size, size, generator=gen)
             with torch.no_grad():
                 model = nn.Sequential(layer, nn.ReLU(), nn.MaxPool2d(2, 2, ceil_mode=True)).eval()
                 close(lookup.compile(model, path='lookup')(x), model(x))
+                close(lookup.compile(nn.Sequential(layer).eval(), path='lookup')(x), layer(x))
         check_fully_connected_batch_one(gen)
+        check_residual_and_pointwise(gen)
     finally:
         torch.ops.lcnn_lookup.set_isa('auto')
 
@@ -170,20 +176,61 @@ def test_fully_connected_batch_one(cpp):
     check_fully_connected_batch_one(torch.Generator().manual_seed(8))
 
 
-def test_threads_give_same_result(cpp):
-    gen = torch.Generator().manual_seed(3)
-    model = nn.Sequential(psc(8, 64, 5, 1, 2, 12, 0.1, gen), nn.ReLU(), nn.MaxPool2d(3, 2)).eval()
-    x = torch.randn(4, 8, 27, 27, generator=gen)
-    compiled = lookup.compile(model, path='lookup')
+def at_threads(counts, fn):
+    """fn() run with torch's intra-op pool at each thread count."""
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one = compiled(x)
-        torch.set_num_threads(2)
-        two = compiled(x)
+        out = []
+        for count in counts:
+            torch.set_num_threads(count)
+            out.append(fn())
+        return out
     finally:
         torch.set_num_threads(threads)
-    close(two, one)  # the kernels split work between threads, never a sum: only MKL's GEMM may round differently
+
+
+@pytest.mark.parametrize('batch', [1, 2, 5])
+def test_threads_give_identical_results(cpp, batch):
+    """Every output element is computed by one thread in a fixed order: bit-identical at any thread count (both
+    forms of every layer, whole networks, pooled / residual / fully connected layers)."""
+    gen = torch.Generator().manual_seed(3 + batch)
+    nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen)),
+            (resnet_lcnn_small(0.1, gen), torch.randn(batch, 3, 64, 64, generator=gen))]
+    previous = torch.ops.lcnn_lookup.set_min_task_work(1)  # split every loop, however small
+    try:
+        for model, x in nets:
+            for path in ('lookup', 'dense'):
+                compiled = lookup.compile(model, path=path)
+                with torch.no_grad():
+                    outs = at_threads([1, 2, 3], lambda: compiled(x))
+                assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+                close(outs[0], model(x))
+    finally:
+        torch.ops.lcnn_lookup.set_min_task_work(previous)
+
+
+def test_big_dictionaries_run_in_blocks(cpp):
+    """Dictionaries too big for L1 are taken in blocks of planes (convolutions, with and without pooling) or of
+    responses (fully connected, batch 1 and batch): same results as the reference, identical at any thread
+    count."""
+    gen = torch.Generator().manual_seed(17)
+    conv = psc(16, 24, 3, 1, 1, 200, 0.05, gen)
+    cases = [(nn.Sequential(conv, randomize_bn(nn.BatchNorm2d(24), gen), nn.ReLU()), (3, 16, 13, 13)),
+             (nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(3, 2)), (2, 16, 13, 13)),
+             (nn.Sequential(psc(16, 40, 6, 1, 0, 300, 0.05, gen), nn.ReLU()), (1, 16, 6, 6)),
+             (nn.Sequential(psc(16, 40, 6, 1, 0, 300, 0.05, gen), nn.ReLU()), (17, 16, 6, 6))]
+    previous = torch.ops.lcnn_lookup.set_min_task_work(1)
+    try:
+        for model, shape in cases:
+            model.eval()
+            x = torch.randn(shape, generator=gen)
+            compiled = lookup.compile(model, path='lookup')
+            with torch.no_grad():
+                outs = at_threads([1, 2, 3], lambda: compiled(x))
+                close(outs[0], model(x))
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    finally:
+        torch.ops.lcnn_lookup.set_min_task_work(previous)
 
 
 def test_max_pool_kernel_matches_torch(cpp):
@@ -270,6 +317,18 @@ def test_resnet_lcnn_shaped(cpp, density):
         close(lookup.compile(model)(x[:1]), model(x[:1]))
 
 
+def test_compiled_model_copies(cpp):
+    """Prepared per-shape calls are closures: copies (deepcopy, pickling, as multiprocessing does) rebuild them."""
+    gen = torch.Generator().manual_seed(18)
+    model = resnet_lcnn_small(0.1, gen)
+    compiled = lookup.compile(model, path='lookup')
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        out = compiled(x)  # prepares the calls and derived weights first
+        for again in (copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled))):
+            assert torch.equal(again(x), out)
+
+
 def test_compile_leaves_model_untouched(cpp):
     gen = torch.Generator().manual_seed(2)
     model = resnet_lcnn_small(0.1, gen).train()
@@ -280,12 +339,85 @@ def test_compile_leaves_model_untouched(cpp):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_cost_model_prefers_dense_for_large_dictionaries(cpp):
+def test_compile_without_example_times_a_synthetic_input(cpp, monkeypatch):
+    """No example input: each layer is timed on what it gets from random inputs at 224x224 (the first layer's
+    channel count), one image and a batch of 16, which decide its form for single images and for batches."""
+    gen = torch.Generator().manual_seed(4)
+    model = nn.Sequential(psc(3, 8, 11, 4, 2, 3, 0.05, gen), nn.ReLU(), nn.MaxPool2d(3, 2),
+                          psc(8, 16, 5, 1, 2, 6, 0.05, gen), psc(16, 16, 3, 1, 1, 6, 0.05, gen)).eval()
+    seen = []
+    lookup_wins = {('0', 1): True, ('0', 16): True, ('3', 1): False, ('3', 16): True, ('4', 1): True,
+                   ('4', 16): False}
+
+    def measure(layer, x, repeats):
+        seen.append((layer.source, tuple(x.shape)))
+        return (2.0, 1.0) if lookup_wins[layer.source, x.shape[0]] else (1.0, 2.0)  # (dense ms, lookup ms)
+
+    monkeypatch.setattr(lookup, '_measure', measure)
+    compiled = lookup.compile(model)
+    assert sorted(seen) == sorted([('0', (1, 3, 224, 224)), ('3', (1, 8, 27, 27)), ('4', (1, 16, 27, 27)),
+                                   ('0', (16, 3, 224, 224)), ('3', (16, 8, 27, 27)), ('4', (16, 16, 27, 27))])
+    layers = lookup.lookup_layers(compiled)
+    assert [(m.path, m.batch_path) for m in layers] == [('lookup', 'lookup'), ('dense', 'lookup'), ('lookup', 'dense')]
+    used = []
+    for m in layers:
+        run = m._run
+        m._run = lambda x, residual, path, run=run: used.append(path) or run(x, residual, path)
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, 224, 224, generator=gen)
+        with torch.no_grad():
+            close(compiled(x), model(x))
+    assert used == ['lookup', 'dense', 'lookup', 'lookup', 'lookup', 'dense']
+
+
+def test_cost_model_when_the_network_refuses_the_synthetic_size(cpp):
     gen = torch.Generator().manual_seed(4)
     small = psc(64, 64, 3, 1, 1, 8, 0.02, gen)     # few multiplications per output: lookup
     large = psc(64, 64, 3, 1, 1, 500, 0.05, gen)   # dictionary larger than the input: dense
-    compiled = lookup.compile(nn.Sequential(small, large).eval())
-    assert [m.path for m in compiled] == ['lookup', 'dense']
+    model = nn.Sequential(small, large, legacy.View(64 * 5 * 5)).eval()  # takes 5x5 inputs only
+    compiled = lookup.compile(model)
+    assert [m.path for m in lookup.lookup_layers(compiled)] == ['lookup', 'dense']
+    x = torch.randn(2, 64, 5, 5, generator=gen)
+    with torch.no_grad():
+        close(compiled(x), model(x))
+
+
+def test_residual_blocks_are_fused(cpp):
+    gen = torch.Generator().manual_seed(15)
+    model = resnet_lcnn_small(0.1, gen)
+    compiled = lookup.compile(model, path='lookup')
+    blocks = [m for m in compiled.modules() if isinstance(m, lookup.LookupResidual)]
+    assert len(blocks) == 3
+    assert not any(isinstance(m, (legacy.ConcatTable, legacy.CAddTable)) for m in compiled.modules())
+    last = blocks[0].body[-1]
+    assert last.relu and last.fused[-2:] == ('nn.CAddTable', 'nn.ReLU')
+    x = torch.randn(3, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        close(compiled(x), model(x))
+        close(compiled(x[:1]), model(x[:1]))
+
+
+def check_residual_and_pointwise(gen):
+    """A block's last convolution adds the shortcut before its ReLU, on both paths; the dense path of 1x1 and
+    fully connected layers is our GEMM (stride, tails of rows and columns, batch innermost after a fully
+    connected layer)."""
+    for batch, cin, cout, size, stride in [(1, 5, 9, 7, 1), (3, 13, 17, 10, 2), (2, 40, 3, 15, 1)]:
+        body = nn.Sequential(psc(cin, cout, 3, stride, 1, 4, 0.3, gen), randomize_bn(nn.BatchNorm2d(cout), gen))
+        short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride), randomize_bn(nn.BatchNorm2d(cout), gen))
+        block = nn.Sequential(legacy.ConcatTable(body, short), legacy.CAddTable(True), nn.ReLU(True)).eval()
+        x = torch.randn(batch, cin, size, size, generator=gen)
+        for path in ('lookup', 'dense'):
+            with torch.no_grad():
+                close(lookup.compile(block, path=path)(x), block(x))
+    for batch in (1, 2, 19):
+        fc = nn.Sequential(nn.Conv2d(6, 33, 4), nn.ReLU(), nn.Conv2d(33, 21, 1)).eval()
+        x = torch.randn(batch, 6, 4, 4, generator=gen)
+        with torch.no_grad():
+            close(lookup.compile(fc)(x), fc(x))
+
+
+def test_residual_and_pointwise(cpp):
+    check_residual_and_pointwise(torch.Generator().manual_seed(16))
 
 
 def fixture_model(tmp_path, name):
@@ -397,9 +529,11 @@ def test_hdf5_round_trip(cpp, tmp_path, maker):
                     generator=gen)
     compiled = lookup.compile(model, path='lookup')
     lookup.lookup_layers(compiled)[1].set_path('dense')  # a folded lookup layer is stored in its sparse form
+    lookup.lookup_layers(compiled)[2].set_path('lookup', 'dense')
     lookup.export(compiled, tmp_path / 'net.h5')
     loaded = lookup.load(tmp_path / 'net.h5')
-    assert [m.path for m in lookup.lookup_layers(loaded)] == [m.path for m in lookup.lookup_layers(compiled)]
+    paths = lambda m: [(layer.path, layer.batch_path) for layer in lookup.lookup_layers(m)]
+    assert paths(loaded) == paths(compiled)
     with torch.no_grad():
         assert torch.equal(loaded(x), compiled(x))
         close(loaded(x), model(x))

@@ -1,31 +1,46 @@
 // Fast LCNN lookup inference kernels for layers/lookup.py (new; the Lua code only trained and counted lookups).
 //
 // A lookup layer computes y = align(pad(dict(x))): `dict` is a 1x1 convolution onto P dictionary channels and
-// `align` a very sparse kH x kW convolution with stride (sH, sW). Inference here runs it as:
-//   1. one GEMM for the dictionary (MKL through at::mm);
-//   2. a scatter of the dictionary responses into a zero-padded buffer split into sH*sW stride phases, so that
-//      every tap of a strided convolution becomes a stride-1 shift inside one phase plane; the batch is the
-//      innermost dimension ("CHWN"), so neighbouring outputs of a row and of the batch are adjacent floats;
-//   3. per output channel a CSR list of (flat plane offset, weight) taps; a tile of up to 8 SIMD vectors of
-//      adjacent outputs is accumulated in registers, one broadcast-FMA per tap, then bias (folded batch norm)
-//      and ReLU are applied while the tile is written out;
-//   4. optionally a max pooling on the CHWN result.
-// Special cases: a fully connected lookup at batch 1 (one output position) is one gathered dot product per output;
-// a fully connected dictionary at batch 1 is a matrix-vector product that skips zero inputs (half of them after a
-// ReLU), which `linear` also offers to the dense path.
-// Tiles run over the flattened (row, column, batch) index of the padded phase plane, so lanes whose column lies
-// beyond the output width are computed and dropped; the buffer carries a small zeroed tail for the last tile.
+// `align` a very sparse kH x kW convolution with stride (sH, sW). Inference runs it per image, in NCHW:
+//   1. the dictionary is a small GEMM of our own (register-blocked: 8 dictionary rows x up to 3 vectors of pixels,
+//      about the machine's peak); for stride 1 it writes straight into zero-bordered planes, for larger strides
+//      into a temporary that is then split into sH*sW stride phases, so that every tap of a strided convolution
+//      becomes a stride-1 shift inside one phase plane (over 3 input channels, the first layer's, the dictionary
+//      is computed straight into the phases);
+//   2. per output channel a CSR list of (flat plane offset, weight) taps; a tile of up to 8 SIMD vectors of
+//      adjacent positions of the padded plane is accumulated in registers, one broadcast-FMA per tap, tile by
+//      tile with all channels of a tile in a row (they read the same rows of the planes); the lanes that fall on
+//      padding columns are dropped when the tile is written (AVX-512: compressed in registers), and bias (folded
+//      batch norm), a residual input (the sum ending a residual block) and ReLU are applied on the way out. A big
+//      dictionary is taken in blocks of planes whose rows under a tile fit in L1, the partial sums kept aside;
+//   3. a max pooling after the layer is folded into the output loop: a band of convolution rows of a group of
+//      channels is computed into a small per-thread scratch (L2) and pooled from there, so the full-size
+//      convolution output never goes to memory; bias and ReLU are applied after the max (they are monotonic).
+// With a batch, each thread takes whole images (its planes stay in its caches); one image is split over threads.
+// Fully connected layers (the kernel covers the whole input) have a single output position: at batch 1 each
+// output is a gathered dot product of its taps; for a batch the dictionary responses are kept batch-innermost so
+// that one tap is one FMA over the whole batch. Their taps come block-major from lookup.py (for each block of
+// responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory while
+// the block's responses stay in L1 (batch 1) or L2. A fully connected dictionary (or dense layer) at batch 1 is
+// a matrix-vector product that skips zero inputs; dense 1x1 and fully connected layers otherwise use the GEMM.
 //
-// Instruction sets: the file is built with the compiler's baseline flags; the hot loops are instantiated three
-// times with GCC target attributes (AVX-512, AVX2+FMA, SSE2) and chosen at run time from CPUID, so a build
-// cached on one machine never executes unsupported instructions on another.
+// Determinism: every output element is computed by exactly one thread, with its sum always taken in the same
+// order (taps in CSR order, blocks in order, GEMM inputs from first to last), however the work is split: results
+// are identical for any torch.set_num_threads. All parallel loops go through at::parallel_for (torch's intra-op
+// thread pool).
+//
+// Instruction sets: the file is built with the compiler's baseline flags; the kernels (lookup_kernels.h) are
+// compiled three times under GCC target pragmas (AVX-512, AVX2+FMA, SSE2) and chosen at run time from CPUID, so
+// a build cached on one machine never executes unsupported instructions on another.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/FunctionRef.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -35,240 +50,61 @@
 
 namespace {
 
-constexpr int kMaxVectors = 8;
+constexpr int kTileVectors = 8;        // vectors of adjacent outputs accumulated per tap tile
+constexpr int kMR = 8;                 // rows of a packed GEMM panel (the layout lookup.py packs weights in)
+constexpr int64_t kGemvChunk = 4096;   // most outputs per matrix-vector pass: their accumulators stay in L1
 
-struct LookupArgs {
-  const float* buf;     // phase planes of the padded dictionary responses, batch innermost
-  float* out;           // (O, Ho, Wo, N)
-  const int64_t* rowptr;
-  const void* idx;      // per tap: plane offset in units of N (uint16 or int32)
-  const float* val;
-  const float* bias;
-  int64_t N, O, Ho, Wo;
-  int64_t row;          // lanes per padded phase row (Wq * N)
-  int64_t Q;            // lanes spanned by one output plane
-  int64_t tile_lanes;
-  int64_t ntiles;
+// GEMM: C[m, j] = sum_k A[m, k] B[k, j] (+ bias[m]) (+ residual) (ReLU), image by image. A is packed in panels
+// of kMR rows, (panels, K, kMR), rows past M zero. Each item is one panel times one block of columns of one
+// image, its sums taken over k in order: results do not depend on how items are split.
+struct GemmArgs {
+  const float* a;
+  int64_t M, K;
+  const float* b;          // image i, row k, column j at b[i * b_img + k * ldb + j]
+  int64_t ldb, b_img, ncols, images;
+  float* c;                // row m of image i starts at c + i * c_img + m * ldc
+  int64_t ldc, c_img;
+  int64_t W, Wp, pad_off;  // W > 0: column j = h*W + w goes to h*Wp + w + pad_off of its row (padded planes)
+  const float* bias;       // per row, or null
+  const float* res;        // laid out like c (W == 0 only), or null
   bool relu;
 };
 
-template <typename T>
-inline __attribute__((always_inline)) T relu_if(T v, bool relu) {
-  return relu ? std::max(v, T(0)) : v;
-}
+// Max pooling geometry; Ho, Wo: the pooled size.
+struct PoolGeom {
+  int64_t kH, kW, sH, sW, pH, pW, Ho, Wo;
+};
 
-// Copy the valid lanes of one computed tile (q0 .. q0+lanes) to the output, adding the bias.
-inline __attribute__((always_inline)) void store_tile(const LookupArgs& a, int64_t o, int64_t q0, int64_t lanes,
-                                                      const float* acc) {
-  const float b = a.bias[o];
-  const int64_t valid = a.Wo * a.N;
-  float* plane = a.out + o * a.Ho * valid;
-  int64_t q = q0;
-  const int64_t qend = std::min(q0 + lanes, a.Q);
-  while (q < qend) {
-    const int64_t i = q / a.row;
-    const int64_t r = q - i * a.row;
-    if (r >= valid) {
-      q = (i + 1) * a.row;
-      continue;
-    }
-    const int64_t stop = std::min(qend, i * a.row + valid);
-    float* dst = plane + i * valid + r;
-    const float* src = acc + (q - q0);
-    const int64_t len = stop - q;
-    if (a.relu) {
-      for (int64_t t = 0; t < len; ++t) dst[t] = std::max(src[t] + b, 0.f);
-    } else {
-      for (int64_t t = 0; t < len; ++t) dst[t] = src[t] + b;
-    }
-    q = stop;
-  }
-}
-
-template <int VB, int V, typename I>
-inline __attribute__((always_inline)) void tile(const LookupArgs& a, int64_t o, int64_t q0) {
-  typedef float vec __attribute__((vector_size(VB)));
-  typedef float uvec __attribute__((vector_size(VB), aligned(4), may_alias));
-  constexpr int L = VB / 4;
-  // Narrow tiles would wait on the FMA latency of too few accumulators: give them independent chains over
-  // alternating taps instead.
-  constexpr int CH = V >= 4 ? 1 : (V >= 2 ? 2 : 4);
-  vec acc[CH][V];
-#pragma GCC unroll 8
-  for (int c = 0; c < CH; ++c)
-#pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) acc[c][v] = vec{};
-  const I* idx = static_cast<const I*>(a.idx);
-  const float* base = a.buf + q0;
-  const int64_t N = a.N;
-  const int64_t k1 = a.rowptr[o + 1];
-  int64_t k = a.rowptr[o];
-  for (; k + CH <= k1; k += CH) {
-#pragma GCC unroll 4
-    for (int c = 0; c < CH; ++c) {
-      const float* p = base + static_cast<int64_t>(idx[k + c]) * N;
-      const vec w = vec{} + a.val[k + c];
-#pragma GCC unroll 8
-      for (int v = 0; v < V; ++v) acc[c][v] += w * *reinterpret_cast<const uvec*>(p + v * L);
-    }
-  }
-  for (; k < k1; ++k) {
-    const float* p = base + static_cast<int64_t>(idx[k]) * N;
-    const vec w = vec{} + a.val[k];
-#pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) acc[0][v] += w * *reinterpret_cast<const uvec*>(p + v * L);
-  }
-  alignas(64) float res[V * L];
-#pragma GCC unroll 8
-  for (int v = 0; v < V; ++v) {
-#pragma GCC unroll 4
-    for (int c = 1; c < CH; ++c) acc[0][v] += acc[c][v];
-    *reinterpret_cast<vec*>(res + v * L) = acc[0][v];
-  }
-  store_tile(a, o, q0, V * L, res);
-}
-
-// Work items are (tile, output channel), tile-major: all channels of one tile read the same few rows of the
-// dictionary planes while they are in L1/L2.
-template <int VB, typename I>
-inline __attribute__((always_inline)) void tiles_impl(const LookupArgs& a, int64_t begin, int64_t end) {
-  constexpr int L = VB / 4;
-  for (int64_t it = begin; it < end; ++it) {
-    const int64_t t = it / a.O;
-    const int64_t o = it - t * a.O;
-    const int64_t q0 = t * a.tile_lanes;
-    const int64_t lanes = std::min(a.tile_lanes, a.Q - q0);
-    switch ((lanes + L - 1) / L) {
-      case 8: tile<VB, 8, I>(a, o, q0); break;
-      case 7: tile<VB, 7, I>(a, o, q0); break;
-      case 6: tile<VB, 6, I>(a, o, q0); break;
-      case 5: tile<VB, 5, I>(a, o, q0); break;
-      case 4: tile<VB, 4, I>(a, o, q0); break;
-      case 3: tile<VB, 3, I>(a, o, q0); break;
-      case 2: tile<VB, 2, I>(a, o, q0); break;
-      default: tile<VB, 1, I>(a, o, q0); break;
-    }
-  }
-}
-
-// A fully connected lookup at batch 1 has a single output position: nothing to vectorise over but the taps, so
-// each output is one dot product of its tap values with the dictionary responses they gather.
-template <typename I>
-inline __attribute__((always_inline)) void gather_impl(const LookupArgs& a, int64_t begin, int64_t end) {
-  const I* idx = static_cast<const I*>(a.idx);
-  for (int64_t o = begin; o < end; ++o) {
-    float s = 0.f;
-    for (int64_t k = a.rowptr[o]; k < a.rowptr[o + 1]; ++k) s += a.val[k] * a.buf[idx[k]];
-    a.out[o] = relu_if(s + a.bias[o], a.relu);
-  }
-}
-
-#define LCNN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi,bmi2")))
-#define LCNN_TARGET_AVX2 __attribute__((target("avx2,fma,bmi,bmi2")))
-
-// o[j] = max(r[2j], r[2j+1], r[2j+2]) for j in [jlo, jhi), 16 columns per step: the even, odd and next-even
-// inputs are pulled out of two pairs of loads by permutes (the 3x3 stride-2 pooling of AlexNet and ResNet; on
-// small planes a scalar loop spends more time in loop overhead than in max operations).
-LCNN_TARGET_AVX512 inline void pool_row_k3s2_avx512(const float* r, float* o, int64_t jlo, int64_t jhi) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  auto mask = [](int64_t n) {
-    return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (n <= 0 ? 0 : (1u << n) - 1));
-  };
-  for (int64_t j0 = jlo; j0 < jhi; j0 += 16) {
-    const int64_t n = std::min<int64_t>(16, jhi - j0), need = 2 * n + 1;  // inputs r[2j0 .. 2j0 + 2n]
-    const float* q = r + 2 * j0;
-    const __m512 a = _mm512_maskz_loadu_ps(mask(need), q), b = _mm512_maskz_loadu_ps(mask(need - 16), q + 16);
-    const __m512 a2 = _mm512_maskz_loadu_ps(mask(need - 2), q + 2);
-    const __m512 b2 = _mm512_maskz_loadu_ps(mask(need - 18), q + 18);
-    const __m512 pair = _mm512_max_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
-    const __m512 m = _mm512_max_ps(pair, _mm512_permutex2var_ps(a2, even, b2));
-    _mm512_mask_storeu_ps(o + j0, mask(n), m);
-  }
-}
+// Sparse taps over the dictionary planes of one image (P*sH*sW planes of Hq x Wq; per tap a flat offset).
+struct TapArgs {
+  const float* buf;       // the dictionary planes of the image being computed
+  float* out;             // (N, O, Ho, Wo), or (N, O, pool.Ho, pool.Wo) with pooling
+  const float* res;       // residual laid out like out (no pooling), or null
+  const int64_t* rowptr;
+  const void* idx;
+  const float* val;
+  const float* bias;
+  int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one output plane, (Ho - 1) * Wq + Wo
+  int64_t blocks;         // fully connected: blocks of responses; rowptr is then (blocks, O + 1), one CSR each
+  int64_t ntiles;
+  int64_t span, nblocks;  // dictionary planes taken in nblocks blocks of `span` offsets (nblocks 1: all at once)
+  bool relu;
+  const uint16_t* vmask;  // AVX-512 store: per column j of the padded row, lanes t with (j + t) % Wq < Wo
+  const int32_t* dstart;  // ... and where the first of them lands relative to the row's output
+  PoolGeom pool;          // folded max pooling (pool.kH == 0: none), computed in nbands bands of `band` pooled rows
+  int64_t band, nbands;
+  int64_t group;          // channels per item, with pooling or blocks of planes
+};
 
 struct PoolArgs {
   const float* in;
   float* out;
-  int64_t H, W, inner, Ho, Wo;
-  int64_t kH, kW, sH, sW, pH, pW;
+  int64_t H, W;
+  PoolGeom g;
   bool relu;
 };
 
-// One output row for a single value per position: the window rows are first reduced column by column into `col`
-// (contiguous, vectorised), then each output takes the max over its window of `col`; columns whose window lies
-// inside the input run branch-free (3-wide stride 2, AlexNet's and ResNet's pooling, has its own AVX-512 loop).
-template <int VB>
-inline __attribute__((always_inline)) void pool_row_single(const PoolArgs& p, const float* src, float* o,
-                                                           int64_t h0, int64_t h1, float* col) {
-  const int64_t W = p.W, Wo = p.Wo, kW = p.kW, sW = p.sW, pW = p.pW;
-  const int64_t jlo = std::min(Wo, (pW + sW - 1) / sW);
-  const int64_t jhi = std::max(jlo, std::min(Wo, W + pW - kW >= 0 ? (W + pW - kW) / sW + 1 : 0));
-  std::memcpy(col, src + h0 * W, sizeof(float) * W);
-  for (int64_t h = h0 + 1; h < h1; ++h) {
-    const float* r = src + h * W;
-    for (int64_t w = 0; w < W; ++w) col[w] = std::max(col[w], r[w]);
-  }
-  const float* cc = col - pW;
-  bool done = false;
-  if constexpr (VB == 64) {
-    if (kW == 3 && sW == 2) {
-      pool_row_k3s2_avx512(cc, o, jlo, jhi);
-      done = true;
-    }
-  }
-  if (done) {
-  } else if (kW == 3 && sW == 2) {
-    for (int64_t j = jlo; j < jhi; ++j) o[j] = std::max(std::max(cc[2 * j], cc[2 * j + 1]), cc[2 * j + 2]);
-  } else if (kW == 3 && sW == 1) {
-    for (int64_t j = jlo; j < jhi; ++j) o[j] = std::max(std::max(cc[j], cc[j + 1]), cc[j + 2]);
-  } else {
-    for (int64_t j = jlo; j < jhi; ++j) {
-      float m = cc[j * sW];
-      for (int64_t dw = 1; dw < kW; ++dw) m = std::max(m, cc[j * sW + dw]);
-      o[j] = m;
-    }
-  }
-  auto edge = [&](int64_t j) {
-    const int64_t w0 = std::max<int64_t>(j * sW - pW, 0), w1 = std::min(j * sW - pW + kW, W);
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t w = w0; w < w1; ++w) m = std::max(m, col[w]);
-    o[j] = m;
-  };
-  for (int64_t j = 0; j < jlo; ++j) edge(j);
-  for (int64_t j = jhi; j < Wo; ++j) edge(j);
-  if (p.relu)
-    for (int64_t j = 0; j < Wo; ++j) o[j] = std::max(o[j], 0.f);
-}
-
-template <int VB>
-inline __attribute__((always_inline)) void pool_impl(const PoolArgs& p, int64_t begin, int64_t end) {
-  const int64_t inner = p.inner;
-  std::vector<float> col(inner == 1 ? p.W : 0);
-  for (int64_t pl = begin; pl < end; ++pl) {
-    const float* src = p.in + pl * p.H * p.W * inner;
-    float* dst = p.out + pl * p.Ho * p.Wo * inner;
-    for (int64_t i = 0; i < p.Ho; ++i) {
-      const int64_t h0 = std::max<int64_t>(i * p.sH - p.pH, 0), h1 = std::min(i * p.sH - p.pH + p.kH, p.H);
-      if (inner == 1) {
-        pool_row_single<VB>(p, src, dst + i * p.Wo, h0, h1, col.data());
-        continue;
-      }
-      for (int64_t j = 0; j < p.Wo; ++j) {
-        const int64_t w0 = std::max<int64_t>(j * p.sW - p.pW, 0), w1 = std::min(j * p.sW - p.pW + p.kW, p.W);
-        float* o = dst + (i * p.Wo + j) * inner;
-        const float init = p.relu ? 0.f : -std::numeric_limits<float>::infinity();
-        for (int64_t n = 0; n < inner; ++n) o[n] = init;
-        for (int64_t h = h0; h < h1; ++h)
-          for (int64_t w = w0; w < w1; ++w) {
-            const float* v = src + (h * p.W + w) * inner;
-            for (int64_t n = 0; n < inner; ++n) o[n] = std::max(o[n], v[n]);
-          }
-      }
-    }
-  }
-}
-
+// y = bias + W x (ReLU) for one input vector, over its nonzero entries only.
 struct GemvArgs {
   const float* x;       // the input values that are nonzero, in order
   const int64_t* rows;  // their row numbers in wt
@@ -276,146 +112,98 @@ struct GemvArgs {
   const float* wt;      // (K, M): the weight transposed, one row per input
   const float* bias;    // M values or null
   float* y;
-  int64_t M;
+  int64_t M, chunk;     // outputs, and outputs per item
+  bool relu;
 };
 
-constexpr int64_t kGemvChunk = 4096;  // outputs per pass: their accumulators stay in L1
+// The dictionary responses D of one image (P planes of H x W) written into zero-padded stride-phase planes:
+// plane (p, a, b) holds D[p, hq*sH + a - pH, wq*sW + b - pW] at [hq][wq], zero outside the input.
+struct PhaseArgs {
+  const float* D;
+  float* B;
+  int64_t P, H, W, sH, sW, pH, pW, Hq, Wq;
+};
 
-// One chunk of outputs of y = bias + W x: the rows of zero inputs are never read. After a ReLU about half the
-// inputs are zero, and a product with one input vector is bound by reading the weights from memory; since the
-// rows read jump over the skipped ones, the hardware prefetcher cannot guess them: they are prefetched ahead.
-template <int VB>
-inline __attribute__((always_inline)) void gemv_impl(const GemvArgs& g, int64_t begin, int64_t end) {
-  typedef float vec __attribute__((vector_size(VB)));
-  typedef float uvec __attribute__((vector_size(VB), aligned(4), may_alias));
-  constexpr int L = VB / 4;
-  constexpr int64_t kAhead = 4;  // rows prefetched ahead
-  alignas(64) float acc[kGemvChunk];
-  for (int64_t c = begin; c < end; ++c) {
-    const int64_t m0 = c * kGemvChunk, len = std::min(kGemvChunk, g.M - m0), full = len / L * L;
-    std::memset(acc, 0, sizeof(float) * len);
-    for (int64_t k = 0; k < g.nnz; ++k) {
-      if (k + kAhead < g.nnz) {
-        const char* next = reinterpret_cast<const char*>(g.wt + g.rows[k + kAhead] * g.M + m0);
-        for (int64_t b = 0; b < len * 4; b += 64) __builtin_prefetch(next + b, 0, 0);
-      }
-      const float* p = g.wt + g.rows[k] * g.M + m0;
-      const vec w = vec{} + g.x[k];
-      for (int64_t t = 0; t < full; t += L)
-        *reinterpret_cast<vec*>(acc + t) += w * *reinterpret_cast<const uvec*>(p + t);
-      for (int64_t t = full; t < len; ++t) acc[t] += g.x[k] * p[t];
-    }
-    for (int64_t t = 0; t < len; ++t) g.y[m0 + t] = acc[t] + (g.bias ? g.bias[m0 + t] : 0.f);
-  }
+// A dictionary over C <= kPhaseDictMaxC input channels with a stride: computed straight into the phase planes
+// (same layout as PhaseArgs) from the input x (C planes of H x W) and the packed dictionary w (see GemmArgs).
+constexpr int64_t kPhaseDictMaxC = 4;
+struct PhaseDictArgs {
+  const float* x;
+  const float* w;
+  float* B;
+  int64_t C, P, H, W, sH, sW, pH, pW, Hq, Wq;
+};
+
+// Grow a scratch vector without filling it (resize would zero the new part on every call).
+inline float* scratch(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
 }
 
-// The same dot products with gather instructions (GCC does not vectorise the gathered reduction by itself).
-template <typename I>
-LCNN_TARGET_AVX512 inline __m512 gather16_avx512(const I* idx, const float* buf) {
-  __m512i v;
-  if constexpr (std::is_same_v<I, uint16_t>)
-    v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)));
-  else
-    v = _mm512_loadu_si512(idx);
-  return _mm512_i32gather_ps(v, buf, 4);
+// Input rows [h0, h1) of pooled row i, clipped to an input of H rows.
+inline void pool_rows(const PoolGeom& p, int64_t i, int64_t H, int64_t& h0, int64_t& h1) {
+  h0 = std::max<int64_t>(i * p.sH - p.pH, 0);
+  h1 = std::min(i * p.sH - p.pH + p.kH, H);
 }
 
-template <typename I>
-LCNN_TARGET_AVX2 inline __m256 gather8_avx2(const I* idx, const float* buf) {
-  __m256i v;
-  if constexpr (std::is_same_v<I, uint16_t>)
-    v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
-  else
-    v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx));
-  return _mm256_i32gather_ps(buf, v, 4);
-}
+#define LCNN_VB 64
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi,bmi2,popcnt")
+namespace avx512 {
+#include "lookup_kernels.h"
+}  // namespace avx512
+#pragma GCC pop_options
+#undef LCNN_VB
 
-template <typename I>
-LCNN_TARGET_AVX512 void gather_avx512(const LookupArgs& a, int64_t begin, int64_t end) {
-  const I* idx = static_cast<const I*>(a.idx);
-  const float* val = a.val;
-  for (int64_t o = begin; o < end; ++o) {
-    const int64_t k1 = a.rowptr[o + 1];
-    int64_t k = a.rowptr[o];
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    for (; k + 32 <= k1; k += 32) {
-      // The taps stream from memory once per call: fetch them well ahead of the gathers.
-      __builtin_prefetch(idx + k + 1024, 0, 0);
-      __builtin_prefetch(val + k + 512, 0, 0);
-      __builtin_prefetch(val + k + 528, 0, 0);
-      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), gather16_avx512(idx + k, a.buf), acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k + 16), gather16_avx512(idx + k + 16, a.buf), acc1);
-    }
-    for (; k + 16 <= k1; k += 16)
-      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), gather16_avx512(idx + k, a.buf), acc0);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    for (; k < k1; ++k) s += val[k] * a.buf[idx[k]];
-    a.out[o] = relu_if(s + a.bias[o], a.relu);
-  }
-}
+#define LCNN_VB 32
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2")
+namespace avx2 {
+#include "lookup_kernels.h"
+}  // namespace avx2
+#pragma GCC pop_options
+#undef LCNN_VB
 
-template <typename I>
-LCNN_TARGET_AVX2 void gather_avx2(const LookupArgs& a, int64_t begin, int64_t end) {
-  const I* idx = static_cast<const I*>(a.idx);
-  const float* val = a.val;
-  for (int64_t o = begin; o < end; ++o) {
-    const int64_t k1 = a.rowptr[o + 1];
-    int64_t k = a.rowptr[o];
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (; k + 16 <= k1; k += 16) {
-      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), gather8_avx2(idx + k, a.buf), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8), gather8_avx2(idx + k + 8, a.buf), acc1);
-    }
-    for (; k + 8 <= k1; k += 8)
-      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), gather8_avx2(idx + k, a.buf), acc0);
-    alignas(32) float part[8];
-    _mm256_store_ps(part, _mm256_add_ps(acc0, acc1));
-    float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    for (; k < k1; ++k) s += val[k] * a.buf[idx[k]];
-    a.out[o] = relu_if(s + a.bias[o], a.relu);
-  }
-}
+#define LCNN_VB 16
+namespace base {
+#include "lookup_kernels.h"
+}  // namespace base
+#undef LCNN_VB
 
-#define LCNN_ISA_VARIANTS(SUFFIX, VB, TARGET)                                                            \
-  TARGET void tiles_u16_##SUFFIX(const LookupArgs& a, int64_t b, int64_t e) { tiles_impl<VB, uint16_t>(a, b, e); } \
-  TARGET void tiles_i32_##SUFFIX(const LookupArgs& a, int64_t b, int64_t e) { tiles_impl<VB, int32_t>(a, b, e); }  \
-  TARGET void pool_##SUFFIX(const PoolArgs& p, int64_t b, int64_t e) { pool_impl<VB>(p, b, e); }              \
-  TARGET void gemv_##SUFFIX(const GemvArgs& g, int64_t b, int64_t e) { gemv_impl<VB>(g, b, e); }
+// ------------------------------------------------------------------------------------------------------------
+// Instruction-set choice.
 
-void gather_u16_avx512(const LookupArgs& a, int64_t b, int64_t e) { gather_avx512<uint16_t>(a, b, e); }
-void gather_i32_avx512(const LookupArgs& a, int64_t b, int64_t e) { gather_avx512<int32_t>(a, b, e); }
-void gather_u16_avx2(const LookupArgs& a, int64_t b, int64_t e) { gather_avx2<uint16_t>(a, b, e); }
-void gather_i32_avx2(const LookupArgs& a, int64_t b, int64_t e) { gather_avx2<int32_t>(a, b, e); }
-void gather_u16_base(const LookupArgs& a, int64_t b, int64_t e) { gather_impl<uint16_t>(a, b, e); }
-void gather_i32_base(const LookupArgs& a, int64_t b, int64_t e) { gather_impl<int32_t>(a, b, e); }
-LCNN_ISA_VARIANTS(avx512, 64, LCNN_TARGET_AVX512)
-LCNN_ISA_VARIANTS(avx2, 32, LCNN_TARGET_AVX2)
-LCNN_ISA_VARIANTS(base, 16, )
-
-typedef void (*ItemFn)(const LookupArgs&, int64_t, int64_t);
+typedef void (*GemmFn)(const GemmArgs&, int64_t, int64_t);
+typedef void (*TapFn)(const TapArgs&, int64_t, int64_t);
 typedef void (*PoolFn)(const PoolArgs&, int64_t, int64_t);
 typedef void (*GemvFn)(const GemvArgs&, int64_t, int64_t);
+typedef void (*PhaseFn)(const PhaseArgs&, int64_t, int64_t);
+typedef void (*PhaseDictFn)(const PhaseDictArgs&, int64_t, int64_t);
 
 struct Isa {
   const char* name;
   int lanes;
-  ItemFn tiles_u16, tiles_i32, gather_u16, gather_i32;
+  int gemm_cols;  // columns of one GEMM item
+  GemmFn gemm;
+  TapFn taps_u16, taps_i32, pooled_u16, pooled_i32, fc_batch_u16, fc_batch_i32, gather_u16, gather_i32;
   PoolFn pool;
   GemvFn gemv;
+  PhaseFn phases;
+  PhaseDictFn phase_dict;
 };
 
-const Isa kIsas[] = {
-    {"avx512", 16, tiles_u16_avx512, tiles_i32_avx512, gather_u16_avx512, gather_i32_avx512, pool_avx512,
-     gemv_avx512},
-    {"avx2", 8, tiles_u16_avx2, tiles_i32_avx2, gather_u16_avx2, gather_i32_avx2, pool_avx2, gemv_avx2},
-    {"base", 4, tiles_u16_base, tiles_i32_base, gather_u16_base, gather_i32_base, pool_base, gemv_base},
-};
+#define LCNN_ISA_ENTRY(NS)                                                                                      \
+  {#NS, NS::L, NS::kGemmCols, NS::gemm, NS::taps_u16, NS::taps_i32, NS::pooled_u16, NS::pooled_i32,            \
+   NS::fc_batch_u16, NS::fc_batch_i32, NS::gather_u16, NS::gather_i32, NS::pool, NS::gemv, NS::phases, NS::phase_dict}
+
+const Isa kIsas[] = {LCNN_ISA_ENTRY(avx512), LCNN_ISA_ENTRY(avx2), LCNN_ISA_ENTRY(base)};
 
 int best_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2") &&
+      __builtin_cpu_supports("popcnt"))
     return 0;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2")) return 1;
   return 2;
@@ -442,11 +230,70 @@ std::string set_isa(const std::string& name) {
   TORCH_CHECK(false, "lookup kernels: unknown instruction set '", name, "' (auto, avx512, avx2 or base)");
 }
 
-// Items per task such that a task holds at least ~2^17 elementary operations: smaller layers run on the calling
-// thread, since an OpenMP fork/join costs more than they do (and much more on a busy machine).
-int64_t grain_for(int64_t items, int64_t work_per_item) {
-  const int64_t min_work = int64_t(1) << 17;
-  return std::max<int64_t>(1, min_work / std::max<int64_t>(1, work_per_item));
+// ------------------------------------------------------------------------------------------------------------
+// Drivers
+
+// Items are split among torch's threads so that each task holds at least ~2^15 vector operations (about 10 us):
+// smaller loops run on the calling thread, since waking the pool costs more than they do.
+int64_t g_min_task_work = int64_t(1) << 15;
+
+// The least work per task, in vector operations; returns the previous value. Tests set 1 to have every loop
+// split among the threads, whatever its size.
+int64_t set_min_task_work(int64_t work) {
+  TORCH_CHECK(work >= 1, "lookup kernels: the least work per task must be positive");
+  std::swap(work, g_min_task_work);
+  return work;
+}
+
+template <typename F>
+void parallel_items(int64_t items, int64_t work_per_item, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, work_per_item));
+  at::parallel_for(0, items, grain, f);
+}
+
+// Items of one step of a layer, and the work of one item in vector operations.
+struct Stage {
+  int64_t items, work;
+  c10::function_ref<void(int64_t, int64_t)> fn;
+};
+
+// Stages run in order, each complete before the next starts (the taps read what the dictionary wrote). With
+// several threads they share one parallel region instead of one each (a small layer at batch 1 would spend much of
+// its time starting regions): threads take chunks of a stage's items as they come, then wait until all of that
+// stage's items are done. Which thread computes an item never changes its result.
+void run_stages(std::initializer_list<Stage> stages, bool par) {
+  const int64_t threads = par ? at::get_num_threads() : 1;
+  bool split = false;
+  for (const Stage& st : stages)
+    split = split || st.items > std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work));
+  if (threads == 1 || !split) {
+    for (const Stage& st : stages)
+      if (st.items > 0) st.fn(0, st.items);
+    return;
+  }
+  std::vector<std::atomic<int64_t>> next(stages.size()), done(stages.size());
+  for (size_t i = 0; i < stages.size(); ++i) next[i] = done[i] = 0;
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    size_t i = 0;
+    for (const Stage& st : stages) {
+      // Chunks of a few tasks' worth per thread, so that one slow thread leaves its share to the others.
+      const int64_t grain = std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work) / 4);
+      for (int64_t b; (b = next[i].fetch_add(grain)) < st.items;) {
+        const int64_t e = std::min(st.items, b + grain);
+        st.fn(b, e);
+        done[i].fetch_add(e - b);
+      }
+      while (done[i].load(std::memory_order_acquire) < st.items) _mm_pause();
+      ++i;
+    }
+  });
+}
+
+void run_gemm(const GemmArgs& g) {
+  const Isa& isa = kIsas[g_isa];
+  const int64_t cb = isa.gemm_cols;
+  const int64_t items = g.images * ((g.M + kMR - 1) / kMR) * ((g.ncols + cb - 1) / cb);
+  parallel_items(items, g.K * kMR * cb / isa.lanes, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
 }
 
 // Output size of a max pooling, with PyTorch's (= Torch7's) ceil-mode rule.
@@ -456,18 +303,39 @@ int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode)
   return out;
 }
 
-// Max pooling of `planes` planes of H x W positions with `inner` contiguous values per position.
-void pool_planes(const float* in, float* out, int64_t planes, int64_t H, int64_t W, int64_t inner,
-                 const std::vector<int64_t>& pool, bool relu, int64_t Ho, int64_t Wo) {
-  const PoolArgs p{in, out, H, W, inner, Ho, Wo, pool[0], pool[1], pool[2], pool[3], pool[4], pool[5], relu};
-  const PoolFn fn = kIsas[g_isa].pool;
-  const int64_t work = Ho * Wo * inner * pool[0] * pool[1];
-  at::parallel_for(0, planes, grain_for(planes, work), [&](int64_t b, int64_t e) { fn(p, b, e); });
+void check_pool(const std::vector<int64_t>& pool) {
+  TORCH_CHECK(pool.size() == 7, "lookup kernels: pool must be [kH, kW, sH, sW, padH, padW, ceil]");
+  TORCH_CHECK(pool[0] > 0 && pool[1] > 0 && pool[2] > 0 && pool[3] > 0 && pool[4] >= 0 && pool[5] >= 0 &&
+                  2 * pool[4] <= pool[0] && 2 * pool[5] <= pool[1],
+              "lookup kernels: invalid max pooling parameters");
 }
 
-// y = bias + W x for a single input vector x (K values) with W given transposed as wt (K, M), skipping the rows
-// of zero inputs; writes M values to y.
-void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, float* y) {
+PoolGeom pool_geom(const std::vector<int64_t>& pool, int64_t H, int64_t W) {
+  check_pool(pool);
+  const int64_t Ho = pooled_size(H, pool[0], pool[2], pool[4], pool[6]);
+  const PoolGeom g{pool[0], pool[1], pool[2], pool[3], pool[4], pool[5], Ho,
+                   pooled_size(W, pool[1], pool[3], pool[5], pool[6])};
+  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "lookup kernels: max pooling window larger than its input");
+  return g;
+}
+
+// Max pooling (optionally followed by ReLU) of an NCHW tensor.
+at::Tensor max_pool(const at::Tensor& x, std::vector<int64_t> pool, bool relu) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "lookup kernels: max_pool wants a 4-D float32 CPU tensor");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const PoolGeom g = pool_geom(pool, H, W);
+  at::Tensor src = x.contiguous();
+  at::Tensor out = at::empty({N, C, g.Ho, g.Wo}, x.options());
+  const PoolArgs p{src.data_ptr<float>(), out.data_ptr<float>(), H, W, g, relu};
+  const PoolFn fn = kIsas[g_isa].pool;
+  parallel_items(N * C, g.Ho * g.Wo * g.kH * g.kW, [&](int64_t b, int64_t e) { fn(p, b, e); });
+  return out;
+}
+
+// y = bias + W x (ReLU) for one input vector x (K values) with W given transposed as wt (K, M).
+void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, bool relu,
+                     float* y) {
   std::vector<float> vals;
   std::vector<int64_t> rows;
   vals.reserve(K);
@@ -478,213 +346,333 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
       rows.push_back(k);
     }
   }
-  const GemvArgs g{vals.data(), rows.data(), static_cast<int64_t>(rows.size()), wt, bias, y, M};
-  const int64_t chunks = (M + kGemvChunk - 1) / kGemvChunk;
+  // One chunk of outputs per thread (a product with one vector is bound by memory: every thread adds bandwidth).
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunk = std::min(kGemvChunk, ((M + threads - 1) / threads + 15) / 16 * 16);
+  const GemvArgs g{vals.data(), rows.data(), static_cast<int64_t>(rows.size()), wt, bias, y, M, chunk, relu};
   const GemvFn fn = kIsas[g_isa].gemv;
-  at::parallel_for(0, chunks, grain_for(chunks, g.nnz * kGemvChunk), [&](int64_t b, int64_t e) { fn(g, b, e); });
+  parallel_items((M + chunk - 1) / chunk, g.nnz * chunk / 16, [&](int64_t b, int64_t e) { fn(g, b, e); });
 }
 
-// Fully connected layer for one input vector (dense path of a kernel that covers its input at batch 1).
-at::Tensor linear_skip_zeros(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && wt.scalar_type() == at::kFloat && wt.dim() == 2 &&
-                  wt.is_contiguous() && x.numel() == wt.size(0) && x.device().is_cpu(),
-              "lookup kernels: linear wants a float32 input of K values and a contiguous (K, M) weight");
-  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == wt.size(1),
-              "lookup kernels: linear bias must hold M float32 values");
-  at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty({wt.size(1)}, wt.options());
-  gemv_skip_zeros(xc.data_ptr<float>(), wt.size(0), wt.data_ptr<float>(), wt.size(1), bias.data_ptr<float>(),
-                  y.data_ptr<float>());
-  return y;
-}
-
-void check_pool(const std::vector<int64_t>& pool) {
-  TORCH_CHECK(pool.size() == 7, "lookup kernels: pool must be [kH, kW, sH, sW, padH, padW, ceil]");
-  TORCH_CHECK(pool[0] > 0 && pool[1] > 0 && pool[2] > 0 && pool[3] > 0 && pool[4] >= 0 && pool[5] >= 0 &&
-                  2 * pool[4] <= pool[0] && 2 * pool[5] <= pool[1],
-              "lookup kernels: invalid max pooling parameters");
-}
-
-// (N, C, H, W) view of a (C, H, W, N) buffer.
-at::Tensor as_nchw(const at::Tensor& chwn) { return chwn.permute({3, 0, 1, 2}); }
-
-// True when x is laid out (C, H, W, N) in memory (always the case for a contiguous batch of one).
-bool is_chwn(const at::Tensor& x) { return x.permute({1, 2, 3, 0}).is_contiguous(); }
-
-// Max pooling (optionally followed by ReLU) that keeps the input's layout: CHWN stays CHWN, anything else is
-// pooled as contiguous NCHW.
-at::Tensor max_pool(const at::Tensor& x, std::vector<int64_t> pool, bool relu) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "lookup kernels: max_pool wants a 4-D float32 CPU tensor");
-  check_pool(pool);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, pool[0], pool[2], pool[4], pool[6]);
-  const int64_t Wo = pooled_size(W, pool[1], pool[3], pool[5], pool[6]);
-  TORCH_CHECK(Ho > 0 && Wo > 0, "lookup kernels: max pooling window larger than its input");
-  if (is_chwn(x) && N > 1) {
-    at::Tensor src = x.permute({1, 2, 3, 0});
-    at::Tensor out = at::empty({C, Ho, Wo, N}, x.options());
-    pool_planes(src.data_ptr<float>(), out.data_ptr<float>(), C, H, W, N, pool, relu, Ho, Wo);
-    return as_nchw(out);
-  }
-  at::Tensor src = x.contiguous();
-  at::Tensor out = at::empty({N, C, Ho, Wo}, x.options());
-  pool_planes(src.data_ptr<float>(), out.data_ptr<float>(), N * C, H, W, 1, pool, relu, Ho, Wo);
-  return out;
-}
-
-// Write dictionary responses D (strides given as (p, n, h, w)) into zero-padded stride-phase planes:
-// plane (p, a, b) holds D[p, n, hq*sH + a - pH, wq*sW + b - pW] at [hq][wq][n], zero outside the input.
-void scatter_phases(const float* D, int64_t sp, int64_t sn, int64_t sh, int64_t sw, float* B, int64_t P, int64_t N,
-                    int64_t H, int64_t W, int64_t sH, int64_t sW, int64_t pH, int64_t pW, int64_t Hq, int64_t Wq) {
-  const int64_t S = sH * sW, plane = Hq * Wq * N;
-  at::parallel_for(0, P * S, grain_for(P * S, plane), [&](int64_t begin, int64_t end) {
-    for (int64_t pl = begin; pl < end; ++pl) {
-      const int64_t p = pl / S, ph = pl - p * S, a = ph / sW, b = ph - a * sW;
-      float* dst = B + pl * plane;
-      // Columns wq in [wlo, whi) map inside the input; the rest of each row is padding.
-      const int64_t wlo = std::min(Wq, std::max<int64_t>(0, (pW - b + sW - 1) / sW));
-      const int64_t whi = std::max(wlo, std::min(Wq, (W + pW - b + sW - 1) / sW));
-      for (int64_t hq = 0; hq < Hq; ++hq) {
-        const int64_t h = hq * sH + a - pH;
-        float* drow = dst + hq * Wq * N;
-        if (h < 0 || h >= H) {
-          std::memset(drow, 0, sizeof(float) * Wq * N);
-          continue;
-        }
-        std::memset(drow, 0, sizeof(float) * wlo * N);
-        std::memset(drow + whi * N, 0, sizeof(float) * (Wq - whi) * N);
-        const float* srow = D + p * sp + h * sh + (b - pW) * sw;
-        if (N == 1) {
-          const int64_t step = sW * sw;
-          for (int64_t wq = wlo; wq < whi; ++wq) drow[wq] = srow[wq * step];
-        } else if (sn == 1) {
-          for (int64_t wq = wlo; wq < whi; ++wq) std::memcpy(drow + wq * N, srow + wq * sW * sw, sizeof(float) * N);
-        } else {
-          for (int64_t wq = wlo; wq < whi; ++wq) {
-            const float* src = srow + wq * sW * sw;
-            float* d = drow + wq * N;
-            for (int64_t n = 0; n < N; ++n) d[n] = src[n * sn];
-          }
-        }
-      }
+// Zero the border of `count` padded planes of Hp x Wp around an H x W interior at (pH, pW).
+void zero_borders(float* B, int64_t count, int64_t Hp, int64_t Wp, int64_t H, int64_t W, int64_t pH, int64_t pW) {
+  for (int64_t c = 0; c < count; ++c) {
+    float* p = B + c * Hp * Wp;
+    std::memset(p, 0, sizeof(float) * pH * Wp);
+    std::memset(p + (pH + H) * Wp, 0, sizeof(float) * (Hp - pH - H) * Wp);
+    for (int64_t h = pH; h < pH + H; ++h) {
+      std::memset(p + h * Wp, 0, sizeof(float) * pW);
+      std::memset(p + h * Wp + pW + W, 0, sizeof(float) * (Wp - pW - W));
     }
-  });
+  }
 }
 
-// The fused lookup convolution: dictionary GEMM, phase scatter, sparse taps with bias and ReLU, optional pool.
-// geom = [kH, kW, sH, sW, padH, padW]; idx holds, per tap, its plane offset in units of the batch size for this
-// input's height and width (uint16 stored as int16, or int32); pool = [] or [kH, kW, sH, sW, padH, padW, ceil].
-at::Tensor lookup_conv(const at::Tensor& x, const at::Tensor& dict_w, const std::optional<at::Tensor>& dict_wt,
+void check_float(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(), "lookup kernels: ", what,
+              " must be a contiguous float32 CPU tensor");
+}
+
+// A GEMM operand: packed (panels, K, kMR) of a matrix with M rows; returns its data.
+const float* packed_data(const std::optional<at::Tensor>& t, int64_t M, int64_t K, const char* what) {
+  TORCH_CHECK(t.has_value(), "lookup kernels: this shape needs the packed ", what);
+  const at::Tensor& a = *t;
+  check_float(a, what);
+  TORCH_CHECK(a.dim() == 3 && a.size(0) == (M + kMR - 1) / kMR && a.size(1) == K && a.size(2) == kMR,
+              "lookup kernels: ", what, " must be packed as (", (M + kMR - 1) / kMR, ", ", K, ", ", kMR, ")");
+  return a.data_ptr<float>();
+}
+
+// The batch-innermost (C, H*W*N) copy of an NCHW tensor (a view when it is laid out that way already).
+at::Tensor batch_innermost(const at::Tensor& x) {
+  at::Tensor t = x.permute({1, 2, 3, 0});
+  return (t.is_contiguous() ? t : t.contiguous()).view({x.size(1), -1});
+}
+
+// (N, O, 1, 1) view of an (O, N) buffer.
+at::Tensor from_batch_innermost(const at::Tensor& y) {
+  return y.view({y.size(0), y.size(1), 1, 1}).permute({1, 0, 2, 3});
+}
+
+// A residual laid out like the output: (N, O, Ho, Wo) contiguous, or (O, N) for a batch of one position.
+at::Tensor residual_like(const std::optional<at::Tensor>& residual, int64_t N, int64_t O, int64_t Ho, int64_t Wo,
+                         bool batch_inner) {
+  TORCH_CHECK(residual->dim() == 4 && residual->size(0) == N && residual->size(1) == O && residual->size(2) == Ho &&
+                  residual->size(3) == Wo && residual->scalar_type() == at::kFloat,
+              "lookup kernels: residual input has shape ", residual->sizes(), ", the output ",
+              at::IntArrayRef({N, O, Ho, Wo}));
+  return batch_inner ? residual->reshape({N, O}).t().contiguous() : residual->contiguous();
+}
+
+// The fused lookup convolution. dict_pack: the dictionary packed for the GEMM; dict_t: the dictionary transposed
+// (C, P), for a fully connected dictionary at batch 1; geom = [kH, kW, sH, sW, padH, padW, P]; idx holds, per tap,
+// its plane offset for this input's height and width (uint16 stored as int16, or int32); pool = [] or
+// [kH, kW, sH, sW, padH, padW, ceil]; residual: added before the ReLU (no pooling).
+at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dict_pack,
+                       const std::optional<at::Tensor>& dict_t,
                        const at::Tensor& rowptr, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& bias,
-                       std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool) {
+                       std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
+                       const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "lookup conv: input must be a 4-D float32 CPU tensor, got ", x.sizes(), " ", x.scalar_type());
-  TORCH_CHECK(geom.size() == 6, "lookup conv: geom must be [kH, kW, sH, sW, padH, padW]");
-  TORCH_CHECK(dict_w.dim() == 2 && dict_w.is_contiguous() && dict_w.scalar_type() == at::kFloat,
-              "lookup conv: dictionary weight must be a contiguous float32 (P, C) matrix");
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.scalar_type() == at::kLong && rowptr.is_contiguous() && rowptr.numel() >= 1,
-              "lookup conv: rowptr must be a contiguous int64 vector");
-  TORCH_CHECK(val.scalar_type() == at::kFloat && val.is_contiguous() && bias.scalar_type() == at::kFloat &&
-                  bias.is_contiguous(), "lookup conv: values and bias must be contiguous float32");
+  TORCH_CHECK(geom.size() == 7, "lookup conv: geom must be [kH, kW, sH, sW, padH, padW, P]");
+  TORCH_CHECK((rowptr.dim() == 1 || rowptr.dim() == 2) && rowptr.scalar_type() == at::kLong &&
+                  rowptr.is_contiguous() && rowptr.size(-1) >= 1,
+              "lookup conv: rowptr must be a contiguous int64 vector (or blocks of them)");
+  check_float(val, "tap values");
+  check_float(bias, "bias");
   TORCH_CHECK((idx.scalar_type() == at::kShort || idx.scalar_type() == at::kInt) && idx.is_contiguous() &&
                   idx.numel() == val.numel(), "lookup conv: tap offsets must be int16 or int32, one per value");
-  const int64_t kH = geom[0], kW = geom[1], sH = geom[2], sW = geom[3], pH = geom[4], pW = geom[5];
-  TORCH_CHECK(kH > 0 && kW > 0 && sH > 0 && sW > 0 && pH >= 0 && pW >= 0, "lookup conv: invalid geometry");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t P = dict_w.size(0), O = rowptr.numel() - 1;
-  TORCH_CHECK(rowptr.data_ptr<int64_t>()[O] == val.numel(), "lookup conv: rowptr does not end at the number of taps");
-  TORCH_CHECK(dict_w.size(1) == C, "lookup conv: input has ", C, " channels, the dictionary expects ", dict_w.size(1));
+  const int64_t kH = geom[0], kW = geom[1], sH = geom[2], sW = geom[3], pH = geom[4], pW = geom[5], P = geom[6];
+  TORCH_CHECK(kH > 0 && kW > 0 && sH > 0 && sW > 0 && pH >= 0 && pW >= 0 && P > 0, "lookup conv: invalid geometry");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = rowptr.size(-1) - 1;
+  const int64_t blocks = rowptr.dim() == 2 ? rowptr.size(0) : 1;
+  // Fully connected (the kernel covers the input); a fully connected dictionary at batch 1 is served by dict_t
+  // (then the packed form is not needed, nor made by lookup.py).
+  const bool fc = pH == 0 && pW == 0 && H == kH && W == kW, gemv = fc && N == 1 && H * W == 1 && dict_t.has_value();
+  const float* A = gemv ? nullptr : packed_data(dict_pack, P, C, "dictionary");
+  TORCH_CHECK(rowptr.data_ptr<int64_t>()[rowptr.numel() - 1] == val.numel(),
+              "lookup conv: rowptr does not end at the number of taps");
   TORCH_CHECK(bias.numel() == O, "lookup conv: bias size does not match the number of output channels");
   const int64_t Hp = H + 2 * pH, Wp = W + 2 * pW;
   TORCH_CHECK(Hp >= kH && Wp >= kW, "lookup conv: kernel ", kH, "x", kW, " larger than padded input ", Hp, "x", Wp);
   const int64_t Ho = (Hp - kH) / sH + 1, Wo = (Wp - kW) / sW + 1;
   const int64_t Hq = (Hp + sH - 1) / sH, Wq = (Wp + sW - 1) / sW, S = sH * sW;
   const Isa& isa = kIsas[g_isa];
+  const bool u16 = idx.scalar_type() == at::kShort;
 
-  LookupArgs a;
-  a.N = N;
-  a.O = O;
-  a.Ho = Ho;
-  a.Wo = Wo;
-  a.row = Wq * N;
-  a.Q = (Ho - 1) * a.row + Wo * N;
-  a.tile_lanes = static_cast<int64_t>(kMaxVectors) * isa.lanes;
-  a.ntiles = (a.Q + a.tile_lanes - 1) / a.tile_lanes;
-  a.relu = relu && pool.empty();
-  // A single output position at batch 1 (a fully connected layer) has nothing to vectorise over but its taps.
-  const bool gather = a.Q == 1;
-
-  // The last tile may read up to one tile of lanes past the planes: keep a zeroed tail.
-  const int64_t planes_size = P * S * Hq * Wq * N;
-  const int64_t total = planes_size + a.tile_lanes + 16;
-  at::Tensor buf = at::empty({total}, x.options());
-  float* B = buf.data_ptr<float>();
-  const bool direct = S == 1 && pH == 0 && pW == 0 && (N == 1 || is_chwn(x));
-  if (direct && N == 1 && H * W == 1 && dict_wt.has_value()) {
-    // A fully connected dictionary at batch 1: a matrix-vector product that can skip zero inputs.
-    const at::Tensor& wt = *dict_wt;
-    TORCH_CHECK(wt.dim() == 2 && wt.size(0) == C && wt.size(1) == P && wt.is_contiguous() &&
-                    wt.scalar_type() == at::kFloat, "lookup conv: transposed dictionary must be a contiguous (C, P)");
-    at::Tensor xc = x.contiguous();
-    gemv_skip_zeros(xc.data_ptr<float>(), C, wt.data_ptr<float>(), P, nullptr, B);
-  } else if (direct) {
-    // Dictionary responses already have the plane layout: write the GEMM straight into the buffer.
-    at::Tensor xin = x.permute({1, 2, 3, 0}).reshape({C, H * W * N});
-    at::Tensor dst = buf.narrow(0, 0, planes_size).view({P, H * W * N});
-    at::mm_out(dst, dict_w, xin);
-  } else if (N == 1 || is_chwn(x)) {
-    at::Tensor xin = x.permute({1, 2, 3, 0}).reshape({C, H * W * N});
-    at::Tensor D = at::mm(dict_w, xin);
-    scatter_phases(D.data_ptr<float>(), H * W * N, 1, W * N, N, B, P, N, H, W, sH, sW, pH, pW, Hq, Wq);
-  } else {
-    // One GEMM per image: a batched matmul would broadcast (copy) the dictionary weight N times.
-    at::Tensor xin = x.contiguous().view({N, C, H * W});
-    at::Tensor D = at::empty({N, P, H * W}, x.options());
-    for (int64_t n = 0; n < N; ++n) {
-      at::Tensor Dn = D[n];
-      at::mm_out(Dn, dict_w, xin[n]);
-    }
-    scatter_phases(D.data_ptr<float>(), H * W, P * H * W, W, 1, B, P, N, H, W, sH, sW, pH, pW, Hq, Wq);
-  }
-  std::memset(B + planes_size, 0, sizeof(float) * (total - planes_size));
-
-  at::Tensor out = at::empty({O, Ho, Wo, N}, x.options());
-  a.buf = B;
-  a.out = out.data_ptr<float>();
+  TapArgs a{};
   a.rowptr = rowptr.data_ptr<int64_t>();
   a.idx = idx.data_ptr();
   a.val = val.data_ptr<float>();
   a.bias = bias.data_ptr<float>();
-  const bool u16 = idx.scalar_type() == at::kShort;
-  if (gather) {
-    ItemFn fn = u16 ? isa.gather_u16 : isa.gather_i32;
-    const int64_t work = (val.numel() / std::max<int64_t>(1, O) + 1) * Ho * Wo * N;
-    at::parallel_for(0, O, grain_for(O, work), [&](int64_t b, int64_t e) { fn(a, b, e); });
-  } else {
-    ItemFn fn = u16 ? isa.tiles_u16 : isa.tiles_i32;
-    const int64_t items = a.ntiles * O;
-    const int64_t work = (val.numel() / std::max<int64_t>(1, O) + 1) * kMaxVectors;
-    at::parallel_for(0, items, grain_for(items, work), [&](int64_t b, int64_t e) { fn(a, b, e); });
+  a.N = N;
+  a.O = O;
+  a.relu = relu && pool.empty();
+  TORCH_CHECK(pool.empty() || !residual.has_value(), "lookup conv: a residual cannot be combined with max pooling");
+  const int64_t taps_per_out = val.numel() / std::max<int64_t>(1, O) + 1;
+  const int64_t pad = int64_t(kTileVectors) * 16 + 16;  // zeroed tail: the last tile may read past the planes
+
+  TORCH_CHECK(fc || blocks == 1, "lookup conv: blocks of taps are for fully connected layers only");
+  if (fc) {
+    // Dictionary responses (P, H*W, N), batch innermost.
+    const int64_t rows = P * H * W;
+    at::Tensor buf = at::empty({rows * N + pad}, x.options());
+    float* B = buf.data_ptr<float>();
+    if (gemv) {
+      check_float(*dict_t, "transposed dictionary");
+      TORCH_CHECK(dict_t->dim() == 2 && dict_t->size(0) == C && dict_t->size(1) == P,
+                  "lookup conv: transposed dictionary must be (C, P)");
+      at::Tensor xc = x.contiguous();
+      gemv_skip_zeros(xc.data_ptr<float>(), C, dict_t->data_ptr<float>(), P, nullptr, false, B);
+    } else {
+      at::Tensor xt = batch_innermost(x);
+      const GemmArgs g{A, P, C, xt.data_ptr<float>(), H * W * N, 0, H * W * N, 1, B,
+                       H * W * N, 0, 0, 0, 0, nullptr, nullptr, false};
+      run_gemm(g);
+    }
+    std::memset(B + rows * N, 0, sizeof(float) * pad);
+    at::Tensor out = at::empty({O, N}, x.options());
+    at::Tensor res;
+    if (residual.has_value()) res = residual_like(residual, N, O, 1, 1, true);
+    a.buf = B;
+    a.out = out.data_ptr<float>();
+    a.res = res.defined() ? res.data_ptr<float>() : nullptr;
+    a.Ho = a.Wo = 1;
+    a.blocks = blocks;
+    if (N == 1) {
+      const TapFn fn = u16 ? isa.gather_u16 : isa.gather_i32;
+      parallel_items(O, taps_per_out, [&](int64_t b, int64_t e) { fn(a, b, e); });
+    } else {
+      const TapFn fn = u16 ? isa.fc_batch_u16 : isa.fc_batch_i32;
+      parallel_items(O, taps_per_out * ((N + 15) / 16), [&](int64_t b, int64_t e) { fn(a, b, e); });
+    }
+    if (!pool.empty()) return max_pool(from_batch_innermost(out), pool, relu);
+    return from_batch_innermost(out);
   }
-  if (pool.empty()) return as_nchw(out);
-  check_pool(pool);
-  const int64_t Po = pooled_size(Ho, pool[0], pool[2], pool[4], pool[6]);
-  const int64_t Qo = pooled_size(Wo, pool[1], pool[3], pool[5], pool[6]);
-  TORCH_CHECK(Po > 0 && Qo > 0, "lookup conv: max pooling window larger than the convolution output");
-  at::Tensor pooled = at::empty({O, Po, Qo, N}, x.options());
-  pool_planes(out.data_ptr<float>(), pooled.data_ptr<float>(), O, Ho, Wo, N, pool, relu, Po, Qo);
-  return as_nchw(pooled);
+
+  // Per image: dictionary responses into its stride-phase planes (P*S, Hq, Wq), then the taps.
+  const int64_t img = P * S * Hq * Wq, TL = int64_t(kTileVectors) * isa.lanes;
+  at::Tensor xc = x.contiguous();
+  a.Ho = Ho;
+  a.Wo = Wo;
+  a.Wq = Wq;
+  a.Q = (Ho - 1) * Wq + Wo;
+  at::Tensor out, res;
+  std::vector<uint16_t> vmask;
+  std::vector<int32_t> dstart;
+  PoolGeom pg{};
+  int64_t per_image, work;
+  TapFn taps;
+  // The rows of one plane a tile reads: its own rows and the kernel's reach below them. When those rows of all
+  // the planes pass ~32 KB (big dictionaries), the planes are taken in blocks that stay in L1.
+  const int64_t reach = (std::min(TL, a.Q) + Wq - 1) / Wq + (kH - 1) / sH + 1;
+  const int64_t per_block = std::max<int64_t>(1, (int64_t(32) << 10) / (reach * Wq * 4));
+  a.nblocks = (P * S + per_block - 1) / per_block;
+  a.span = per_block * Hq * Wq;
+  if (!pool.empty()) {
+    pg = pool_geom(pool, Ho, Wo);
+    out = at::empty({N, O, pg.Ho, pg.Wo}, x.options());
+    a.relu = relu;  // applied to the pooled values
+    a.pool = pg;
+    // Bands of about 1024 convolution lanes: the rows shared by neighbouring bands are computed twice, so bands
+    // must not be too thin; the channels are split into groups when that leaves too few items for the threads
+    // (the scratch of a band, group x lanes, stays in L2).
+    a.band = std::max<int64_t>(1, std::min<int64_t>(pg.Ho, 1024 / std::max<int64_t>(1, pg.sH * Wq)));
+    a.nbands = (pg.Ho + a.band - 1) / a.band;
+    const int64_t want = N >= 2 ? 1 : (4 * at::get_num_threads() + a.nbands - 1) / a.nbands;
+    const int64_t lanes = (a.band * pg.sH + pg.kH) * Wq;
+    const int64_t groups = std::min(O, std::max(want, (O * lanes * 4 + (256 << 10) - 1) / (256 << 10)));
+    a.group = (O + groups - 1) / groups;
+    per_image = a.nbands * ((O + a.group - 1) / a.group);
+    work = taps_per_out * lanes * a.group / isa.lanes;
+    taps = u16 ? isa.pooled_u16 : isa.pooled_i32;
+  } else {
+    out = at::empty({N, O, Ho, Wo}, x.options());
+    if (residual.has_value()) res = residual_like(residual, N, O, Ho, Wo, false);
+    vmask.resize(Wq);
+    dstart.resize(Wq);
+    for (int64_t j = 0; j < Wq; ++j) {
+      uint32_t m = 0;
+      for (int t = 0; t < 16; ++t)
+        if ((j + t) % Wq < Wo) m |= 1u << t;
+      vmask[j] = static_cast<uint16_t>(m);
+      dstart[j] = static_cast<int32_t>(j < Wo ? j : Wo);
+    }
+    a.res = res.defined() ? res.data_ptr<float>() : nullptr;
+    a.vmask = vmask.data();
+    a.dstart = dstart.data();
+    a.ntiles = (a.Q + TL - 1) / TL;
+    if (a.nblocks > 1) {
+      // Groups of channels share the blocks' passes; enough of them to keep the threads busy.
+      const int64_t want = (4 * at::get_num_threads() + N * a.ntiles - 1) / (N * a.ntiles);
+      a.group = (O + std::min(O, want) - 1) / std::min(O, want);
+      per_image = a.ntiles * ((O + a.group - 1) / a.group);
+      work = taps_per_out * kTileVectors * a.group;
+    } else {
+      per_image = a.ntiles * O;
+      work = taps_per_out * kTileVectors;
+    }
+    taps = u16 ? isa.taps_u16 : isa.taps_i32;
+  }
+  a.out = out.data_ptr<float>();
+  const bool padded = pH || pW;
+  const int64_t gemm_items = ((P + kMR - 1) / kMR) * ((H * W + isa.gemm_cols - 1) / isa.gemm_cols);
+  const int64_t gemm_work = C * kMR * isa.gemm_cols / isa.lanes;
+  // One image; `par`: spread it over the threads (else the calling thread does all of it).
+  auto image = [&](int64_t n, float* B, float* D, bool par) {
+    const float* xn = xc.data_ptr<float>() + n * C * H * W;
+    if (S == 1 && padded) zero_borders(B, P, Hp, Wp, H, W, pH, pW);
+    std::memset(B + img, 0, sizeof(float) * pad);
+    TapArgs t = a;
+    t.buf = B;
+    const int64_t first = n * per_image;
+    auto run_taps = [&](int64_t b, int64_t e) { taps(t, first + b, first + e); };
+    if (S == 1) {
+      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, B, Hp * Wp, 0, padded ? W : 0, Wp,
+                       pH * Wp + pW, nullptr, nullptr, false};
+      auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
+      run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
+    } else if (C <= kPhaseDictMaxC) {
+      const PhaseDictArgs f{xn, A, B, C, P, H, W, sH, sW, pH, pW, Hq, Wq};
+      auto dict = [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); };
+      run_stages({{sH * Hq, P * Wq * C, dict}, {per_image, work, run_taps}}, par);
+    } else {
+      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, D, H * W, 0, 0, 0, 0, nullptr, nullptr, false};
+      const PhaseArgs f{D, B, P, H, W, sH, sW, pH, pW, Hq, Wq};
+      auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
+      auto split = [&](int64_t b, int64_t e) { isa.phases(f, b, e); };
+      run_stages({{gemm_items, gemm_work, gemm}, {P * S * Hq, Wq, split}, {per_image, work, run_taps}}, par);
+    }
+  };
+  const int64_t threads = at::get_num_threads();
+  if (N > 1 && (N % threads == 0 || N >= 4 * threads)) {
+    // Whole images per thread: each keeps its planes in its own cache, and no stage waits for the others.
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      thread_local std::vector<float> planes_buf, resp_buf;
+      float* B = scratch(planes_buf, img + pad);
+      float* D = S == 1 || C <= kPhaseDictMaxC ? nullptr : scratch(resp_buf, P * H * W);
+      for (int64_t n = b; n < e; ++n) image(n, B, D, false);
+    });
+  } else {
+    at::Tensor planes = at::empty({img + pad + (S == 1 ? 0 : P * H * W)}, x.options());
+    for (int64_t n = 0; n < N; ++n) image(n, planes.data_ptr<float>(), planes.data_ptr<float>() + img + pad, true);
+  }
+  return out;
+}
+
+// A dense convolution whose kernel is 1x1 (any stride, no padding) or covers its whole input (a fully connected
+// layer): y = W x + bias with our GEMM (or, for one input vector, the product that skips zero inputs, given the
+// transposed weight w_t), then residual, ReLU and max pooling. geom = [kH, kW, sH, sW, O].
+at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pack,
+                      const std::optional<at::Tensor>& w_t,
+                      const at::Tensor& bias, std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
+                      const std::optional<at::Tensor>& residual) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "dense conv: input must be a 4-D float32 CPU tensor, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(geom.size() == 5, "dense conv: geom must be [kH, kW, sH, sW, O]");
+  check_float(bias, "bias");
+  const int64_t kH = geom[0], kW = geom[1], sH = geom[2], sW = geom[3], O = geom[4];
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(bias.numel() == O, "dense conv: bias size does not match the number of output channels");
+  const bool post_relu = relu && pool.empty();
+  TORCH_CHECK(pool.empty() || !residual.has_value(), "dense conv: a residual cannot be combined with max pooling");
+  at::Tensor out;
+  if (H == kH && W == kW) {
+    const int64_t K = C * H * W;
+    if (N == 1 && w_t.has_value()) {
+      check_float(*w_t, "transposed weight");
+      TORCH_CHECK(w_t->dim() == 2 && w_t->size(0) == K && w_t->size(1) == O,
+                  "dense conv: transposed weight must be (K, O)");
+      at::Tensor xc = x.contiguous();
+      out = at::empty({1, O, 1, 1}, x.options());
+      float* y = out.data_ptr<float>();
+      gemv_skip_zeros(xc.data_ptr<float>(), K, w_t->data_ptr<float>(), O, bias.data_ptr<float>(),
+                      post_relu && !residual.has_value(), y);
+      if (residual.has_value()) {
+        at::Tensor r = residual_like(residual, N, O, 1, 1, false);
+        const float* rp = r.data_ptr<float>();
+        for (int64_t o = 0; o < O; ++o) y[o] = post_relu ? std::max(y[o] + rp[o], 0.f) : y[o] + rp[o];
+      }
+    } else {
+      // Batch innermost: (K, N) = x transposed (already so when the input came from a fully connected layer).
+      at::Tensor xt = x.reshape({N, K}).t();
+      if (!xt.is_contiguous()) xt = xt.contiguous();
+      at::Tensor y = at::empty({O, N}, x.options());
+      at::Tensor res;
+      if (residual.has_value()) res = residual_like(residual, N, O, 1, 1, true);
+      const GemmArgs g{packed_data(w_pack, O, K, "weight"), O, K, xt.data_ptr<float>(), N, 0, N, 1,
+                       y.data_ptr<float>(), N, 0, 0, 0, 0, bias.data_ptr<float>(),
+                       res.defined() ? res.data_ptr<float>() : nullptr, post_relu};
+      run_gemm(g);
+      out = from_batch_innermost(y);
+    }
+  } else {
+    TORCH_CHECK(kH == 1 && kW == 1, "dense conv: only 1x1 kernels or kernels covering the input are supported");
+    at::Tensor xs = (sH > 1 || sW > 1) ? x.slice(2, 0, H, sH).slice(3, 0, W, sW).contiguous() : x.contiguous();
+    const int64_t Ho = xs.size(2), Wo = xs.size(3);
+    out = at::empty({N, O, Ho, Wo}, x.options());
+    at::Tensor res;
+    if (residual.has_value()) res = residual_like(residual, N, O, Ho, Wo, false);
+    const GemmArgs g{packed_data(w_pack, O, C, "weight"), O, C, xs.data_ptr<float>(), Ho * Wo, C * Ho * Wo, Ho * Wo, N,
+                     out.data_ptr<float>(), Ho * Wo, O * Ho * Wo, 0, 0, 0, bias.data_ptr<float>(),
+                     res.defined() ? res.data_ptr<float>() : nullptr, post_relu};
+    run_gemm(g);
+  }
+  if (pool.empty()) return out;
+  return max_pool(out, pool, relu);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(lcnn_lookup, m) {
-  m.def("conv(Tensor x, Tensor dict_w, Tensor? dict_wt, Tensor rowptr, Tensor idx, Tensor val, Tensor bias, "
-        "int[] geom, bool relu, int[] pool) -> Tensor",
+  m.def("conv(Tensor x, Tensor? dict_pack, Tensor? dict_t, Tensor rowptr, Tensor idx, Tensor val, Tensor bias, "
+        "int[] geom, bool relu, int[] pool, Tensor? residual) -> Tensor",
         &lookup_conv);
-  m.def("linear(Tensor x, Tensor wt, Tensor bias) -> Tensor", &linear_skip_zeros);
+  m.def("dense(Tensor x, Tensor? w_pack, Tensor? w_t, Tensor bias, int[] geom, bool relu, int[] pool, "
+        "Tensor? residual) -> Tensor",
+        &dense_conv);
   m.def("max_pool(Tensor x, int[] pool, bool relu) -> Tensor", &max_pool);
   m.def("isa() -> str", &isa_name);
   m.def("set_isa(str name) -> str", &set_isa);
+  m.def("set_min_task_work(int work) -> int", &set_min_task_work);
 }

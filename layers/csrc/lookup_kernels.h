@@ -1,0 +1,807 @@
+// The kernels of layers/csrc/lookup.cpp for one instruction set (new; no Lua counterpart).
+//
+// lookup.cpp includes this file three times, each time in its own namespace under `#pragma GCC target`, with
+// LCNN_VB = bytes per vector (64: AVX-512, 32: AVX2+FMA, 16: SSE2). Everything in here, small helpers included,
+// is then compiled for that instruction set: GCC keeps the generic vector arithmetic in whole registers (a helper
+// compiled for the baseline and inlined later gets its vectors split lane by lane) and uses broadcast operands.
+// The argument structs, the drivers and the choice of instruction set live in lookup.cpp.
+
+constexpr int VB = LCNN_VB;
+constexpr int L = VB / 4;  // float lanes per vector
+typedef float vec __attribute__((vector_size(VB)));
+typedef float uvec __attribute__((vector_size(VB), aligned(4), may_alias));
+typedef int ivec __attribute__((vector_size(VB)));
+
+// GEMM columns per item: 3 vectors with AVX-512 (8 x 3 accumulators of 32 registers), 2 otherwise.
+constexpr int kGemmVectors = VB == 64 ? 3 : 2;
+constexpr int kGemmCols = kGemmVectors * L;
+
+inline vec vload(const float* p) { return *reinterpret_cast<const uvec*>(p); }
+inline void vstore(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
+
+inline vec splat(float x) {
+  const vec v = {x};
+  return __builtin_shuffle(v, ivec{});
+}
+
+inline vec vmax0(vec v) { return v > 0 ? v : 0; }
+
+// Store the first n lanes (all of them when n >= L).
+inline void vstore_n(float* p, vec v, int64_t n) {
+  if (n >= L) {
+    vstore(p, v);
+    return;
+  }
+  alignas(64) float t[L];
+  *reinterpret_cast<vec*>(t) = v;
+  for (int64_t i = 0; i < n; ++i) p[i] = t[i];
+}
+
+// Load the first n lanes, zero in the others.
+inline vec vload_n(const float* p, int64_t n) {
+  if (n >= L) return vload(p);
+  alignas(64) float t[L] = {};
+  for (int64_t i = 0; i < n; ++i) t[i] = p[i];
+  return *reinterpret_cast<const vec*>(t);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// GEMM (see GemmArgs): one item is one panel of kMR rows of A times one block of columns of one image.
+
+inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, int64_t j, vec v, int64_t n,
+                       float bias) {
+  if (g.bias) v += bias;
+  if (g.W == 0) {
+    if (res_row) v += vload_n(res_row + j, n);
+    if (g.relu) v = vmax0(v);
+    vstore_n(row + j, v, n);
+    return;
+  }
+  // Padded planes: column j = h*W + w goes to row h of the plane; split the vector where it crosses input rows.
+  int64_t h = j / g.W, w = j - h * g.W;
+  if (w + n <= g.W) {
+    vstore_n(row + h * g.Wp + w + g.pad_off, v, n);
+    return;
+  }
+#if LCNN_VB == 64
+  // Each piece is a masked store whose base is shifted so that lane t lands at its column.
+  for (int64_t t = 0; t < n; ++h, w = 0) {
+    const int64_t stop = std::min<int64_t>(n, t + g.W - w);
+    _mm512_mask_storeu_ps(row + h * g.Wp + w + g.pad_off - t,
+                          static_cast<__mmask16>(((1u << stop) - 1) & ~((1u << t) - 1)), (__m512)v);
+    t = stop;
+  }
+#else
+  alignas(64) float lanes[L];
+  *reinterpret_cast<vec*>(lanes) = v;
+  for (int64_t t = 0; t < n; ++h, w = 0) {
+    const int64_t stop = std::min<int64_t>(n, t + g.W - w);
+    std::memcpy(row + h * g.Wp + w + g.pad_off, lanes + t, sizeof(float) * (stop - t));
+    t = stop;
+  }
+#endif
+}
+
+template <int NV>
+inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const float* __restrict a,
+                                                     const float* __restrict b, int64_t ldb, int64_t img, int64_t m0,
+                                                     int64_t j0, int64_t cols) {
+  vec acc[kMR][NV];
+#pragma GCC unroll 8
+  for (int m = 0; m < kMR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = vec{};
+  const bool stream = g.K >= 1024;
+  for (int64_t k = 0; k < g.K; ++k) {
+    vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * ldb + v * L);
+    const float* ak = a + k * kMR;
+    // A long panel (a fully connected weight) streams from memory: fetch it ~1000 cycles ahead.
+    if (stream && (k & 1) == 0) __builtin_prefetch(ak + 1024, 0, 0);
+#pragma GCC unroll 8
+    for (int m = 0; m < kMR; ++m) {
+      const vec am = splat(ak[m]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] += am * bv[v];
+    }
+  }
+  const int64_t rows = std::min<int64_t>(kMR, g.M - m0);
+  for (int m = 0; m < rows; ++m) {
+    float* row = g.c + img * g.c_img + (m0 + m) * g.ldc;
+    const float* res_row = g.res ? g.res + img * g.c_img + (m0 + m) * g.ldc : nullptr;
+    const float bias = g.bias ? g.bias[m0 + m] : 0.f;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const int64_t n = std::min<int64_t>(L, cols - v * L);
+      if (n > 0) gemm_store(g, row, res_row, j0 + v * L, acc[m][v], n, bias);
+    }
+  }
+}
+
+void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
+  const int64_t panels = (g.M + kMR - 1) / kMR, blocks = (g.ncols + kGemmCols - 1) / kGemmCols;
+  // A block whose columns do not fill whole vectors is copied, zero-padded, so that the kernel never reads past
+  // the end of B; consecutive items of one thread usually share the block, so the copy is reused.
+  thread_local std::vector<float> tail;
+  int64_t tail_key = -1;
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t panel = it % panels, blk = (it / panels) % blocks, img = it / (panels * blocks);
+    const int64_t j0 = blk * kGemmCols, cols = std::min<int64_t>(kGemmCols, g.ncols - j0), nv = (cols + L - 1) / L;
+    const float* b = g.b + img * g.b_img + j0;
+    int64_t ldb = g.ldb;
+    if (cols % L) {
+      const int64_t width = nv * L;
+      if (tail_key != img * blocks + blk) {
+        tail.assign(g.K * width, 0.f);
+        for (int64_t k = 0; k < g.K; ++k) std::memcpy(tail.data() + k * width, b + k * g.ldb, sizeof(float) * cols);
+        tail_key = img * blocks + blk;
+      }
+      b = tail.data();
+      ldb = width;
+    }
+    const float* a = g.a + panel * g.K * kMR;
+    if (nv >= kGemmVectors) gemm_tile<kGemmVectors>(g, a, b, ldb, img, panel * kMR, j0, cols);
+    else if (nv == 2) gemm_tile<2>(g, a, b, ldb, img, panel * kMR, j0, cols);
+    else gemm_tile<1>(g, a, b, ldb, img, panel * kMR, j0, cols);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Taps (see TapArgs).
+
+// base + offset as one register: left alone, GCC hoists base + v * L for every vector of a tile out of the tap
+// loop and then spends one address addition per load (and spills, with eight of them).
+template <typename I>
+inline const float* tap_address(const float* base, I offset) {
+  const float* p = base + static_cast<int64_t>(offset);
+  asm("" : "+r"(p));
+  return p;
+}
+
+// acc[v] += sum of value * base[offset + v * L] over the taps k, k + 1, ... of a channel (up to k1, and with
+// Bounded, only while offset < bound: a row's taps are sorted by offset); k is left at the first tap not taken.
+template <int V, typename I, bool Bounded>
+inline __attribute__((always_inline)) void tile_acc(const TapArgs& a, int64_t& k, int64_t k1, int64_t bound,
+                                                    const float* base, vec (&out)[V]) {
+  // Narrow tiles would wait on the FMA latency of too few accumulators: give them independent chains over
+  // alternating taps instead.
+  constexpr int CH = V >= 4 ? 1 : (V >= 2 ? 2 : 4);
+  vec acc[CH][V];
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) acc[0][v] = out[v];
+#pragma GCC unroll 8
+  for (int c = 1; c < CH; ++c)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[c][v] = vec{};
+  const I* idx = static_cast<const I*>(a.idx);
+  for (; k + CH <= k1 && (!Bounded || idx[k + CH - 1] < bound); k += CH) {
+#pragma GCC unroll 4
+    for (int c = 0; c < CH; ++c) {
+      const float* p = tap_address(base, idx[k + c]);
+      const vec w = splat(a.val[k + c]);
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[c][v] += w * vload(p + v * L);
+    }
+  }
+  for (; k < k1 && (!Bounded || idx[k] < bound); ++k) {
+    const float* p = tap_address(base, idx[k]);
+    const vec w = splat(a.val[k]);
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[0][v] += w * vload(p + v * L);
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) {
+#pragma GCC unroll 4
+    for (int c = 1; c < CH; ++c) acc[0][v] += acc[c][v];
+    out[v] = acc[0][v];
+  }
+}
+
+// Write the valid lanes of the V vectors of a tile (lanes q0 .. q0 + V*L of the padded plane) to the output
+// plane, adding bias and residual and applying ReLU.
+template <int V>
+inline __attribute__((always_inline)) void store_tile(const TapArgs& a, float* plane, const float* res_plane,
+                                                      int64_t q0, const vec (&acc)[V], float bias) {
+#if LCNN_VB == 64
+  // The lanes of each vector that fall on padding columns are squeezed out in registers; the others land
+  // contiguously in the output rows.
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) {
+    const int64_t q = q0 + L * v, i = q / a.Wq, j = q - i * a.Wq;
+    uint32_t mask = a.vmask[j];
+    const int64_t rem = a.Q - q;
+    if (rem < L) mask &= rem > 0 ? (1u << rem) - 1 : 0;
+    if (!mask) continue;
+    const __mmask16 packed = static_cast<__mmask16>((1u << __builtin_popcount(mask)) - 1);
+    const int64_t off = i * a.Wo + a.dstart[j];
+    __m512 x = _mm512_maskz_compress_ps(static_cast<__mmask16>(mask), (__m512)acc[v]);
+    x = _mm512_add_ps(x, _mm512_set1_ps(bias));
+    if (res_plane) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(packed, res_plane + off));
+    if (a.relu) x = _mm512_max_ps(x, _mm512_setzero_ps());
+    _mm512_mask_storeu_ps(plane + off, packed, x);
+  }
+#else
+  alignas(64) float lanes[V * L];
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) *reinterpret_cast<vec*>(lanes + v * L) = acc[v];
+  const int64_t stop = std::min<int64_t>(V * L, a.Q - q0);
+  for (int64_t l = 0; l < stop; ++l) {
+    const int64_t i = (q0 + l) / a.Wq, j = q0 + l - i * a.Wq;
+    if (j >= a.Wo) continue;
+    float x = lanes[l] + bias;
+    if (res_plane) x += res_plane[i * a.Wo + j];
+    plane[i * a.Wo + j] = a.relu ? std::max(x, 0.f) : x;
+  }
+#endif
+}
+
+// Store a finished tile of channel o, then fetch that channel's lines for its next tile: it comes after all the
+// other channels of this one, and one stream per channel is too many for the hardware prefetcher.
+template <int V>
+inline __attribute__((always_inline)) void finish_tile(const TapArgs& a, int64_t n, int64_t o, int64_t q0,
+                                                       const vec (&acc)[V]) {
+  const int64_t plane_off = (n * a.O + o) * a.Ho * a.Wo;
+  float* plane = a.out + plane_off;
+  const float* res = a.res ? a.res + plane_off : nullptr;
+  store_tile<V>(a, plane, res, q0, acc, a.bias[o]);
+  const int64_t next = (q0 + kTileVectors * L) / a.Wq * a.Wo;
+  if (next < a.Ho * a.Wo) {
+    const int64_t stop = std::min<int64_t>(a.Ho * a.Wo, next + kTileVectors * L);
+    for (int64_t f = next; f < stop; f += 16) {
+      __builtin_prefetch(plane + f, 1, 3);
+      if (res) __builtin_prefetch(res + f, 0, 3);
+    }
+  }
+}
+
+template <int V, typename I>
+inline __attribute__((always_inline)) void tile_out(const TapArgs& a, int64_t n, int64_t o, int64_t q0) {
+  vec acc[V] = {};
+  int64_t k = a.rowptr[o];
+  tile_acc<V, I, false>(a, k, a.rowptr[o + 1], 0, a.buf + q0, acc);
+  finish_tile<V>(a, n, o, q0, acc);
+}
+
+// A tile of a group of channels with the dictionary planes taken in blocks (a.span offsets each, so that the
+// rows a tile reads from one block stay in L1): block by block over the group's channels, each channel resuming
+// its taps where the previous block stopped, its partial sums kept in a per-thread scratch.
+template <int V, typename I>
+inline __attribute__((always_inline)) void blocked_tile(const TapArgs& a, int64_t n, int64_t o0, int64_t o1,
+                                                        int64_t q0) {
+  thread_local std::vector<int64_t> pos_buf;
+  thread_local std::vector<float> part_buf;
+  if (static_cast<int64_t>(pos_buf.size()) < o1 - o0) pos_buf.resize(o1 - o0);
+  int64_t* pos = pos_buf.data();
+  float* part = scratch(part_buf, (o1 - o0) * V * L);
+  for (int64_t o = o0; o < o1; ++o) pos[o - o0] = a.rowptr[o];
+  const int64_t blocks = a.nblocks;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t bound = b + 1 == blocks ? std::numeric_limits<int64_t>::max() : (b + 1) * a.span;
+    for (int64_t o = o0; o < o1; ++o) {
+      vec acc[V];
+      float* saved = part + (o - o0) * V * L;
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[v] = b == 0 ? vec{} : vload(saved + v * L);
+      int64_t k = pos[o - o0];
+      tile_acc<V, I, true>(a, k, a.rowptr[o + 1], bound, a.buf + q0, acc);
+      pos[o - o0] = k;
+      if (b + 1 == blocks) {
+        finish_tile<V>(a, n, o, q0, acc);
+      } else {
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) vstore(saved + v * L, acc[v]);
+      }
+    }
+  }
+}
+
+// Items (image, tile, channel), tile-major: all channels of one tile read the same few rows of the dictionary
+// planes while they are in L1/L2. With blocked planes, items are (image, tile, group of channels).
+template <typename I>
+inline void taps_impl(const TapArgs& a, int64_t begin, int64_t end) {
+  constexpr int TL = kTileVectors * L;
+  const int64_t per_tile = a.nblocks > 1 ? (a.O + a.group - 1) / a.group : a.O;
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t c = it % per_tile, t = (it / per_tile) % a.ntiles, n = it / (per_tile * a.ntiles);
+    const int64_t q0 = t * TL, lanes = std::min<int64_t>(TL, a.Q - q0);
+    if (a.nblocks > 1) {
+      const int64_t o0 = c * a.group, o1 = std::min(a.O, o0 + a.group);
+      switch ((lanes + L - 1) / L) {
+        case 8: blocked_tile<8, I>(a, n, o0, o1, q0); break;
+        case 7: blocked_tile<7, I>(a, n, o0, o1, q0); break;
+        case 6: blocked_tile<6, I>(a, n, o0, o1, q0); break;
+        case 5: blocked_tile<5, I>(a, n, o0, o1, q0); break;
+        case 4: blocked_tile<4, I>(a, n, o0, o1, q0); break;
+        case 3: blocked_tile<3, I>(a, n, o0, o1, q0); break;
+        case 2: blocked_tile<2, I>(a, n, o0, o1, q0); break;
+        default: blocked_tile<1, I>(a, n, o0, o1, q0); break;
+      }
+      continue;
+    }
+    switch ((lanes + L - 1) / L) {
+      case 8: tile_out<8, I>(a, n, c, q0); break;
+      case 7: tile_out<7, I>(a, n, c, q0); break;
+      case 6: tile_out<6, I>(a, n, c, q0); break;
+      case 5: tile_out<5, I>(a, n, c, q0); break;
+      case 4: tile_out<4, I>(a, n, c, q0); break;
+      case 3: tile_out<3, I>(a, n, c, q0); break;
+      case 2: tile_out<2, I>(a, n, c, q0); break;
+      default: tile_out<1, I>(a, n, c, q0); break;
+    }
+  }
+}
+
+void taps_u16(const TapArgs& a, int64_t b, int64_t e) { taps_impl<uint16_t>(a, b, e); }
+void taps_i32(const TapArgs& a, int64_t b, int64_t e) { taps_impl<int32_t>(a, b, e); }
+
+// ------------------------------------------------------------------------------------------------------------
+// Max pooling of rows.
+
+// One pooled row from input rows h0 .. h1 (already clipped to the input) of a plane of width W and row stride
+// ld, written as max(pooled + bias, 0) with ReLU, else pooled + bias.
+inline void pool_row(const PoolGeom& p, const float* src, int64_t ld, int64_t W, int64_t h0, int64_t h1, float* o,
+                     float* col, float bias, bool relu) {
+  const int64_t Wo = p.Wo, kW = p.kW, sW = p.sW, pW = p.pW;
+#if LCNN_VB == 64
+  if (kW == 3 && sW == 2) {
+    // AlexNet's and ResNet's pooling, 16 outputs per step, in registers: output j takes columns 2j - pW .. 2j - pW
+    // + 2; the rows are reduced on the loads of columns c0 .. c0 + 15, c0 + 16 .. c0 + 31 and the same shifted by
+    // two (masked loads fill columns outside the plane with -inf), then even, odd and next-even columns are pulled
+    // out by permutes.
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    auto inside = [W](int64_t c0) {  // lanes t with 0 <= c0 + t < W
+      const int64_t lo = std::max<int64_t>(0, -c0), hi = std::min<int64_t>(16, W - c0);
+      return static_cast<__mmask16>(hi <= lo ? 0 : ((1u << hi) - 1) & ~((1u << lo) - 1));
+    };
+    for (int64_t j = 0; j < Wo; j += 16) {
+      const int64_t c0 = 2 * j - pW;
+      const __mmask16 m0 = inside(c0), m1 = inside(c0 + 16), m2 = inside(c0 + 2), m3 = inside(c0 + 18);
+      __m512 a = ninf, b = ninf, a2 = ninf, b2 = ninf;
+      for (int64_t h = h0; h < h1; ++h) {
+        const float* r = src + h * ld + c0;
+        a = _mm512_max_ps(a, _mm512_mask_loadu_ps(ninf, m0, r));
+        b = _mm512_max_ps(b, _mm512_mask_loadu_ps(ninf, m1, r + 16));
+        a2 = _mm512_max_ps(a2, _mm512_mask_loadu_ps(ninf, m2, r + 2));
+        b2 = _mm512_max_ps(b2, _mm512_mask_loadu_ps(ninf, m3, r + 18));
+      }
+      const __m512 pair = _mm512_max_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+      __m512 m = _mm512_add_ps(_mm512_max_ps(pair, _mm512_permutex2var_ps(a2, even, b2)), _mm512_set1_ps(bias));
+      if (relu) m = _mm512_max_ps(m, _mm512_setzero_ps());
+      const int64_t n = std::min<int64_t>(16, Wo - j);
+      _mm512_mask_storeu_ps(o + j, static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1), m);
+    }
+    return;
+  }
+#endif
+  // The window rows are first reduced column by column into `col` (contiguous, vectorised), then each output
+  // takes the max over its window of `col`; columns whose window lies inside the input run branch-free.
+  const int64_t jlo = std::min(Wo, (pW + sW - 1) / sW);
+  const int64_t jhi = std::max(jlo, std::min(Wo, W + pW - kW >= 0 ? (W + pW - kW) / sW + 1 : 0));
+  std::memcpy(col, src + h0 * ld, sizeof(float) * W);
+  for (int64_t h = h0 + 1; h < h1; ++h) {
+    const float* r = src + h * ld;
+    for (int64_t w = 0; w < W; ++w) col[w] = std::max(col[w], r[w]);
+  }
+  const float* cc = col - pW;
+  if (kW == 3 && sW == 2) {
+    for (int64_t j = jlo; j < jhi; ++j) o[j] = std::max(std::max(cc[2 * j], cc[2 * j + 1]), cc[2 * j + 2]);
+  } else if (kW == 3 && sW == 1) {
+    for (int64_t j = jlo; j < jhi; ++j) o[j] = std::max(std::max(cc[j], cc[j + 1]), cc[j + 2]);
+  } else {
+    for (int64_t j = jlo; j < jhi; ++j) {
+      float m = cc[j * sW];
+      for (int64_t dw = 1; dw < kW; ++dw) m = std::max(m, cc[j * sW + dw]);
+      o[j] = m;
+    }
+  }
+  auto edge = [&](int64_t j) {
+    const int64_t w0 = std::max<int64_t>(j * sW - pW, 0), w1 = std::min(j * sW - pW + kW, W);
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t w = w0; w < w1; ++w) m = std::max(m, col[w]);
+    o[j] = m;
+  };
+  for (int64_t j = 0; j < jlo; ++j) edge(j);
+  for (int64_t j = jhi; j < Wo; ++j) edge(j);
+  if (relu)
+    for (int64_t j = 0; j < Wo; ++j) o[j] = std::max(o[j] + bias, 0.f);
+  else if (bias != 0.f)
+    for (int64_t j = 0; j < Wo; ++j) o[j] += bias;
+}
+
+// One tile (lanes q0 .. q0 + V*L) of the group's channels [o0, o1) into rows + (o - o0) * stride, the dictionary
+// planes taken in a.nblocks blocks (see blocked_tile), the partial sums kept where the tile goes.
+template <int V, typename I>
+inline __attribute__((always_inline)) void pooled_tile(const TapArgs& a, int64_t o0, int64_t o1, int64_t q0,
+                                                       float* dst, int64_t stride) {
+  thread_local std::vector<int64_t> pos_buf;
+  if (static_cast<int64_t>(pos_buf.size()) < o1 - o0) pos_buf.resize(o1 - o0);
+  int64_t* pos = pos_buf.data();
+  for (int64_t o = o0; o < o1; ++o) pos[o - o0] = a.rowptr[o];
+  for (int64_t b = 0; b < a.nblocks; ++b) {
+    const int64_t bound = b + 1 == a.nblocks ? std::numeric_limits<int64_t>::max() : (b + 1) * a.span;
+    for (int64_t o = o0; o < o1; ++o) {
+      float* d = dst + (o - o0) * stride;
+      vec acc[V];
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[v] = b == 0 ? vec{} : vload(d + v * L);
+      int64_t k = pos[o - o0];
+      tile_acc<V, I, true>(a, k, a.rowptr[o + 1], bound, a.buf + q0, acc);
+      pos[o - o0] = k;
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) vstore(d + v * L, acc[v]);
+    }
+  }
+}
+
+// Items (image, band of pooled rows, group of channels): the convolution rows under the band are computed for the
+// group's channels into a per-thread scratch, tile by tile and channel by channel within a tile (the dictionary
+// rows a tile reads stay in L1 across the channels), then pooled; bias and ReLU are applied to the pooled values
+// (both are monotonic, so this equals pooling the activations).
+template <typename I>
+inline void pooled_impl(const TapArgs& a, int64_t begin, int64_t end) {
+  constexpr int TL = kTileVectors * L;
+  const PoolGeom& pg = a.pool;
+  const int64_t groups = (a.O + a.group - 1) / a.group;
+  thread_local std::vector<float> rows_buf, col_buf;
+  float* col = scratch(col_buf, a.Wo + L);
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t grp = it % groups, bnd = (it / groups) % a.nbands, n = it / (groups * a.nbands);
+    const int64_t o0 = grp * a.group, o1 = std::min(a.O, o0 + a.group);
+    const int64_t i0 = bnd * a.band, i1 = std::min(pg.Ho, i0 + a.band);
+    int64_t r0, r1, unused;
+    pool_rows(pg, i0, a.Ho, r0, unused);
+    pool_rows(pg, i1 - 1, a.Ho, unused, r1);
+    const int64_t qa = r0 * a.Wq, qb = (r1 - 1) * a.Wq + a.Wo;
+    const int64_t stride = (qb - qa + TL - 1) / TL * TL;
+    float* rows = scratch(rows_buf, (o1 - o0) * stride);
+    for (int64_t q0 = qa; q0 < qb; q0 += TL) {
+      float* dst = rows + (q0 - qa);
+      switch ((std::min<int64_t>(TL, qb - q0) + L - 1) / L) {
+        case 8: pooled_tile<8, I>(a, o0, o1, q0, dst, stride); break;
+        case 7: pooled_tile<7, I>(a, o0, o1, q0, dst, stride); break;
+        case 6: pooled_tile<6, I>(a, o0, o1, q0, dst, stride); break;
+        case 5: pooled_tile<5, I>(a, o0, o1, q0, dst, stride); break;
+        case 4: pooled_tile<4, I>(a, o0, o1, q0, dst, stride); break;
+        case 3: pooled_tile<3, I>(a, o0, o1, q0, dst, stride); break;
+        case 2: pooled_tile<2, I>(a, o0, o1, q0, dst, stride); break;
+        default: pooled_tile<1, I>(a, o0, o1, q0, dst, stride); break;
+      }
+    }
+    for (int64_t o = o0; o < o1; ++o) {
+      const float* conv = rows + (o - o0) * stride;
+      float* plane = a.out + (n * a.O + o) * pg.Ho * pg.Wo;
+      for (int64_t i = i0; i < i1; ++i) {
+        int64_t h0, h1;
+        pool_rows(pg, i, a.Ho, h0, h1);
+        pool_row(pg, conv + (h0 - r0) * a.Wq, a.Wq, a.Wo, 0, h1 - h0, plane + i * pg.Wo, col, a.bias[o], a.relu);
+      }
+    }
+  }
+}
+
+void pooled_u16(const TapArgs& a, int64_t b, int64_t e) { pooled_impl<uint16_t>(a, b, e); }
+void pooled_i32(const TapArgs& a, int64_t b, int64_t e) { pooled_impl<int32_t>(a, b, e); }
+
+// Standalone max pooling of NCHW planes (after a dense convolution).
+void pool(const PoolArgs& p, int64_t begin, int64_t end) {
+  thread_local std::vector<float> col_buf;
+  float* col = scratch(col_buf, p.W);
+  for (int64_t pl = begin; pl < end; ++pl) {
+    const float* src = p.in + pl * p.H * p.W;
+    float* dst = p.out + pl * p.g.Ho * p.g.Wo;
+    for (int64_t i = 0; i < p.g.Ho; ++i) {
+      int64_t h0, h1;
+      pool_rows(p.g, i, p.H, h0, h1);
+      pool_row(p.g, src, p.W, p.W, h0, h1, dst + i * p.g.Wo, col, 0.f, p.relu);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Fully connected lookups: one output position. The taps come block-major (see TapArgs::blocks): block by block,
+// each output's taps into responses of that block, so that every block pass reads one contiguous stream of taps
+// while its responses stay in cache; an output's partial sums are added in block order.
+
+inline float finish(const TapArgs& a, int64_t o, float s) {
+  s += a.bias[o];
+  if (a.res) s += a.res[o];
+  return a.relu ? std::max(s, 0.f) : s;
+}
+
+// Batch of one: sum of value * response over taps [k, k1), gathered (GCC does not vectorise a gathered reduction
+// by itself).
+template <typename I>
+inline float gather_dot(const TapArgs& a, int64_t k, int64_t k1) {
+  const I* idx = static_cast<const I*>(a.idx);
+  const float* val = a.val;
+  float s = 0.f;
+#if LCNN_VB == 64
+  auto offsets = [&](int64_t at, __mmask16 m) {
+    if constexpr (std::is_same_v<I, uint16_t>)
+      return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, idx + at));
+    else
+      return _mm512_maskz_loadu_epi32(m, idx + at);
+  };
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (; k + 32 <= k1; k += 32) {
+    // The taps stream from memory once per call (the pieces of a block pass follow each other): fetch ahead.
+    __builtin_prefetch(idx + k + 1024, 0, 0);
+    __builtin_prefetch(val + k + 512, 0, 0);
+    __builtin_prefetch(val + k + 528, 0, 0);
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), _mm512_i32gather_ps(offsets(k, 0xFFFF), a.buf, 4), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(val + k + 16), _mm512_i32gather_ps(offsets(k + 16, 0xFFFF), a.buf, 4),
+                           acc1);
+  }
+  for (; k < k1; k += 16) {
+    const int64_t n = std::min<int64_t>(16, k1 - k);
+    const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
+    const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, offsets(k, m), a.buf, 4);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, val + k), g, acc0);
+  }
+  s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif LCNN_VB == 32
+  auto gather8 = [&](int64_t at) {
+    __m256i v;
+    if constexpr (std::is_same_v<I, uint16_t>)
+      v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + at)));
+    else
+      v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + at));
+    return _mm256_i32gather_ps(a.buf, v, 4);
+  };
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; k + 16 <= k1; k += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), gather8(k), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8), gather8(k + 8), acc1);
+  }
+  alignas(32) float part[8];
+  _mm256_store_ps(part, _mm256_add_ps(acc0, acc1));
+  s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+#endif
+  for (; k < k1; ++k) s += val[k] * a.buf[idx[k]];
+  return s;
+}
+
+template <typename I>
+inline void gather_impl(const TapArgs& a, int64_t begin, int64_t end) {
+  thread_local std::vector<float> sum_buf;
+  float* sum = scratch(sum_buf, end - begin);
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    const int64_t* rp = a.rowptr + b * (a.O + 1);
+    for (int64_t o = begin; o < end; ++o) {
+      const float s = gather_dot<I>(a, rp[o], rp[o + 1]);
+      sum[o - begin] = b == 0 ? s : sum[o - begin] + s;
+    }
+  }
+  for (int64_t o = begin; o < end; ++o) a.out[o] = finish(a, o, sum[o - begin]);
+}
+
+void gather_u16(const TapArgs& a, int64_t b, int64_t e) { gather_impl<uint16_t>(a, b, e); }
+void gather_i32(const TapArgs& a, int64_t b, int64_t e) { gather_impl<int32_t>(a, b, e); }
+
+// Batch of N > 1: dictionary responses batch-innermost (row `offset` holds the N images), one tap is one FMA per
+// vector of images; the rows a channel's taps read jump around, so they are prefetched a few taps ahead. Taps
+// [k, k1) of one block into lanes c0 .. of output o; the partial sums are kept in the output between blocks.
+template <int V, typename I>
+inline __attribute__((always_inline)) void fc_batch_chunk(const TapArgs& a, int64_t o, int64_t c0, int64_t k,
+                                                          int64_t k1, bool first, bool last) {
+  constexpr int64_t kAhead = 12;
+  // Independent chains over alternating taps, so that a narrow chunk does not wait on the FMA latency.
+  constexpr int CH = V >= 4 ? 1 : (V >= 2 ? 2 : 4);
+  const I* idx = static_cast<const I*>(a.idx);
+  const int64_t N = a.N;
+  const float* base = a.buf + c0;
+  float* out = a.out + o * N + c0;
+  vec acc[CH][V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) acc[0][v] = first ? vec{} : vload_n(out + v * L, N - c0 - v * L);
+#pragma GCC unroll 4
+  for (int c = 1; c < CH; ++c)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[c][v] = vec{};
+  for (; k + CH <= k1; k += CH) {
+    if (k + kAhead + CH <= k1)
+#pragma GCC unroll 4
+      for (int c = 0; c < CH; ++c) __builtin_prefetch(base + static_cast<int64_t>(idx[k + kAhead + c]) * N, 0, 3);
+#pragma GCC unroll 4
+    for (int c = 0; c < CH; ++c) {
+      const float* p = tap_address(base, static_cast<int64_t>(idx[k + c]) * N);
+      const vec w = splat(a.val[k + c]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[c][v] += w * vload(p + v * L);
+    }
+  }
+  for (; k < k1; ++k) {
+    const float* p = base + static_cast<int64_t>(idx[k]) * N;
+    const vec w = splat(a.val[k]);
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[0][v] += w * vload(p + v * L);
+  }
+  const float bias = a.bias[o];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    const int64_t n = std::min<int64_t>(L, N - c0 - v * L);
+    if (n <= 0) break;
+    vec x = acc[0][v];
+#pragma GCC unroll 4
+    for (int c = 1; c < CH; ++c) x += acc[c][v];
+    if (last) {
+      x += bias;
+      if (a.res) x += vload_n(a.res + o * N + c0 + v * L, n);
+      if (a.relu) x = vmax0(x);
+    }
+    vstore_n(out + v * L, x, n);
+  }
+}
+
+template <typename I>
+inline void fc_batch_impl(const TapArgs& a, int64_t begin, int64_t end) {
+  constexpr int CB = 4 * L;
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    const int64_t* rp = a.rowptr + b * (a.O + 1);
+    const bool first = b == 0, last = b + 1 == a.blocks;
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t c0 = 0; c0 < a.N; c0 += CB) {
+        switch ((std::min<int64_t>(CB, a.N - c0) + L - 1) / L) {
+          case 4: fc_batch_chunk<4, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
+          case 3: fc_batch_chunk<3, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
+          case 2: fc_batch_chunk<2, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
+          default: fc_batch_chunk<1, I>(a, o, c0, rp[o], rp[o + 1], first, last); break;
+        }
+      }
+    }
+  }
+}
+
+void fc_batch_u16(const TapArgs& a, int64_t b, int64_t e) { fc_batch_impl<uint16_t>(a, b, e); }
+void fc_batch_i32(const TapArgs& a, int64_t b, int64_t e) { fc_batch_impl<int32_t>(a, b, e); }
+
+// ------------------------------------------------------------------------------------------------------------
+// y = bias + W x for one input vector (see GemvArgs). After a ReLU about half the inputs are zero, and a product
+// with one input vector is bound by reading the weights from memory; since the rows read jump over the skipped
+// ones, the hardware prefetcher cannot guess them: they are prefetched ahead.
+
+void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
+  constexpr int64_t kAhead = 8;  // rows prefetched ahead
+  alignas(64) float acc[kGemvChunk];
+  for (int64_t c = begin; c < end; ++c) {
+    const int64_t m0 = c * g.chunk, len = std::min(g.chunk, g.M - m0), full = len / L * L;
+    std::memset(acc, 0, sizeof(float) * len);
+    auto row = [&](int64_t k) { return g.wt + g.rows[k] * g.M + m0; };
+    auto fetch = [&](int64_t k) {
+      if (k < g.nnz)
+        for (int64_t b = 0; b < len; b += 16) __builtin_prefetch(row(k) + b, 0, 0);
+    };
+    int64_t k = 0;
+    // Four rows per pass over the accumulators (in input order, so each sum is still taken in order).
+    for (; k + 4 <= g.nnz; k += 4) {
+      for (int64_t r = 0; r < 4; ++r) fetch(k + kAhead + r);
+      const float *p0 = row(k), *p1 = row(k + 1), *p2 = row(k + 2), *p3 = row(k + 3);
+      const vec w0 = splat(g.x[k]), w1 = splat(g.x[k + 1]), w2 = splat(g.x[k + 2]), w3 = splat(g.x[k + 3]);
+      for (int64_t t = 0; t < full; t += L) {
+        vec v = vload(acc + t);
+        v += w0 * vload(p0 + t);
+        v += w1 * vload(p1 + t);
+        v += w2 * vload(p2 + t);
+        v += w3 * vload(p3 + t);
+        vstore(acc + t, v);
+      }
+      for (int64_t t = full; t < len; ++t)
+        acc[t] = (((acc[t] + g.x[k] * p0[t]) + g.x[k + 1] * p1[t]) + g.x[k + 2] * p2[t]) + g.x[k + 3] * p3[t];
+    }
+    for (; k < g.nnz; ++k) {
+      const float* p = row(k);
+      const vec w = splat(g.x[k]);
+      for (int64_t t = 0; t < full; t += L) vstore(acc + t, vload(acc + t) + w * vload(p + t));
+      for (int64_t t = full; t < len; ++t) acc[t] += g.x[k] * p[t];
+    }
+    for (int64_t t = 0; t < len; ++t) {
+      const float v = acc[t] + (g.bias ? g.bias[m0 + t] : 0.f);
+      g.y[m0 + t] = g.relu ? std::max(v, 0.f) : v;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Stride phases (see PhaseArgs): items are (plane, phase row) pairs.
+
+#if LCNN_VB == 64
+// src[0], src[s], ..., src[15 s]: by permutes of contiguous loads for s = 2 and 4 (the strides of AlexNet's and
+// ResNet's strided layers; the masks keep the last load at src[15 s]), by a gather otherwise.
+inline __m512 strided16(const float* src, int64_t s) {
+  if (s == 2) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_maskz_loadu_ps(0x7FFF, src + 16));
+  }
+  if (s == 4) {
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(src), pick, _mm512_loadu_ps(src + 16));
+    const __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(src + 32), pick, _mm512_maskz_loadu_ps(0x1FFF, src + 48));
+    return _mm512_shuffle_f32x4(lo, hi, 0x44);
+  }
+  const __m512i step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(static_cast<int>(s)));
+  return _mm512_i32gather_ps(step, src, 4);
+}
+#endif
+
+// Columns wq in [wlo, whi) of phase b map inside the input row (the rest of the row is padding).
+inline void phase_columns(int64_t b, int64_t W, int64_t sW, int64_t pW, int64_t Wq, int64_t& wlo, int64_t& whi) {
+  wlo = std::min(Wq, std::max<int64_t>(0, (pW - b + sW - 1) / sW));
+  whi = std::max(wlo, std::min(Wq, (W + pW - b + sW - 1) / sW));
+}
+
+void phases(const PhaseArgs& f, int64_t begin, int64_t end) {
+  const int64_t S = f.sH * f.sW;
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t hq = it % f.Hq, pl = it / f.Hq;
+    const int64_t p = pl / S, ph = pl - p * S, a = ph / f.sW, b = ph - a * f.sW;
+    float* drow = f.B + (pl * f.Hq + hq) * f.Wq;
+    const int64_t h = hq * f.sH + a - f.pH;
+    if (h < 0 || h >= f.H) {
+      std::memset(drow, 0, sizeof(float) * f.Wq);
+      continue;
+    }
+    int64_t wlo, whi;
+    phase_columns(b, f.W, f.sW, f.pW, f.Wq, wlo, whi);
+    std::memset(drow, 0, sizeof(float) * wlo);
+    std::memset(drow + whi, 0, sizeof(float) * (f.Wq - whi));
+    const float* src = f.D + (p * f.H + h) * f.W + wlo * f.sW + b - f.pW;
+    const int64_t n = whi - wlo, s = f.sW;
+    float* dst = drow + wlo;
+    int64_t i = 0;
+#if LCNN_VB == 64
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, strided16(src + i * s, s));
+#endif
+    for (; i < n; ++i) dst[i] = src[i * s];
+  }
+}
+
+// A dictionary over few input channels (the first layer's RGB): computed straight into the stride-phase planes,
+// reading each input row once per phase, instead of a GEMM into a temporary and a scatter. Items are the Hq * sH
+// phase rows (hq, a), so that input rows are visited in order; each writes row hq of the planes (p, a, b) for
+// every p and b. The input is read once per call, from memory: the rows an item after next reads are fetched.
+void phase_dict(const PhaseDictArgs& f, int64_t begin, int64_t end) {
+  const int64_t S = f.sH * f.sW, C = f.C, P = f.P, s = f.sW;
+  float xs[kPhaseDictMaxC * L];
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t hq = it / f.sH, a = it - hq * f.sH, h = hq * f.sH + a - f.pH;
+    if (h + 2 < f.H && h + 2 >= 0)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t w = 0; w < f.W; w += 16) __builtin_prefetch(f.x + (c * f.H + h + 2) * f.W + w, 0, 3);
+    for (int64_t b = 0; b < f.sW; ++b) {
+      auto row = [&](int64_t p) { return f.B + ((p * S + a * f.sW + b) * f.Hq + hq) * f.Wq; };
+      if (h < 0 || h >= f.H) {
+        for (int64_t p = 0; p < P; ++p) std::memset(row(p), 0, sizeof(float) * f.Wq);
+        continue;
+      }
+      int64_t wlo, whi;
+      phase_columns(b, f.W, s, f.pW, f.Wq, wlo, whi);
+      for (int64_t p = 0; p < P; ++p) {
+        std::memset(row(p), 0, sizeof(float) * wlo);
+        std::memset(row(p) + whi, 0, sizeof(float) * (f.Wq - whi));
+      }
+      const float* src = f.x + h * f.W + wlo * s + b - f.pW;
+      for (int64_t i = 0; i < whi - wlo; i += L) {
+        const int64_t n = std::min<int64_t>(L, whi - wlo - i);
+        for (int64_t c = 0; c < C; ++c) {
+          const float* q = src + c * f.H * f.W + i * s;
+#if LCNN_VB == 64
+          if (n == 16) {
+            _mm512_storeu_ps(xs + c * L, strided16(q, s));
+            continue;
+          }
+#endif
+          for (int64_t t = 0; t < L; ++t) xs[c * L + t] = t < n ? q[t * s] : 0.f;
+        }
+        for (int64_t p = 0; p < P; ++p) {
+          vec acc = vec{};
+          for (int64_t c = 0; c < C; ++c) acc += splat(f.w[(p / kMR * C + c) * kMR + p % kMR]) * vload(xs + c * L);
+          vstore_n(row(p) + wlo + i, acc, n);
+        }
+      }
+    }
+  }
+}
