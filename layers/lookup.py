@@ -537,7 +537,7 @@ def _last_conv(body):
 def _fuse_residual(seq):
     """Sequential(ConcatTable(body, shortcut), CAddTable [, ReLU]) as one LookupResidual, else None."""
     kids = list(seq._modules.values()) if isinstance(seq, nn.Sequential) else []
-    if not 2 <= len(kids) <= 3 or type(kids[0]) is not legacy.ConcatTable or type(kids[1]) is not legacy.CAddTable \
+    if not 2 <= len(kids) <= 3 or type(kids[0]) is not containers.ConcatTable or type(kids[1]) is not tables.CAddTable \
             or (len(kids) == 3 and type(kids[2]) is not nn.ReLU) or len(kids[0]) != 2:
         return None
     body, shortcut = kids[0][0], kids[0][1]
@@ -698,7 +698,7 @@ def time_layers(model, example_input, repeats=20):
         dense, lookup = _measure(layer, inputs[layer], repeats)
         layer.set_path(*chosen)
         x = inputs[layer]
-        (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+        (kh, kw), sh = layer.kernel_size, layer.stride[0]
         what = f'{layer.in_channels}->{layer.out_channels} {kh}x{kw}/{sh}'
         for lua in layer.fused:
             what += '+' + _SHORT.get(lua.split('.')[-1], lua.split('.')[-1])

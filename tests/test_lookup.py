@@ -374,7 +374,7 @@ def test_cost_model_when_the_network_refuses_the_synthetic_size(cpp):
     gen = torch.Generator().manual_seed(4)
     small = psc(64, 64, 3, 1, 1, 8, 0.02, gen)     # few multiplications per output: lookup
     large = psc(64, 64, 3, 1, 1, 500, 0.05, gen)   # dictionary larger than the input: dense
-    model = nn.Sequential(small, large, legacy.View(64 * 5 * 5)).eval()  # takes 5x5 inputs only
+    model = nn.Sequential(small, large, View(64 * 5 * 5)).eval()  # takes 5x5 inputs only
     compiled = lookup.compile(model)
     assert [m.path for m in lookup.lookup_layers(compiled)] == ['lookup', 'dense']
     x = torch.randn(2, 64, 5, 5, generator=gen)
@@ -388,7 +388,7 @@ def test_residual_blocks_are_fused(cpp):
     compiled = lookup.compile(model, path='lookup')
     blocks = [m for m in compiled.modules() if isinstance(m, lookup.LookupResidual)]
     assert len(blocks) == 3
-    assert not any(isinstance(m, (legacy.ConcatTable, legacy.CAddTable)) for m in compiled.modules())
+    assert not any(isinstance(m, (ConcatTable, CAddTable)) for m in compiled.modules())
     last = blocks[0].body[-1]
     assert last.relu and last.fused[-2:] == ('nn.CAddTable', 'nn.ReLU')
     x = torch.randn(3, 3, 64, 64, generator=gen)
@@ -404,7 +404,7 @@ def check_residual_and_pointwise(gen):
     for batch, cin, cout, size, stride in [(1, 5, 9, 7, 1), (3, 13, 17, 10, 2), (2, 40, 3, 15, 1)]:
         body = nn.Sequential(psc(cin, cout, 3, stride, 1, 4, 0.3, gen), randomize_bn(nn.BatchNorm2d(cout), gen))
         short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride), randomize_bn(nn.BatchNorm2d(cout), gen))
-        block = nn.Sequential(legacy.ConcatTable(body, short), legacy.CAddTable(True), nn.ReLU(True)).eval()
+        block = nn.Sequential(ConcatTable(body, short), CAddTable(True), nn.ReLU(True)).eval()
         x = torch.randn(batch, cin, size, size, generator=gen)
         for path in ('lookup', 'dense'):
             with torch.no_grad():
