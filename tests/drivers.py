@@ -18,3 +18,15 @@ import main
 if __name__ == '__main__':
     main.main()
 '''
+
+
+def run_main(argv, capsys):
+    """main.main in this process: (exit code, stdout, stderr)."""
+    import main
+    code = 0
+    try:
+        main.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -4,11 +4,9 @@ Reference data: fixtures written by Lua Torch7 running the unchanged lcnn code. 
 7th row and column (plus the last) of preproc_test.t7, preproc_train_loadImage.t7 and image_load_raw.t7.xz, with
 each full tensor's shape and sum, written by numpy from those files to keep the fixtures small.
 """
-import functools
 import math
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -64,11 +62,9 @@ def _reference(tag):
 
 
 @pytest.fixture(scope='module')
-def tinynet(tmp_path_factory):
-    root = tmp_path_factory.mktemp('tinynet')
-    with tarfile.open(FIX / 'tinynet.tar') as tar:
-        tar.extractall(root, filter='data')
-    return str(root / 'tinynet') + '/'
+def tinynet(tinynet):
+    """The folder as the Lua code names folders: a string ending in '/'."""
+    return f'{tinynet}/'
 
 
 def _opt(data_dir, cache, *extra):

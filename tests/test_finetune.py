@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import main
 import model as model_setup
 import models
 import opts
@@ -17,6 +16,7 @@ import train
 from layers.activation import Dropout, LogSoftMax
 from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
+from tests.drivers import run_main
 
 ZOO = pathlib.Path(__file__).parent / 'fixtures' / 'nn_zoo'
 FLAT = str(ZOO / 'flat_lcnn.model.t7')
@@ -110,16 +110,6 @@ def test_load_params_step_reproduces_lua(tmp_path, monkeypatch, lam, like_lua):
     else:
         with pytest.raises(AssertionError, match='Tensor-likes are not close'):
             assert_like_lua_after_the_step(trainer, net)
-
-
-def run_main(argv, capsys):
-    code = 0
-    try:
-        main.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_main_retrains_a_flat_lua_model_and_resumes_the_run(tmp_path, capsys):

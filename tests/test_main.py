@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import t7
 from layers.activation import LogSoftMax
 from layers.legacy import named
 from layers.shape import View
-from tests.drivers import main_driver
+from tests.drivers import main_driver, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = Path(__file__).parent / 'fixtures'
@@ -43,17 +42,6 @@ DRIVER = main_driver('test_main')
 @pytest.fixture
 def tiny_models(monkeypatch):
     monkeypatch.setattr(models, 'create', tiny)
-
-
-def run_main(argv, capsys):
-    """main.main in this process: (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def driver(tmp_path):
@@ -245,15 +233,6 @@ def test_clcnet_recipe_checkpoints_best_and_resume(tmp_path, capsys, tiny_models
 
 
 # --- what a new user meets (issue 12) -------------------------------------------------------------------------
-
-@pytest.fixture(scope='module')
-def tinynet(tmp_path_factory):
-    """The 5-class ImageNet-style folder of tests/fixtures/tinynet.tar (18 train, 11 val images)."""
-    root = tmp_path_factory.mktemp('tinynet')
-    with tarfile.open(FIXTURES / 'tinynet.tar') as tar:
-        tar.extractall(root, filter='data')
-    return root / 'tinynet'
-
 
 # the tiny network's 8x8 crops of the tinynet images
 IMAGES = ['-imageSize', '10', '-cropSize', '8', '-batchSize', '4', '-nDonkeys', '0', '-noProgress']
