@@ -8,12 +8,11 @@ import torch
 
 from errors import UserError, lua_tostring
 from layers.containers import unscriptable
-from t7.convert import load_model
+from t7.convert import find, is_module, load_model, modules_inside, not_a_module
 from t7.read import LuaFunction, Storage, TableKey, TorchObject, load
-from t7.registry import class_of
 from t7.write import TENSOR_CLASSES
 
-USAGE = 'usage: python -m t7 print FILE | python -m t7 convert FILE.t7 OUT.pt'
+USAGE = 'usage: python -m t7 print FILE | python -m t7 convert FILE.t7 OUT.pt [PLACE]'
 
 
 def _d(x):
@@ -218,12 +217,6 @@ def lua_string(obj):
         return name
 
 
-def is_module(obj):
-    """Whether a Torch object is an nn module or criterion (Lua prints those with tostring)."""
-    return isinstance(obj, TorchObject) and (class_of(obj.typename) is not None
-                                             or {'output', 'gradInput'} <= set(obj.fields))
-
-
 def _scalar(value):
     if isinstance(value, torch.Tensor):
         name = TENSOR_CLASSES.get(value.dtype, str(value.dtype))
@@ -292,8 +285,20 @@ def print_file(path):
     print(lua_string(value) if is_module(value) else tree(value))
 
 
-def convert(source, target):
+def convert(source, target, place=None):
+    """Writes the model in `source` as TorchScript: the file's module tree, or, in a file holding a table (a training
+    checkpoint), the one nn module inside it that is not a criterion, or the module at `place` ('protos.rnn')."""
     lua = load(source)
+    if place is not None:
+        lua = find(lua, place)
+        if not is_module(lua):
+            raise UserError(f'{source} has at {place} ' + not_a_module(lua, lambda p: f'give PLACE {place}.{p}'))
+    elif not is_module(lua):
+        inside = modules_inside(lua)
+        if len(inside) != 1:
+            raise UserError(f'{source} holds ' + not_a_module(
+                lua, lambda p: f'name the one to convert: python -m t7 convert {source} {target} {p}'))
+        place, lua = inside[0]
     model = load_model(lua)
     reason = unscriptable(model)
     if reason:
@@ -315,7 +320,8 @@ def convert(source, target):
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    print(f'wrote {target}: TorchScript of {lua.typename}; run it with torch.jit.load')
+    print(f'wrote {target}: TorchScript of {lua.typename}{f" at {place}" if place else ""}; '
+          'run it with torch.jit.load')
 
 
 def main(argv):
@@ -323,14 +329,14 @@ def main(argv):
     if argv in (['-h'], ['--help']):
         print(USAGE)
         return 0
-    if not ((argv[:1] == ['print'] and len(argv) == 2) or (argv[:1] == ['convert'] and len(argv) == 3)):
+    if not ((argv[:1] == ['print'] and len(argv) == 2) or (argv[:1] == ['convert'] and len(argv) in (3, 4))):
         print(f'python -m t7: {USAGE}', file=sys.stderr)
         return 2
     try:
         if argv[0] == 'print':
             print_file(argv[1])
         else:
-            convert(argv[1], argv[2])
+            convert(*argv[1:])
     except UserError as e:
         print(f'python -m t7: {" ".join(str(e).split())}', file=sys.stderr)
         return 1
