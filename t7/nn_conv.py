@@ -250,7 +250,12 @@ def _lookup_table(loader, f, path):
 
 @builds('OneHot')
 def _one_hot(loader, f, path):
-    return conv.OneHot(f.int('outputSize'))
+    module = conv.OneHot(f.int('outputSize'))
+    # Its output has the module's type (a model saved as doubles feeds doubles on), which the output buffer keeps.
+    output = f.get('output')
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        module.like = torch.empty(0, dtype=output.dtype)
+    return module
 
 
 @writes('SpatialConvolutionMap', accepts=conv.SpatialConvolutionMap)

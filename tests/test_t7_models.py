@@ -578,6 +578,11 @@ def test_one_hot_and_spatial_softmaxes():
     # char-rnn declares its own class named plain OneHot, with nn.OneHot's field and forward; it is written back so
     out, char_rnn = forward(module('OneHot', outputSize=3), torch.tensor([3, 1]))
     assert out.tolist() == [[0, 0, 1], [1, 0, 0]] and t7.to_lua(char_rnn).typename == 'OneHot'
+    # A char-rnn trained on the CPU is all doubles: its OneHot outputs doubles into the Linear after it.
+    graph = t7.to_lua(nn.Sequential(char_rnn, nn.Linear(3, 2).double()))
+    graph.modules[0].output = torch.empty(0, dtype=torch.float64)
+    out, built = forward(graph, torch.tensor([3, 1]))
+    assert out.dtype == torch.float64 and t7.to_lua(built).modules[0]._type == 'torch.DoubleTensor'
     x = torch.randn(2, 3, 2, 2)
     for typename in ('nn.SpatialSoftMax', 'cudnn.SpatialSoftMax'):
         out, built = forward(module(typename), x)
