@@ -51,10 +51,22 @@ def specialize(module, kind):
     if fix is not None:
         return fix(kind)
     if isinstance(module, nn.Sequential):
+        if kind == TABLE and type(module) is nn.Sequential:
+            module.__class__ = TableSequential
         for child in module:
             kind = specialize(child, kind)
         return kind
     return signature(module)[1]
+
+
+class TableSequential(nn.Sequential):
+    """nn.Sequential whose first module takes a table (word2vec's ParallelTable of two LookupTables, then MM):
+    PyTorch's own forward is typed for a tensor."""
+
+    def forward(self, input: List[Tensor]):
+        for module in self:
+            input = module(input)
+        return input
 
 
 def unscriptable(module):

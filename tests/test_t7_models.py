@@ -13,8 +13,11 @@ import models
 import opts
 import t7
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
+from layers.containers import ParallelTable
+from layers.conv import LookupTable
 from layers.normalization import SpatialContrastiveNormalization, SpatialSubtractiveNormalization
 from layers.shape import View
+from layers.tables import MM
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 MODELS = ['alexnet-lcnn', 'alexnet-lcnn.cuda', 'resnet8-lcnn', 'resnet8-lcnn.cuda']
@@ -635,3 +638,14 @@ def test_local_normalisation_files_from_2012():
         out, built = forward(old, x)
         torch.testing.assert_close(out, current(x))
         assert t7.to_lua(built).meanestimator.modules[-2].typename == 'nn.SpatialConvolution'
+
+
+def test_sequential_that_takes_a_table_compiles():
+    # word2vec's model: {word, contexts} -> two LookupTables -> MM(false, true) -> Sigmoid.
+    lua = t7.to_lua(nn.Sequential(ParallelTable(LookupTable(10, 4), LookupTable(10, 4)), MM(False, True),
+                                  nn.Sigmoid()))
+    built = t7.load_model(lua)
+    x = [torch.tensor([3]), torch.tensor([4, 7, 9])]
+    scripted = torch.jit.script(built)
+    assert scripted(x).shape == (1, 3) and torch.equal(scripted(x), built(x))
+    assert lua_type(built) == 'nn.Sequential' and t7.to_lua(built).modules[1].typename == 'nn.MM'
