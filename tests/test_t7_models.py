@@ -334,7 +334,7 @@ def test_unsupported_module_names_its_place():
                                            module('nn.Sequential', modules=[module('nn.Foo')])])
     with pytest.raises(t7.T7Error, match=r'^unsupported module nn.Foo at model.modules\[1\].modules\[0\]: '):
         t7.load_model(net)
-    with pytest.raises(t7.T7Error, match=r'model is not an nn module \(found dict\)'):
+    with pytest.raises(t7.T7Error, match=r'^t7.load_model got a Lua table, not an nn module, and no nn module inside'):
         t7.load_model(io.BytesIO(saved({'a': 1})))
     loop = module('nn.Sequential', modules=[])
     loop.modules.append(module('nn.Sequential', modules=[loop]))
