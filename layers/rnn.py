@@ -1,0 +1,143 @@
+"""Port of torch-rnn's recurrent modules (jcjohnson/torch-rnn: LSTM.lua, VanillaRNN.lua, LanguageModel.lua), whose
+files are 2016's most common word- and character-level language models besides char-rnn's nngraph ones."""
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+from layers.conv import uniform_
+from layers.tables import TABLE, TENSOR
+
+
+class LSTM(nn.Module):
+    """torch-rnn's nn.LSTM(input_dim, hidden_dim) over whole sequences: x is N x T x D, the output every step's
+    hidden state, N x T x H. weight is (D + H) x 4H (input rows, then hidden rows), gates in the order input,
+    forget, output, candidate. The input may also be {c0, h0, x} or {h0, x}; without them the states start at
+    zero, as after the resetStates() that torch-rnn's sampling calls (remember_states is kept for writing back)."""
+    lua_type = 'nn.LSTM'
+
+    def __init__(self, input_dim, hidden_dim, device=None):
+        super().__init__()
+        self.input_dim, self.hidden_dim = int(input_dim), int(hidden_dim)
+        self.weight = nn.Parameter(torch.empty(input_dim + hidden_dim, 4 * hidden_dim, device=device))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_dim, device=device))
+        self.remember_states = False
+        if not self.weight.is_meta:
+            with torch.no_grad():
+                self.weight.normal_(0, 1 / (input_dim + hidden_dim) ** 0.5)
+                self.bias.zero_()
+                self.bias[hidden_dim:2 * hidden_dim] = 1
+
+    def run(self, x: Tensor, c: Tensor, h: Tensor) -> Tensor:
+        H, D = self.hidden_dim, self.input_dim
+        if x.dim() != 3 or x.size(2) != D:
+            raise ValueError(f'nn.LSTM: input must be N x T x {D}')
+        projected = torch.matmul(x, self.weight[:D]) + self.bias
+        recurrent = self.weight[D:]
+        outs: List[Tensor] = []
+        for t in range(x.size(1)):
+            a = projected[:, t] + h.mm(recurrent)
+            gates = a[:, :3 * H].sigmoid()
+            c = gates[:, H:2 * H] * c + gates[:, :H] * a[:, 3 * H:].tanh()
+            h = gates[:, 2 * H:] * c.tanh()
+            outs.append(h)
+        return torch.stack(outs, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, list):
+            return _TableLSTM.forward(self, x)
+        zero = x.new_zeros(x.size(0), self.hidden_dim)
+        return self.run(x, zero, zero)
+
+    def lua_input_kind(self):
+        return None
+
+    def lua_specialize(self, kind):
+        if kind == TABLE:
+            self.__class__ = _TableLSTM
+        return TENSOR
+
+
+class _TableLSTM(LSTM):
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        x = xs[len(xs) - 1]
+        zero = x.new_zeros(x.size(0), self.hidden_dim)
+        if len(xs) == 3:
+            return self.run(x, xs[0], xs[1])
+        if len(xs) == 2:
+            return self.run(x, zero, xs[0])
+        raise ValueError('nn.LSTM: the input must be x, {h0, x} or {c0, h0, x}')
+
+
+class VanillaRNN(nn.Module):
+    """torch-rnn's nn.VanillaRNN(input_dim, hidden_dim): h_t = tanh(x_t Wx + h_{t-1} Wh + b) over N x T x D, with
+    weight (D + H) x H; the input may also be {h0, x}, else h0 is zero (as for LSTM)."""
+    lua_type = 'nn.VanillaRNN'
+
+    def __init__(self, input_dim, hidden_dim, device=None):
+        super().__init__()
+        self.input_dim, self.hidden_dim = int(input_dim), int(hidden_dim)
+        self.weight = nn.Parameter(torch.empty(input_dim + hidden_dim, hidden_dim, device=device))
+        self.bias = nn.Parameter(torch.empty(hidden_dim, device=device))
+        self.remember_states = False
+        uniform_(1 / (input_dim + hidden_dim) ** 0.5, self.weight, self.bias)
+
+    def run(self, x: Tensor, h: Tensor) -> Tensor:
+        D = self.input_dim
+        if x.dim() != 3 or x.size(2) != D:
+            raise ValueError(f'nn.VanillaRNN: input must be N x T x {D}')
+        projected = torch.matmul(x, self.weight[:D]) + self.bias
+        recurrent = self.weight[D:]
+        outs: List[Tensor] = []
+        for t in range(x.size(1)):
+            h = (projected[:, t] + h.mm(recurrent)).tanh()
+            outs.append(h)
+        return torch.stack(outs, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, list):
+            return _TableVanillaRNN.forward(self, x)
+        return self.run(x, x.new_zeros(x.size(0), self.hidden_dim))
+
+    def lua_input_kind(self):
+        return None
+
+    def lua_specialize(self, kind):
+        if kind == TABLE:
+            self.__class__ = _TableVanillaRNN
+        return TENSOR
+
+
+class _TableVanillaRNN(VanillaRNN):
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        if len(xs) != 2:
+            raise ValueError('nn.VanillaRNN: the input must be x or {h0, x}')
+        return self.run(xs[1], xs[0])
+
+
+FLATTEN, UNFLATTEN = 1, 2
+
+
+class LanguageModel(nn.Module):
+    """torch-rnn's nn.LanguageModel: its `net` (LookupTable, recurrent layers, optional BatchNormalization and
+    Dropout, Linear) on N x T token indices, giving N x T x vocabulary scores. Lua resizes the net's Views to the
+    batch on every forward; here `reshapes[i]` says what view i does: FLATTEN to (N*T) x ..., UNFLATTEN back to
+    N x T x ..., 0 for a module that runs as it is."""
+    lua_type = 'nn.LanguageModel'
+
+    def __init__(self, net: List[nn.Module], reshapes: List[int]):
+        super().__init__()
+        self.net = nn.ModuleList(net)
+        self.reshapes = list(reshapes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t = x.size(0), x.size(1)
+        for i, module in enumerate(self.net):
+            how = self.reshapes[i]
+            if how == 1:  # FLATTEN (TorchScript reads no module-level constants)
+                x = x.reshape(n * t, -1)
+            elif how == 2:  # UNFLATTEN
+                x = x.reshape(n, t, -1)
+            else:
+                x = module(x)
+        return x

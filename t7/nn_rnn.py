@@ -1,0 +1,73 @@
+"""torch-rnn's LSTM, VanillaRNN and LanguageModel (jcjohnson/torch-rnn) as PyTorch modules and back."""
+
+from torch import nn
+
+from layers import rnn
+from t7.nn_conv import write_parameters
+from t7.read import T7Error, TorchObject
+from t7.registry import Fields, builds, class_of, writes
+
+_RECURRENT = {'LSTM': rnn.LSTM, 'VanillaRNN': rnn.VanillaRNN}
+# What torch-rnn's LanguageModel keeps besides its net: written back as they were read.
+_LANGUAGE_MODEL_DATA = ('idx_to_token', 'token_to_idx', 'vocab_size', 'model_type', 'wordvec_dim', 'rnn_size',
+                        'num_layers', 'dropout', 'batchnorm')
+
+
+@builds(*_RECURRENT)
+def _recurrent(loader, f, path):
+    if f.get('hidden_dim') is None:
+        # The rnn package (Element-Research) has an nn.LSTM too: a step module with recurrentModule, not this one.
+        raise T7Error(f'unsupported module {f.typename} at {path}: only torch-rnn\'s {f.typename} (with input_dim '
+                      f'and hidden_dim) converts, not the rnn package\'s')
+    d, h = f.int('input_dim'), f.int('hidden_dim')
+    cls = _RECURRENT[class_of(f.typename)]
+    module = cls(d, h, device='meta')
+    gates = 4 if cls is rnn.LSTM else 1
+    module.weight = loader.parameter(f.tensor('weight', (d + h, gates * h)))
+    module.bias = loader.parameter(f.tensor('bias', (gates * h,)))
+    module.remember_states = f.flag('remember_states')
+    return module
+
+
+@writes(*_RECURRENT, accepts=(rnn.LSTM, rnn.VanillaRNN))
+def _write_recurrent(saver, module, fields, path):
+    write_parameters(saver, module, fields, 'weight', 'bias')
+    fields.update(input_dim=module.input_dim, hidden_dim=module.hidden_dim, remember_states=module.remember_states,
+                  h0=saver.empty(module), buffer1=saver.empty(module), buffer2=saver.empty(module),
+                  grad_h0=saver.empty(module), grad_x=saver.empty(module))
+    if isinstance(module, rnn.LSTM):
+        fields.update(c0=saver.empty(module), cell=saver.empty(module), gates=saver.empty(module),
+                      buffer3=saver.empty(module), grad_a_buffer=saver.empty(module), grad_c0=saver.empty(module))
+        fields['gradInput'] = [fields['grad_c0'], fields['grad_h0'], fields['grad_x']]
+    else:
+        fields['gradInput'] = [fields['grad_h0'], fields['grad_x']]
+
+
+@builds('LanguageModel')
+def _language_model(loader, f, path):
+    net = f.get('net')
+    if not isinstance(net, TorchObject) or class_of(net.typename) != 'Sequential':
+        f.fail('net', 'an nn.Sequential')
+    flatten = [f.get('view1')] + list(f.get('bn_view_in') or [])
+    unflatten = [f.get('view2')] + list(f.get('bn_view_out') or [])
+    lua_modules = net.fields.get('modules') or []
+    reshapes = [rnn.FLATTEN if any(m is v for v in flatten) else rnn.UNFLATTEN if any(m is v for v in unflatten)
+                else 0 for m in lua_modules]
+    module = rnn.LanguageModel(loader.children(Fields(net, f'{path}.net'), f'{path}.net'), reshapes)
+    for name in _LANGUAGE_MODEL_DATA:
+        if f.get(name) is not None:
+            setattr(module, 'lua_' + name, f.get(name))
+    return module
+
+
+@writes('LanguageModel', accepts=rnn.LanguageModel)
+def _write_language_model(saver, module, fields, path):
+    net = saver.obj(nn.Sequential(*module.net), f'{path}.net')
+    children = net.fields['modules']
+    flatten = [m for m, how in zip(children, module.reshapes) if how == rnn.FLATTEN]
+    unflatten = [m for m, how in zip(children, module.reshapes) if how == rnn.UNFLATTEN]
+    if not flatten or not unflatten:
+        raise T7Error(f'cannot save nn.LanguageModel at {path}: its net has no views around the Linear')
+    fields.update(net=net, view1=flatten[-1], view2=unflatten[-1], bn_view_in=flatten[:-1],
+                  bn_view_out=unflatten[:-1],
+                  rnns=[m for m in children if class_of(m.typename) in _RECURRENT])

@@ -1,0 +1,140 @@
+"""torch-rnn's LSTM, VanillaRNN and LanguageModel files (issue 11): converted, compared with the recurrences of its
+LSTM.lua / VanillaRNN.lua written out step by step, compiled, written back and read again."""
+import torch
+from torch import nn
+
+import t7
+from layers.containers import specialize
+from layers.conv import LookupTable
+from layers.rnn import LSTM
+from layers.shape import View
+from layers.tables import TABLE
+from t7.__main__ import main
+
+
+def obj(typename, **fields):
+    return t7.TorchObject(typename, dict(output=torch.empty(0), gradInput=torch.empty(0), **fields))
+
+
+def recurrent(typename, d, h):
+    torch.manual_seed(d * 10 + h)
+    gates = 4 if typename == 'nn.LSTM' else 1
+    # remember_states and the states of the last training batch are saved too; sampling resets them to zero.
+    return obj(typename, input_dim=d, hidden_dim=h, weight=torch.randn(d + h, gates * h) * 0.5,
+               bias=torch.randn(gates * h) * 0.1, remember_states=True, h0=torch.randn(5, h), c0=torch.randn(5, h))
+
+
+def lua_lstm(x, w, b, h_size):
+    n, t, d = x.shape
+    h = c = torch.zeros(n, h_size, dtype=x.dtype)
+    out = []
+    for step in range(t):
+        a = b + x[:, step] @ w[:d] + h @ w[d:]
+        i, f, o = (a[:, k * h_size:(k + 1) * h_size].sigmoid() for k in range(3))
+        c = f * c + i * a[:, 3 * h_size:].tanh()
+        h = o * c.tanh()
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+def lua_rnn(x, w, b, h_size):
+    h, out = torch.zeros(x.size(0), h_size, dtype=x.dtype), []
+    for step in range(x.size(1)):
+        h = (b + x[:, step] @ w[:x.size(2)] + h @ w[x.size(2):]).tanh()
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+def language_model():
+    """Two layers as torch-rnn's LanguageModel builds them with -batchnorm 1 (an LSTM, then a VanillaRNN), each
+    BatchNormalization between Views that Lua resizes to the batch on every forward."""
+    v, d, h = 7, 4, 5
+    lookup = t7.to_lua(LookupTable(v, d))
+    lstm, vanilla = recurrent('nn.LSTM', d, h), recurrent('nn.VanillaRNN', h, h)
+    view_in, view_out = t7.to_lua(View(1, 1, -1).setNumInputDims(3)), t7.to_lua(View(1, -1).setNumInputDims(2))
+    bn = t7.to_lua(nn.BatchNorm1d(h).eval())
+    bn.running_mean, bn.running_var = torch.randn(h) * 0.1, torch.rand(h) + 0.5
+    view1, view2 = t7.to_lua(View(1, 1, -1).setNumInputDims(3)), t7.to_lua(View(1, -1).setNumInputDims(2))
+    linear = t7.to_lua(nn.Linear(h, v))
+    net = obj('nn.Sequential', modules=[lookup, lstm, view_in, bn, view_out, vanilla, view1, linear, view2])
+    tokens = {i: c for i, c in enumerate('abcdefg', 1)}
+    model = obj('nn.LanguageModel', net=net, view1=view1, view2=view2, rnns=[lstm, vanilla], bn_view_in=[view_in],
+                bn_view_out=[view_out], idx_to_token=tokens, token_to_idx={c: i for i, c in tokens.items()},
+                vocab_size=v, model_type='lstm', wordvec_dim=d, rnn_size=h, num_layers=2, dropout=0, batchnorm=1)
+
+    def lua_forward(x):
+        n, t = x.shape
+        hidden = lua_lstm(lookup.weight[x - 1], lstm.weight, lstm.bias, h).reshape(n * t, h)
+        hidden = (hidden - bn.running_mean) / (bn.running_var + bn.eps).sqrt() * bn.weight + bn.bias
+        hidden = lua_rnn(hidden.reshape(n, t, h), vanilla.weight, vanilla.bias, h).reshape(n * t, h)
+        return (hidden @ linear.weight.t() + linear.bias).reshape(n, t, v)
+    return model, lua_forward
+
+
+def test_language_model_matches_torch_rnns_recurrences(tmp_path):
+    lua, lua_forward = language_model()
+    model = t7.load_model(lua)
+    for n, t in [(3, 6), (1, 1), (2, 9)]:
+        x = torch.randint(1, 8, (n, t))
+        with torch.no_grad():
+            out = model(x)
+        torch.testing.assert_close(out, lua_forward(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.jit.script(model)(x), out)
+    t7.save_model(tmp_path / 'lm.t7', model)
+    written = t7.load(tmp_path / 'lm.t7')
+    assert written.typename == 'nn.LanguageModel' and written.token_to_idx == lua.token_to_idx
+    modules = written.net.modules
+    assert written.view1 is modules[6] and written.view2 is modules[8] and written.bn_view_in[0] is modules[2]
+    assert [m.typename for m in written.rnns] == ['nn.LSTM', 'nn.VanillaRNN'] and written.rnns[0] is modules[1]
+    assert (modules[1].hidden_dim, modules[1].remember_states, len(modules[1].gradInput)) == (5, True, 3)
+    x = torch.randint(1, 8, (2, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(t7.load_model(tmp_path / 'lm.t7')(x), model(x))
+    # The parameters train: one backward reaches the recurrent weights.
+    model.train()
+    model(x).sum().backward()
+    assert model.net[1].weight.grad.abs().sum() > 0 and model.net[5].bias.grad.abs().sum() > 0
+
+
+def test_recurrent_layers_take_their_initial_states_as_a_table():
+    lstm = t7.load_model(recurrent('nn.LSTM', 3, 2))
+    x, c0, h0 = torch.randn(2, 4, 3), torch.randn(2, 2), torch.randn(2, 2)
+    # Lua's {c0, h0, x} and {h0, x} inputs: the same recurrences started from those states.
+    w, b = lstm.weight.detach(), lstm.bias.detach()
+    with torch.no_grad():
+        full = lstm([c0, h0, x])
+        torch.testing.assert_close(lstm([h0, x]), lstm.run(x, torch.zeros(2, 2), h0))
+    assert not torch.allclose(full, lstm(x)) and torch.allclose(lstm(x), lua_lstm(x, w, b, 2), atol=1e-6)
+    specialize(lstm, TABLE)
+    torch.testing.assert_close(torch.jit.script(lstm)([c0, h0, x]), full)
+    vanilla = t7.load_model(recurrent('nn.VanillaRNN', 3, 2))
+    h, out = h0, []
+    for step in range(4):
+        h = (vanilla.bias + x[:, step] @ vanilla.weight[:3] + h @ vanilla.weight[3:]).tanh()
+        out.append(h)
+    with torch.no_grad():
+        torch.testing.assert_close(vanilla([h0, x]), torch.stack(out, 1))
+        specialize(vanilla, TABLE)
+        torch.testing.assert_close(torch.jit.script(vanilla)([h0, x]), torch.stack(out, 1))
+
+
+def test_the_rnn_packages_lstm_is_named_in_one_line():
+    rnn_package = obj('nn.LSTM', inputSize=3, outputSize=4, recurrentModule=obj('nn.Sequential', modules=[]))
+    try:
+        t7.load_model(rnn_package)
+    except t7.T7Error as e:
+        assert str(e) == ("unsupported module nn.LSTM at model: only torch-rnn's nn.LSTM (with input_dim and "
+                          "hidden_dim) converts, not the rnn package's")
+    else:
+        raise AssertionError('the rnn package LSTM was converted')
+
+
+def test_torch_rnn_checkpoint_converts_from_the_command_line(tmp_path, capsys):
+    lua, lua_forward = language_model()
+    t7.save(tmp_path / 'checkpoint_100.t7', {'model': lua, 'opt': {'rnn_size': 5}, 'i': 100,
+                                              'train_loss_history': [2.5, 2.25]})
+    assert main(['convert', str(tmp_path / 'checkpoint_100.t7'), str(tmp_path / 'lm.pt')]) == 0
+    assert 'TorchScript of nn.LanguageModel at model;' in capsys.readouterr().out
+    x = torch.randint(1, 8, (2, 3))
+    torch.testing.assert_close(torch.jit.load(tmp_path / 'lm.pt')(x), lua_forward(x), atol=1e-5, rtol=1e-5)
+    assert isinstance(t7.load_model(t7.find(t7.load(tmp_path / 'checkpoint_100.t7'), 'model')).net[1], LSTM)
