@@ -193,8 +193,13 @@ def _subsampling(loader, f, path):
 
 @builds('TemporalConvolution')
 def _temporal_convolution(loader, f, path):
-    n_in, n_out, kw = f.int('inputFrameSize'), f.int('outputFrameSize'), f.int('kW')
-    module = conv.TemporalConvolution(n_in, n_out, kw, f.int('dW', 1), device='meta')
+    n_in, n_out = f.int('inputFrameSize'), f.int('outputFrameSize')
+    if f.typename.startswith('cudnn.'):
+        # cudnn's is a SpatialConvolution over a (time x frame) image: time is its H axis, the frame its W axis.
+        kw, dw, pad = f.int('kH'), f.int('dH', 1), f.int('padH', 0)
+    else:
+        kw, dw, pad = f.int('kW'), f.int('dW', 1), 0
+    module = conv.TemporalConvolution(n_in, n_out, kw, dw, device='meta', pad=pad)
     return set_parameters(loader, module, f.tensor('weight', (n_out, kw * n_in)), f.tensor('bias', (n_out,)))
 
 
@@ -273,8 +278,14 @@ def _write_subsampling(saver, module, fields, path):
 
 @writes('TemporalConvolution', accepts=conv.TemporalConvolution)
 def _write_temporal_convolution(saver, module, fields, path):
-    fields.update(inputFrameSize=module.inputFrameSize, outputFrameSize=module.outputFrameSize, kW=module.kW,
-                  dW=module.dW)
+    fields.update(inputFrameSize=module.inputFrameSize, outputFrameSize=module.outputFrameSize)
+    if lua_type(module).startswith('cudnn.'):
+        fields.update(nInputPlane=1, nOutputPlane=module.outputFrameSize, kW=module.inputFrameSize, kH=module.kW,
+                      dW=1, dH=module.dW, padW=0, padH=module.pad, groups=1)
+    elif module.pad:
+        raise _cannot(module, path, 'nn.TemporalConvolution has no padding (cudnn.TemporalConvolution has)')
+    else:
+        fields.update(kW=module.kW, dW=module.dW)
     write_parameters(saver, module, fields, 'weight', 'bias')
 
 

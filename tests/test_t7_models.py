@@ -649,3 +649,25 @@ def test_sequential_that_takes_a_table_compiles():
     scripted = torch.jit.script(built)
     assert scripted(x).shape == (1, 3) and torch.equal(scripted(x), built(x))
     assert lua_type(built) == 'nn.Sequential' and t7.to_lua(built).modules[1].typename == 'nn.MM'
+
+
+def test_cudnn_temporal_convolution_and_clipped_relu():
+    # cudnn.TemporalConvolution is a cudnn.SpatialConvolution over N x 1 x T x frame: kH/dH/padH run over time.
+    n_in, n_out, k = 3, 4, 2
+    weight, bias = torch.randn(n_out, n_in * k), torch.randn(n_out)
+    lua = module('cudnn.TemporalConvolution', inputFrameSize=n_in, outputFrameSize=n_out, nInputPlane=1,
+                 nOutputPlane=n_out, kW=n_in, kH=k, dW=1, dH=2, padW=0, padH=1, groups=1, weight=weight, bias=bias)
+    x = torch.randn(2, 7, n_in)
+    out, built = forward(lua, x)
+    spatial = F.conv2d(x.unsqueeze(1), weight.view(n_out, 1, k, n_in), bias, stride=(2, 1), padding=(1, 0))
+    torch.testing.assert_close(out, spatial.squeeze(3).transpose(1, 2))
+    written = t7.to_lua(built)
+    assert (written.kW, written.kH, written.dH, written.padH, tuple(written.weight.shape)) == (3, 2, 2, 1, (4, 6))
+    torch.testing.assert_close(forward(written, x)[0], out)
+    built.lua_type = 'nn.TemporalConvolution'
+    with pytest.raises(t7.T7Error, match='nn.TemporalConvolution has no padding'):
+        t7.to_lua(built)
+    out, clipped = forward(module('cudnn.ClippedReLU', ceiling=2, inplace=False), torch.tensor([-1.0, 1.0, 3.0]))
+    assert out.tolist() == [0, 1, 2] and t7.to_lua(clipped).ceiling == 2
+    with pytest.raises(t7.T7Error, match=r'cudnn.ClippedReLU at model: field ceiling must be a number, found None'):
+        t7.load_model(module('cudnn.ClippedReLU'))
