@@ -251,3 +251,24 @@ class Parallel(_Container):
     def lua_specialize(self, kind):
         self._specialize_children(TENSOR)
         return TENSOR
+
+
+class SpatialClassifier(nn.Module):
+    """nnx's nn.SpatialClassifier(classifier) of the 2011-2013 detectors: the classifier (a Linear, ...) applied to
+    the K features of every position of one K x H x W map; the N outputs per position come back as an N x H x W
+    map, or as the HW x N rows when spatialOutput is false."""
+    lua_type = 'nn.SpatialClassifier'
+
+    def __init__(self, classifier, spatial_output=True):
+        super().__init__()
+        self.classifier = classifier
+        self.spatial_output = bool(spatial_output)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError('<nn.SpatialClassifier> input should be 3D: KxHxW')
+        h, w = x.size(1), x.size(2)
+        out = self.classifier(x.reshape(x.size(0), h * w).t())
+        if self.spatial_output:
+            return out.t().reshape(out.size(1), h, w)
+        return out

@@ -75,3 +75,22 @@ class SpatialUpSamplingBilinear(nn.Module):
             size = [x.size(2) * self.scale_factor, x.size(3) * self.scale_factor]
         y = F.interpolate(x, size=size, mode='bilinear', align_corners=True)
         return y.squeeze(0) if single else y
+
+
+class SpatialPadding(nn.Module):
+    """nnx's nn.SpatialPadding(pad_l, pad_r, pad_t, pad_b, y_dim, x_dim, val) of the 2011-2013 models (nn's
+    SpatialZeroPadding grew out of it): pads, or crops where negative, the 1-based dimensions y_dim and x_dim
+    (2 and 3: the planes of one C x H x W image) with `val`."""
+    lua_type = 'nn.SpatialPadding'
+
+    def __init__(self, pad_l, pad_r=None, pad_t=None, pad_b=None, y_dim=2, x_dim=3, val=0.0):
+        super().__init__()
+        self.pad_l = int(pad_l)
+        self.pad_r, self.pad_t, self.pad_b = (self.pad_l if p is None else int(p) for p in (pad_r, pad_t, pad_b))
+        self.y_dim, self.x_dim, self.val = int(y_dim), int(x_dim), float(val)
+
+    def forward(self, x):
+        dims = [self.y_dim - 1, self.x_dim - 1]
+        x = x.movedim(dims, [-2, -1])
+        x = F.pad(x, [self.pad_l, self.pad_r, self.pad_t, self.pad_b], value=self.val)
+        return x.movedim([-2, -1], dims)

@@ -81,3 +81,17 @@ def _write_map_table(saver, module, fields, path):
 def _write_parallel(saver, module, fields, path):
     fields.update(modules=saver.children(module, path), inputDimension=module.input_dimension,
                   outputDimension=module.output_dimension)
+
+
+@builds('SpatialClassifier')
+def _spatial_classifier(loader, f, path):
+    return containers.SpatialClassifier(loader.module(f.get('classifier'), f'{path}.classifier'),
+                                        f.flag('spatialOutput', True))
+
+
+@writes('SpatialClassifier', accepts=containers.SpatialClassifier)
+def _write_spatial_classifier(saver, module, fields, path):
+    classifier = saver.obj(module.classifier, f'{path}.classifier')
+    fields.update(classifier=classifier, modules=[classifier], spatialOutput=module.spatial_output,
+                  **{name: saver.empty(module) for name in ('inputF', 'inputT', 'outputF', 'gradOutputF',
+                                                            'gradOutputT', 'gradInputF')})

@@ -188,7 +188,14 @@ def _convolution_map(loader, f, path):
 def _subsampling(loader, f, path):
     n = f.int('nInputPlane')
     module = conv.SpatialSubSampling(n, f.int('kW'), f.int('kH'), f.int('dW', 1), f.int('dH', 1), device='meta')
-    return set_parameters(loader, module, f.tensor('weight', (n,)), f.tensor('bias', (n,)))
+    weight = f.tensor('weight')
+    if weight.dim() > 1 and weight.size(0) == n and weight.is_contiguous():
+        # The C code takes one number per plane from the first nInputPlane of the weight's memory, whatever its
+        # shape: torch's 2012 demos saved nInputPlane x kH x kW weights.
+        weight = weight.reshape(-1)[:n]
+    else:
+        weight = f.tensor('weight', (n,))
+    return set_parameters(loader, module, weight, f.tensor('bias', (n,)))
 
 
 @builds('TemporalConvolution')

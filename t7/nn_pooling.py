@@ -235,3 +235,16 @@ def _write_padding(saver, module, fields, path):
 
 for _name, _cls in _PADDINGS.items():
     writes(_name, accepts=nn.ConstantPad2d if _cls is nn.ZeroPad2d else _cls)(_write_padding)
+
+
+@builds('SpatialPadding')
+def _nnx_padding(loader, f, path):
+    left = f.int('pad_l')
+    return pooling.SpatialPadding(left, f.int('pad_r', left), f.int('pad_t', left), f.int('pad_b', left),
+                                  f.int('y_dim', 2), f.int('x_dim', 3), f.number('val', 0))
+
+
+@writes('SpatialPadding', accepts=pooling.SpatialPadding)
+def _write_nnx_padding(saver, module, fields, path):
+    fields.update(pad_l=module.pad_l, pad_r=module.pad_r, pad_t=module.pad_t, pad_b=module.pad_b,
+                  y_dim=module.y_dim, x_dim=module.x_dim, val=module.val)
