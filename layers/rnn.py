@@ -1,11 +1,14 @@
 """Port of torch-rnn's recurrent modules (jcjohnson/torch-rnn: LSTM.lua, VanillaRNN.lua, LanguageModel.lua), whose
-files are 2016's most common word- and character-level language models besides char-rnn's nngraph ones."""
+files are 2016's most common word- and character-level language models besides char-rnn's nngraph ones, and of the
+rnn package's (Element-Research/rnn) SeqLSTM.lua, Sequencer.lua, Recursor.lua and MaskZero.lua for modules that
+keep no state between steps."""
 from typing import List
 
 import torch
 from torch import Tensor, nn
 
 from layers.conv import uniform_
+from layers.containers import specialize
 from layers.tables import TABLE, TENSOR
 
 
@@ -28,10 +31,12 @@ class LSTM(nn.Module):
                 self.bias.zero_()
                 self.bias[hidden_dim:2 * hidden_dim] = 1
 
-    def run(self, x: Tensor, c: Tensor, h: Tensor) -> Tensor:
+    def run(self, x: Tensor, c: Tensor, h: Tensor, mask_zero: bool = False) -> Tensor:
+        """The hidden states for x (N x T x D) from the states c and h; with mask_zero (the rnn package's
+        maskzero) the states of a sample whose input step is all zeros become zero."""
         H, D = self.hidden_dim, self.input_dim
         if x.dim() != 3 or x.size(2) != D:
-            raise ValueError(f'nn.LSTM: input must be N x T x {D}')
+            raise ValueError(f'{self.lua_type}: input must be 3-D with {D} features')
         projected = torch.matmul(x, self.weight[:D]) + self.bias
         recurrent = self.weight[D:]
         outs: List[Tensor] = []
@@ -40,6 +45,10 @@ class LSTM(nn.Module):
             gates = a[:, :3 * H].sigmoid()
             c = gates[:, H:2 * H] * c + gates[:, :H] * a[:, 3 * H:].tanh()
             h = gates[:, 2 * H:] * c.tanh()
+            if mask_zero:
+                keep = (x[:, t].norm(2, 1) != 0).unsqueeze(1)
+                c = torch.where(keep, c, torch.zeros_like(c))
+                h = torch.where(keep, h, torch.zeros_like(h))
             outs.append(h)
         return torch.stack(outs, 1)
 
@@ -67,6 +76,44 @@ class _TableLSTM(LSTM):
         if len(xs) == 2:
             return self.run(x, zero, xs[0])
         raise ValueError('nn.LSTM: the input must be x, {h0, x} or {c0, h0, x}')
+
+
+class SeqLSTM(LSTM):
+    """The rnn package's nn.SeqLSTM(inputsize, outputsize): torch-rnn's LSTM (same weight layout and gates) on a
+    time-major T x N x D input unless batchfirst; with maskzero, steps whose input is all zeros zero the states.
+    The states start at zero (its default _remember 'neither')."""
+    lua_type = 'nn.SeqLSTM'
+
+    def __init__(self, inputsize, outputsize, batchfirst=False, maskzero=False, device=None):
+        super().__init__(inputsize, outputsize, device=device)
+        self.batchfirst, self.maskzero = bool(batchfirst), bool(maskzero)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, list):
+            return _TableSeqLSTM.forward(self, x)
+        zero = x.new_zeros(x.size(0 if self.batchfirst else 1), self.hidden_dim)
+        return self.sequence(x, zero, zero)
+
+    def sequence(self, x: Tensor, c: Tensor, h: Tensor) -> Tensor:
+        if self.batchfirst:
+            return self.run(x, c, h, self.maskzero)
+        return self.run(x.transpose(0, 1), c, h, self.maskzero).transpose(0, 1)
+
+    def lua_specialize(self, kind):
+        if kind == TABLE:
+            self.__class__ = _TableSeqLSTM
+        return TENSOR
+
+
+class _TableSeqLSTM(SeqLSTM):
+    def forward(self, xs: List[Tensor]) -> Tensor:
+        x = xs[len(xs) - 1]
+        zero = x.new_zeros(x.size(0 if self.batchfirst else 1), self.hidden_dim)
+        if len(xs) == 3:
+            return self.sequence(x, xs[0], xs[1])
+        if len(xs) == 2:
+            return self.sequence(x, zero, xs[0])
+        raise ValueError('nn.SeqLSTM: the input must be x, {h0, x} or {c0, h0, x}')
 
 
 class VanillaRNN(nn.Module):
@@ -141,3 +188,68 @@ class LanguageModel(nn.Module):
             else:
                 x = module(x)
         return x
+
+
+class Sequencer(nn.Module):
+    """The rnn package's nn.Sequencer(module) around a module that keeps no state between steps (a Linear, a
+    LogSoftMax ...): the module applied to every step, the steps being the first dimension of a tensor (the
+    output stacks them) or the entries of a table."""
+    lua_type = 'nn.Sequencer'
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, list):
+            return _TableSequencer.forward(self, x)
+        return torch.stack([self.module(x[t]) for t in range(x.size(0))])
+
+    def lua_input_kind(self):
+        return None
+
+    def lua_specialize(self, kind):
+        specialize(self.module, TENSOR)
+        if kind == TABLE:
+            self.__class__ = _TableSequencer
+            return TABLE
+        return TENSOR
+
+
+class _TableSequencer(Sequencer):
+    def forward(self, xs: List[Tensor]) -> List[Tensor]:
+        return [self.module(x) for x in xs]
+
+
+class Recursor(nn.Module):
+    """The rnn package's nn.Recursor(module), which Sequencer puts around a module: in evaluation one step is the
+    module's forward."""
+    lua_type = 'nn.Recursor'
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+
+class MaskZero(nn.Module):
+    """The rnn package's nn.MaskZero(module, nInputDim): the module's output, zeroed for every sample whose input
+    is all zeros (a batch when the input has one dimension more than nInputDim, else the whole output)."""
+    lua_type = 'nn.MaskZero'
+
+    def __init__(self, module, nInputDim):
+        super().__init__()
+        self.module = module
+        self.nInputDim = int(nInputDim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        if x.dim() == self.nInputDim:
+            keep = (x.reshape(-1).norm(2) != 0).reshape([1] * out.dim())
+        elif x.dim() - 1 == self.nInputDim:
+            keep = (x.reshape(x.size(0), -1).norm(2, 1) != 0).reshape([x.size(0)] + [1] * (out.dim() - 1))
+        else:
+            raise ValueError(f'nn.MaskZero: nInputDim error: {x.dim()}, {self.nInputDim}')
+        return torch.where(keep, out, torch.zeros_like(out))

@@ -1,4 +1,5 @@
-"""torch-rnn's LSTM, VanillaRNN and LanguageModel (jcjohnson/torch-rnn) as PyTorch modules and back."""
+"""torch-rnn's LSTM, VanillaRNN and LanguageModel (jcjohnson/torch-rnn), and the rnn package's SeqLSTM, Sequencer,
+Recursor and MaskZero (Element-Research/rnn), as PyTorch modules and back."""
 
 from torch import nn
 
@@ -71,3 +72,74 @@ def _write_language_model(saver, module, fields, path):
     fields.update(net=net, view1=flatten[-1], view2=unflatten[-1], bn_view_in=flatten[:-1],
                   bn_view_out=unflatten[:-1],
                   rnns=[m for m in children if class_of(m.typename) in _RECURRENT])
+
+
+@builds('SeqLSTM')
+def _seq_lstm(loader, f, path):
+    d, r = f.int('inputsize'), f.int('outputsize')
+    if f.get('hiddensize') is not None and f.int('hiddensize') != r:
+        raise T7Error(f'unsupported module {f.typename} at {path}: a projection (hiddensize {f.int("hiddensize")} '
+                      f'!= outputsize {r}, SeqLSTMP) does not convert')
+    module = rnn.SeqLSTM(d, r, f.flag('batchfirst'), f.flag('maskzero'), device='meta')
+    module.weight = loader.parameter(f.tensor('weight', (d + r, 4 * r)))
+    module.bias = loader.parameter(f.tensor('bias', (4 * r,)))
+    return module
+
+
+@writes('SeqLSTM', accepts=rnn.SeqLSTM)
+def _write_seq_lstm(saver, module, fields, path):
+    write_parameters(saver, module, fields, 'weight', 'bias')
+    fields.update(inputsize=module.input_dim, outputsize=module.hidden_dim, hiddensize=module.hidden_dim,
+                  batchfirst=module.batchfirst, maskzero=module.maskzero, _remember='neither',
+                  **{name: saver.empty(module) for name in ('cell', 'gates', 'buffer1', 'buffer2', 'buffer3',
+                                                            'grad_a_buffer', 'h0', 'c0', 'grad_c0', 'grad_h0')})
+
+
+def _step_module(loader, f, path, name):
+    inner = f.get(name)
+    if inner is None:
+        modules = f.get('modules') or []
+        inner = modules[0] if isinstance(modules, list) and modules else None
+    if inner is None:
+        raise T7Error(f'{f.typename} at {path} has no module')
+    if isinstance(inner, TorchObject) and inner.fields.get('recurrentModule') is not None \
+            and class_of(inner.typename) != 'Recursor':
+        # FastLSTM, LSTM, GRU, Recurrent ... of the rnn package carry a state from step to step.
+        raise T7Error(f'unsupported module {inner.typename} at {path}.{name}: the rnn package\'s step-by-step '
+                      f'recurrent modules do not convert (its SeqLSTM and stateless modules in a Sequencer do)')
+    return loader.module(inner, f'{path}.{name}')
+
+
+@builds('Sequencer')
+def _sequencer(loader, f, path):
+    return rnn.Sequencer(_step_module(loader, f, path, 'module'))
+
+
+@builds('Recursor')
+def _recursor(loader, f, path):
+    return rnn.Recursor(_step_module(loader, f, path, 'recurrentModule'))
+
+
+@builds('MaskZero')
+def _mask_zero(loader, f, path):
+    return rnn.MaskZero(_step_module(loader, f, path, 'module'), f.int('nInputDim'))
+
+
+@writes('Sequencer', accepts=rnn.Sequencer)
+def _write_sequencer(saver, module, fields, path):
+    inner = saver.obj(module.module, f'{path}.module')
+    fields.update(module=inner, modules=[inner], output={}, tableoutput={}, tablegradInput={}, _output={},
+                  _remember='neither')
+
+
+@writes('Recursor', accepts=rnn.Recursor)
+def _write_recursor(saver, module, fields, path):
+    inner = saver.obj(module.module, f'{path}.module')
+    fields.update(module=inner, recurrentModule=inner, modules=[inner], sharedClones={1: inner}, rho=9999999,
+                  step=1, outputs={}, gradInputs={}, _gradOutputs={})
+
+
+@writes('MaskZero', accepts=rnn.MaskZero)
+def _write_mask_zero(saver, module, fields, path):
+    inner = saver.obj(module.module, f'{path}.module')
+    fields.update(module=inner, modules=[inner], nInputDim=module.nInputDim)

@@ -1,5 +1,8 @@
-"""torch-rnn's LSTM, VanillaRNN and LanguageModel files (issue 11): converted, compared with the recurrences of its
-LSTM.lua / VanillaRNN.lua written out step by step, compiled, written back and read again."""
+"""torch-rnn's LSTM, VanillaRNN and LanguageModel files and the rnn package's SeqLSTM, Sequencer, Recursor and
+MaskZero (issue 11): converted, compared with the recurrences of their Lua files written out step by step, compiled,
+written back and read again."""
+import math
+
 import torch
 from torch import nn
 
@@ -138,3 +141,70 @@ def test_torch_rnn_checkpoint_converts_from_the_command_line(tmp_path, capsys):
     x = torch.randint(1, 8, (2, 3))
     torch.testing.assert_close(torch.jit.load(tmp_path / 'lm.pt')(x), lua_forward(x), atol=1e-5, rtol=1e-5)
     assert isinstance(t7.load_model(t7.find(t7.load(tmp_path / 'checkpoint_100.t7'), 'model')).net[1], LSTM)
+
+
+def seq_lstm(d, h, **flags):
+    torch.manual_seed(d + h)
+    return obj('nn.SeqLSTM', inputsize=d, outputsize=h, hiddensize=h, weight=torch.randn(d + h, 4 * h) * 0.5,
+               bias=torch.randn(4 * h) * 0.1, _remember='neither', **flags)
+
+
+def test_rnn_packages_seq_lstm_in_a_sequencer_model(tmp_path):
+    """nn.Sequential(SeqLSTM, Sequencer(MaskZero(Linear)), Sequencer(LogSoftMax)) over T x N x D, as the rnn
+    package's language-model examples build it."""
+    lstm = seq_lstm(3, 4, maskzero=True)
+    linear = t7.to_lua(nn.Linear(4, 5))
+    step = obj('nn.Recursor', module=obj('nn.MaskZero', module=linear, modules=[linear], nInputDim=1),
+               rho=9999999, step=1)
+    step.recurrentModule = step.module
+    lua = obj('nn.Sequential', modules=[lstm, obj('nn.Sequencer', module=step, modules=[step], _remember='neither'),
+                                        obj('nn.Sequencer', module=obj('nn.Recursor', recurrentModule=obj(
+                                            'nn.LogSoftMax')))])
+    model = t7.load_model(lua)
+    x = torch.randn(6, 2, 3)
+    x[2:4, 1] = 0  # a padded sample: its states restart from zero, its outputs are masked
+    with torch.no_grad():
+        out = model(x)
+    hidden = lua_lstm(x.transpose(0, 1)[:1], lstm.weight, lstm.bias, 4)
+    expected = (hidden @ linear.weight.t() + linear.bias).log_softmax(-1)
+    torch.testing.assert_close(out[:, :1], expected.transpose(0, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[2:4, 1], torch.full((2, 5), -math.log(5)))
+    after = lua_lstm(x[4:, 1:].transpose(0, 1), lstm.weight, lstm.bias, 4)
+    torch.testing.assert_close(out[4:, 1], (after[0] @ linear.weight.t() + linear.bias).log_softmax(-1))
+    torch.testing.assert_close(torch.jit.script(model)(x), out)
+    t7.save_model(tmp_path / 'seq.t7', model)
+    written = t7.load(tmp_path / 'seq.t7')
+    assert written.modules[0].maskzero is True and written.modules[1].module.recurrentModule.nInputDim == 1
+    torch.testing.assert_close(t7.load_model(tmp_path / 'seq.t7')(x), out)
+
+
+def test_seq_lstm_batch_first_and_a_sequencer_of_a_table():
+    lstm = seq_lstm(2, 3, batchfirst=True)
+    x = torch.randn(4, 5, 2)
+    torch.testing.assert_close(t7.load_model(lstm)(x), lua_lstm(x, lstm.weight, lstm.bias, 3))
+    sequencer = t7.load_model(obj('nn.Sequencer', module=obj('nn.Recursor', recurrentModule=obj('nn.Tanh'))))
+    steps = [torch.randn(2, 3), torch.randn(2, 3)]
+    out = sequencer(steps)
+    assert isinstance(out, list) and all(torch.equal(o, s.tanh()) for o, s in zip(out, steps))
+    specialize(sequencer, TABLE)
+    assert all(torch.equal(o, s.tanh()) for o, s in zip(torch.jit.script(sequencer)(steps), steps))
+
+
+def test_rnn_packages_step_modules_and_projections_are_named():
+    fast = obj('nn.FastLSTM', inputSize=3, outputSize=4, recurrentModule=obj('nn.Sequential', modules=[]))
+    recursor = obj('nn.Recursor', recurrentModule=obj('nn.Sequential', modules=[fast]))
+    for lua, message in [
+        (obj('nn.Sequencer', module=fast),
+         "unsupported module nn.FastLSTM at model.module: the rnn package's step-by-step recurrent modules do not "
+         "convert (its SeqLSTM and stateless modules in a Sequencer do)"),
+        (obj('nn.Sequencer', module=recursor), 'unsupported module nn.FastLSTM at model.module.recurrentModule'
+                                               '.modules[0]: t7.load_model has no converter for this class'),
+        (obj('nn.SeqLSTM', inputsize=2, outputsize=3, hiddensize=5),
+         'unsupported module nn.SeqLSTM at model: a projection (hiddensize 5 != outputsize 3, SeqLSTMP)'),
+    ]:
+        try:
+            t7.load_model(lua)
+        except t7.T7Error as e:
+            assert str(e).startswith(message), str(e)
+        else:
+            raise AssertionError(f'{lua.typename} converted')
