@@ -93,7 +93,7 @@ def _volumetric_full_convolution(loader, f, path):
     return set_parameters(loader, module, weight, bias)
 
 
-@builds('Linear')
+@builds('Linear', 'LinearNoBias')
 def _linear(loader, f, path):
     weight = f.tensor('weight')
     if weight.dim() != 2:
@@ -165,6 +165,14 @@ def _write_volumetric_convolution(saver, module, fields, path):
 @writes('Linear', accepts=nn.Linear)
 def _write_linear(saver, module, fields, path):
     write_parameters(saver, module, fields, 'weight', 'bias')
+
+
+@writes('LinearNoBias', accepts=nn.Linear)
+def _write_linear_no_bias(saver, module, fields, path):
+    # The rnn package's Linear without a bias (which nn.Linear gained later with its bias flag).
+    if module.bias is not None:
+        raise _cannot(module, path, 'it has a bias')
+    write_parameters(saver, module, fields, 'weight')
 
 
 # --- the project's convolution layers ----------------------------------------------------------------------------

@@ -671,3 +671,11 @@ def test_cudnn_temporal_convolution_and_clipped_relu():
     assert out.tolist() == [0, 1, 2] and t7.to_lua(clipped).ceiling == 2
     with pytest.raises(t7.T7Error, match=r'cudnn.ClippedReLU at model: field ceiling must be a number, found None'):
         t7.load_model(module('cudnn.ClippedReLU'))
+
+
+def test_linear_without_bias_of_the_rnn_package():
+    weight = torch.randn(4, 3)
+    out, built = forward(module('nn.LinearNoBias', weight=weight, gradWeight=torch.zeros(4, 3)), torch.ones(2, 3))
+    torch.testing.assert_close(out, weight.sum(1).expand(2, 4))
+    written = t7.to_lua(built)
+    assert written.typename == 'nn.LinearNoBias' and 'bias' not in written.fields and written.gradWeight.shape == (4, 3)
