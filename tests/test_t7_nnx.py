@@ -16,9 +16,10 @@ def local_sum(planes, kernel):
     """What nnx's constructor builds: SpatialPadding, a one-to-one SpatialConvolutionMap of the kernel, Sum(1),
     Replicate(planes)."""
     k = kernel.size(0)
+    one_to_one = torch.arange(1., planes + 1).repeat_interleave(2).view(-1, 2).double()
     return obj('nn.Sequential', modules=[
         obj('nn.SpatialPadding', pad_l=k // 2, pad_r=k // 2, pad_t=k // 2, pad_b=k // 2),
-        obj('nn.SpatialConvolutionMap', connTable=torch.arange(1., planes + 1).repeat_interleave(2).view(-1, 2).double(),
+        obj('nn.SpatialConvolutionMap', connTable=one_to_one,
             kW=k, kH=k, dW=1, dH=1, nInputPlane=planes, nOutputPlane=planes,
             weight=kernel.expand(planes, k, k).clone(), bias=torch.zeros(planes, dtype=torch.float64)),
         obj('nn.Sum', dimension=1), obj('nn.Replicate', nfeatures=planes)])
