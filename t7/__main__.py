@@ -129,6 +129,9 @@ _TOSTRING = {
                                     f'{f["weight"].shape[0]}) ' + ('' if f.get('bias') is not None
                                                                     else ' without bias')),
     'nn.CReLU': lambda name, f: 'CReLU()',
+    # The rnn package's AbstractRecurrent (torch-rnn's LSTM has no inputSize: its name alone, as Lua prints it).
+    'nn.FastLSTM': lambda name, f: f'{name}({_d(f["inputSize"])} -> {_d(f["outputSize"])})',
+    'nn.GRU': lambda name, f: f'{name}({_d(f["inputSize"])} -> {_d(f["outputSize"])}, {"%.2f" % f["p"]})',
     'nn.Dropout': lambda name, f: f'{name}({_f(f["p"])})',
     'nn.SpatialDropout': lambda name, f: f'{name}({_f(f["p"])})',
     'nn.VolumetricDropout': lambda name, f: f'{name}({_f(f["p"])})',
@@ -192,6 +195,7 @@ _TOSTRING = {
 }
 # Classes that inherit their parent's __tostring__ (printing their own class name).
 _INHERITS = {
+    'nn.LSTM': 'nn.FastLSTM', 'nn.Sequencer': 'nn.Decorator', 'nn.Recursor': 'nn.Decorator', 'nn.MaskZero': 'nn.Decorator',
     'nn.DepthConcat': 'nn.Concat', 'nn.SpatialBatchNormalization': 'nn.BatchNormalization',
     'nn.VolumetricBatchNormalization': 'nn.BatchNormalization', 'nn.SpatialLPPooling': 'nn.Sequential',
     'nn.LayerNormalization': 'nn.Sequential', 'nn.Maxout': 'nn.Sequential',

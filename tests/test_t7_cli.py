@@ -272,3 +272,21 @@ def test_load_model_of_a_checkpoint_names_the_modules_inside(tmp_path):
     with pytest.raises(t7.T7Error, match=r'^nn.ClassNLLCriterion at model is a criterion \(a loss function\), not a '
                                          r'layer'):
         t7.load_model(t7.find(ckpt, 'protos.criterion'))
+
+
+def test_print_of_the_rnn_packages_decorators_and_recurrent_modules():
+    lstm = module('nn.FastLSTM', inputSize=6, outputSize=4, recurrentModule=module('nn.Sequential', modules=[]))
+    linear = t7.to_lua(torch.nn.Linear(6, 4))
+    step = module('nn.Sequential', modules=[module('nn.MaskZero', modules=[lstm], nInputDim=1),
+                                            module('nn.MaskZero', modules=[linear], nInputDim=1),
+                                            module('nn.GRU', inputSize=3, outputSize=2, p=0.25),
+                                            module('nn.LSTM', input_dim=3, hidden_dim=2)])
+    recursor = module('nn.Recursor', modules=[step])
+    assert lua_string(module('nn.Sequencer', modules=[recursor])) == textwrap.dedent('''\
+        nn.Sequencer @ nn.Recursor @ nn.Sequential {
+          [input -> (1) -> (2) -> (3) -> (4) -> output]
+          (1): nn.MaskZero @ nn.FastLSTM(6 -> 4)
+          (2): nn.MaskZero @ nn.Linear(6 -> 4)
+          (3): nn.GRU(3 -> 2, 0.25)
+          (4): nn.LSTM
+        }''')
