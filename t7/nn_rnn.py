@@ -48,7 +48,9 @@ def _write_recurrent(saver, module, fields, path):
 def _language_model(loader, f, path):
     net = f.get('net')
     if not isinstance(net, TorchObject) or class_of(net.typename) != 'Sequential':
-        f.fail('net', 'an nn.Sequential')
+        # neuraltalk2 has an nn.LanguageModel too: a captioning model around its `core` graph, not this one.
+        raise T7Error(f'unsupported module {f.typename} at {path}: only torch-rnn\'s {f.typename} (an nn.Sequential '
+                      f'in its field net) converts')
     flatten = [f.get('view1')] + list(f.get('bn_view_in') or [])
     unflatten = [f.get('view2')] + list(f.get('bn_view_out') or [])
     lua_modules = net.fields.get('modules') or []

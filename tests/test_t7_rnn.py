@@ -199,6 +199,9 @@ def test_rnn_packages_step_modules_and_projections_are_named():
          "convert (its SeqLSTM and stateless modules in a Sequencer do)"),
         (obj('nn.Sequencer', module=recursor), 'unsupported module nn.FastLSTM at model.module.recurrentModule'
                                                '.modules[0]: t7.load_model has no converter for this class'),
+        (obj('nn.LanguageModel', core=obj('nn.gModule'), vocab_size=9),
+         "unsupported module nn.LanguageModel at model: only torch-rnn's nn.LanguageModel (an nn.Sequential in its "
+         "field net) converts"),
         (obj('nn.SeqLSTM', inputsize=2, outputsize=3, hiddensize=5),
          'unsupported module nn.SeqLSTM at model: a projection (hiddensize 5 != outputsize 3, SeqLSTMP)'),
     ]:
