@@ -9,7 +9,7 @@ import torch
 from errors import UserError, lua_tostring
 from layers.containers import unscriptable
 from t7.convert import find, is_module, load_model, modules_inside, not_a_module
-from t7.read import LuaFunction, Storage, TableKey, TorchObject, load
+from t7.read import LuaFunction, Storage, T7Error, TableKey, TorchObject, load
 from t7.write import TENSOR_CLASSES
 
 USAGE = 'usage: python -m t7 print FILE | python -m t7 convert FILE.t7 OUT.pt [PLACE]'
@@ -303,7 +303,13 @@ def convert(source, target, place=None):
             raise UserError(f'{source} holds ' + not_a_module(
                 lua, lambda p: f'name the one to convert: python -m t7 convert {source} {target} {p}'))
         place, lua = inside[0]
-    model = load_model(lua)
+    try:
+        model = load_model(lua)
+    except T7Error as e:
+        if place is None:
+            raise
+        # Places inside the module tree are counted from the module taken, which the file holds at `place`.
+        raise T7Error(f'{source}: the module at {place}: {e}') from None
     reason = unscriptable(model)
     if reason:
         raise UserError(f'cannot convert {source} to TorchScript: {reason}')

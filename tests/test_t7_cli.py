@@ -251,7 +251,8 @@ def test_convert_of_a_file_holding_several_networks_or_none(capsys, tmp_path):
         (['none.t7', 'x.pt'], r'none.t7 holds a Lua table, not an nn module, and no nn module inside it$'),
         (['tensor.t7', 'x.pt'], r'tensor.t7 holds a torch.float32 tensor of size 2x3, not an nn module'),
         (['two.t7', 'x.pt', 'protos'], r'two.t7 has at protos a Lua table, .* give PLACE protos.dec$'),
-        (['two.t7', 'x.pt', 'protos.criterion'], r'nn.ClassNLLCriterion at model is a criterion \(a loss function\)'),
+        (['two.t7', 'x.pt', 'protos.criterion'], r'two.t7: the module at protos.criterion: nn.ClassNLLCriterion at '
+                                                 r'model is a criterion \(a loss function\)'),
         (['two.t7', 'x.pt', 'protos.rnn'], r'nothing at protos.rnn: protos has no key rnn$'),
         (['two.t7', 'x.pt', 'opt'], r'has at opt a Lua table, not an nn module, and no nn module inside it$'),
     ]:
