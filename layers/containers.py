@@ -1,5 +1,6 @@
 """Ports of torch/nn's containers (Concat, DepthConcat, ConcatTable, ParallelTable, MapTable, Parallel; nn.Sequential
-is PyTorch's own) and of what flows between modules: a tensor or a table, which TorchScript must know."""
+is PyTorch's own), of cunn's DataParallelTable and nnx's SpatialClassifier, and of what flows between modules: a
+tensor or a table, which TorchScript must know."""
 import typing
 from typing import List
 
@@ -272,3 +273,17 @@ class SpatialClassifier(nn.Module):
         if self.spatial_output:
             return out.t().reshape(out.size(1), h, w)
         return out
+
+
+class DataParallelTable(nn.Module):
+    """cunn's nn.DataParallelTable(dimension) as saved: its first replica. Lua splits the batch along `dimension`
+    over the GPUs and joins the replicas' outputs, which on one device is the replica's own forward."""
+    lua_type = 'nn.DataParallelTable'
+
+    def __init__(self, module, dimension=1):
+        super().__init__()
+        self.module = module
+        self.dimension = int(dimension)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x)

@@ -129,6 +129,8 @@ _TOSTRING = {
                                     f'{f["weight"].shape[0]}) ' + ('' if f.get('bias') is not None
                                                                     else ' without bias')),
     'nn.CReLU': lambda name, f: 'CReLU()',
+    'nn.DataParallelTable': lambda name, f: (f'DataParallelTable: {len(f["gpuAssignments"])} x '
+                                             + lua_string(f['modules'][0])),
     # The rnn package's AbstractRecurrent (torch-rnn's LSTM has no inputSize: its name alone, as Lua prints it).
     'nn.FastLSTM': lambda name, f: f'{name}({_d(f["inputSize"])} -> {_d(f["outputSize"])})',
     'nn.GRU': lambda name, f: f'{name}({_d(f["inputSize"])} -> {_d(f["outputSize"])}, {"%.2f" % f["p"]})',

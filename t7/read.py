@@ -30,6 +30,10 @@ TENSOR_DTYPES = {
 }
 STORAGE_DTYPES = {name[:-len('Tensor')] + 'Storage': dtype for name, dtype in TENSOR_DTYPES.items()}
 
+# Classes whose __write puts one field before the table of all fields (from their version 2 on): cunn's
+# DataParallelTable writes its gpuAssignments first, to pick the GPUs before the replicas are read.
+WRITTEN_BEFORE_FIELDS = {'nn.DataParallelTable': 'gpuAssignments'}
+
 # Every Lua-written file interleaves objects with at least this many bytes, which bounds counts before allocating.
 _MIN_OBJECT_BYTES = 4
 _MAX_DEPTH = 2000
@@ -469,6 +473,9 @@ class _Reader(torchfile.T7Reader):
             return obj
         obj = TorchObject(class_name, None, version_number)
         self.objects[index] = obj
+        written_first = WRITTEN_BEFORE_FIELDS.get(class_name)
+        if written_first is not None and version_number >= 2:
+            first = self.read_obj()
         fields_start = self.s.pos
         fields_type = self.s.int('an object type')
         if fields_type != torchfile.TYPE_TABLE:
@@ -487,6 +494,8 @@ class _Reader(torchfile.T7Reader):
             raise T7Error(f'corrupt t7 file: fields of {class_name} at byte {fields_start} refer to a non-table')
         if fields is not known:
             self.tables.append(fields)
+        if written_first is not None and version_number >= 2:
+            fields.setdefault(written_first, first)
         obj.fields = fields
         return obj
 

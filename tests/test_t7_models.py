@@ -18,6 +18,7 @@ from layers.conv import LookupTable
 from layers.normalization import SpatialContrastiveNormalization, SpatialSubtractiveNormalization
 from layers.shape import View
 from layers.tables import MM
+from t7.__main__ import lua_string
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 MODELS = ['alexnet-lcnn', 'alexnet-lcnn.cuda', 'resnet8-lcnn', 'resnet8-lcnn.cuda']
@@ -679,3 +680,22 @@ def test_linear_without_bias_of_the_rnn_package():
     torch.testing.assert_close(out, weight.sum(1).expand(2, 4))
     written = t7.to_lua(built)
     assert written.typename == 'nn.LinearNoBias' and 'bias' not in written.fields and written.gradWeight.shape == (4, 3)
+
+
+def test_data_parallel_table_runs_its_replica(tmp_path):
+    # imagenet-multiGPU's alexnet: features in a DataParallelTable, saved from two GPUs, then the classifier.
+    features = t7.to_lua(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+    dpt = module('nn.DataParallelTable', dimension=1, gpuAssignments=[1, 2], modules=[features],
+                 typeStr='torch.CudaTensor')
+    lua = module('nn.Sequential', modules=[dpt, t7.to_lua(View(4 * 3 * 3)), t7.to_lua(nn.Linear(36, 2))])
+    x = torch.randn(5, 3, 5, 5)
+    out, built = forward(lua, x)
+    plain, _ = forward(module('nn.Sequential', modules=[features] + lua.modules[1:]), x)
+    torch.testing.assert_close(out, plain)
+    torch.testing.assert_close(torch.jit.script(built)(x), out)
+    assert lua_string(lua).splitlines()[2] == '  (1): DataParallelTable: 2 x nn.Sequential {'
+    t7.save_model(tmp_path / 'dpt.t7', built)
+    written = t7.load(tmp_path / 'dpt.t7').modules[0]
+    assert (written.typename, written.version, written.gpuAssignments, written.dimension) == (
+        'nn.DataParallelTable', 2, [1], 1)
+    torch.testing.assert_close(t7.load_model(tmp_path / 'dpt.t7')(x), out)
