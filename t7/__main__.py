@@ -197,7 +197,8 @@ _TOSTRING = {
 }
 # Classes that inherit their parent's __tostring__ (printing their own class name).
 _INHERITS = {
-    'nn.LSTM': 'nn.FastLSTM', 'nn.Sequencer': 'nn.Decorator', 'nn.Recursor': 'nn.Decorator', 'nn.MaskZero': 'nn.Decorator',
+    'nn.LSTM': 'nn.FastLSTM', 'nn.Sequencer': 'nn.Decorator', 'nn.Recursor': 'nn.Decorator',
+    'nn.MaskZero': 'nn.Decorator',
     'nn.DepthConcat': 'nn.Concat', 'nn.SpatialBatchNormalization': 'nn.BatchNormalization',
     'nn.VolumetricBatchNormalization': 'nn.BatchNormalization', 'nn.SpatialLPPooling': 'nn.Sequential',
     'nn.LayerNormalization': 'nn.Sequential', 'nn.Maxout': 'nn.Sequential',
@@ -205,6 +206,7 @@ _INHERITS = {
     'cudnn.VolumetricConvolution': 'nn.VolumetricConvolution',
     'cudnn.VolumetricFullConvolution': 'nn.VolumetricFullConvolution',
     'cudnn.SpatialMaxPooling': 'nn.SpatialMaxPooling', 'cudnn.SpatialAveragePooling': 'nn.SpatialAveragePooling',
+    'inn.SpatialMaxPooling': 'nn.SpatialMaxPooling', 'inn.SpatialAveragePooling': 'nn.SpatialAveragePooling',
 }
 
 

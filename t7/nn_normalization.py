@@ -60,7 +60,7 @@ def _write_batch_norm(saver, module, fields, path):
     write_parameters(saver, module, fields, 'weight', 'bias')
 
 
-@builds('SpatialCrossMapLRN')
+@builds('SpatialCrossMapLRN', 'inn.SpatialCrossResponseNormalization')
 def _cross_map_lrn(loader, f, path):
     size = f.int('size', 5)
     if size < 1 or size % 2 == 0:
@@ -78,7 +78,7 @@ def _normalize(loader, f, path):
     return normalization.Normalize(p, f.number('eps', 1e-10))
 
 
-@writes('SpatialCrossMapLRN', accepts=normalization.SpatialCrossMapLRN)
+@writes('SpatialCrossMapLRN', 'inn.SpatialCrossResponseNormalization', accepts=normalization.SpatialCrossMapLRN)
 def _write_cross_map_lrn(saver, module, fields, path):
     fields.update(size=module.size, alpha=module.alpha, beta=module.beta, k=module.k)
 

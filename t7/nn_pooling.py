@@ -248,3 +248,25 @@ def _nnx_padding(loader, f, path):
 def _write_nnx_padding(saver, module, fields, path):
     fields.update(pad_l=module.pad_l, pad_r=module.pad_r, pad_t=module.pad_t, pad_b=module.pad_b,
                   y_dim=module.y_dim, x_dim=module.x_dim, val=module.val)
+
+
+# imagine-nn's poolings are nn's with ceil_mode forced on at every forward (its updateOutput sets it).
+@builds('inn.SpatialMaxPooling', 'inn.SpatialAveragePooling')
+def _inn_pooling(loader, f, path):
+    module = (_max_pooling if f.typename.endswith('MaxPooling') else _average_pooling)(loader, f, path)
+    module.ceil_mode = True
+    return module
+
+
+@writes('inn.SpatialMaxPooling', accepts=nn.MaxPool2d)
+def _write_inn_max_pooling(saver, module, fields, path):
+    if not module.ceil_mode:
+        raise _cannot(module, path, 'imagine-nn pools in ceil mode')
+    _write_max_pooling(saver, module, fields, path)
+
+
+@writes('inn.SpatialAveragePooling', accepts=nn.AvgPool2d)
+def _write_inn_average_pooling(saver, module, fields, path):
+    if not module.ceil_mode:
+        raise _cannot(module, path, 'imagine-nn pools in ceil mode')
+    _write_average_pooling(saver, module, fields, path)

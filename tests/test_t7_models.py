@@ -699,3 +699,19 @@ def test_data_parallel_table_runs_its_replica(tmp_path):
     assert (written.typename, written.version, written.gpuAssignments, written.dimension) == (
         'nn.DataParallelTable', 2, [1], 1)
     torch.testing.assert_close(t7.load_model(tmp_path / 'dpt.t7')(x), out)
+
+
+def test_imagine_nn_poolings_and_response_normalization():
+    # inn (2015 models converted from caffe): nn's classes with ceil mode forced on, and caffe's LRN.
+    x = torch.randn(2, 3, 8, 8)
+    for typename, pool in [('inn.SpatialMaxPooling', F.max_pool2d), ('inn.SpatialAveragePooling', F.avg_pool2d)]:
+        out, built = forward(module(typename, kW=3, kH=3, dW=2, dH=2, padW=0, padH=0, ceil_mode=False,
+                                    count_include_pad=True, divide=True), x)
+        torch.testing.assert_close(out, pool(x, 3, 2, ceil_mode=True))
+        assert out.shape == (2, 3, 4, 4)
+        written = t7.to_lua(built)
+        assert written.typename == typename and written.ceil_mode is True
+    out, built = forward(module('inn.SpatialCrossResponseNormalization', size=3, alpha=0.5, beta=0.75, k=2), x)
+    lrn, _ = forward(module('nn.SpatialCrossMapLRN', size=3, alpha=0.5, beta=0.75, k=2), x)
+    torch.testing.assert_close(out, lrn)
+    assert t7.to_lua(built).typename == 'inn.SpatialCrossResponseNormalization'
