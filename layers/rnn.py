@@ -1,7 +1,7 @@
 """Port of torch-rnn's recurrent modules (jcjohnson/torch-rnn: LSTM.lua, VanillaRNN.lua, LanguageModel.lua), whose
 files are 2016's most common word- and character-level language models besides char-rnn's nngraph ones, and of the
-rnn package's (Element-Research/rnn) SeqLSTM.lua, Sequencer.lua, Recursor.lua and MaskZero.lua for modules that
-keep no state between steps."""
+rnn package's (Element-Research/rnn) SeqLSTM.lua, Sequencer.lua, Recursor.lua, MaskZero.lua and its step-by-step
+LSTM.lua, FastLSTM.lua and GRU.lua."""
 from typing import List
 
 import torch
@@ -190,10 +190,35 @@ class LanguageModel(nn.Module):
         return x
 
 
+class RecurrentStep(nn.Module):
+    """The rnn package's step-by-step recurrent modules (LSTM, FastLSTM: state {h, c}; GRU: state h): each call is
+    one step of its saved recurrentModule ({x, h, c} -> {h, c}, or {x, h} -> h), from the state the previous call
+    left, zeros at first (as in evaluation, which runs recurrentModule itself); `reset` starts a new sequence,
+    as Sequencer does before each forward. Python keeps the state, so TorchScript cannot compile it."""
+    not_scriptable = "the rnn package's step-by-step recurrent modules (FastLSTM, LSTM, GRU) keep their state in Python"
+
+    def __init__(self, step, inputSize, outputSize, cell):
+        super().__init__()
+        self.step = step
+        self.inputSize, self.outputSize, self.cell = int(inputSize), int(outputSize), bool(cell)
+        self.state = None
+
+    def reset(self):
+        self.state = None
+
+    def forward(self, x):
+        if self.state is None:
+            zero = x.new_zeros(x.shape[:-1] + (self.outputSize,))
+            self.state = [zero, zero] if self.cell else [zero]
+        out = self.step([x] + self.state)
+        self.state = list(out) if self.cell else [out]
+        return self.state[0]
+
+
 class Sequencer(nn.Module):
-    """The rnn package's nn.Sequencer(module) around a module that keeps no state between steps (a Linear, a
-    LogSoftMax ...): the module applied to every step, the steps being the first dimension of a tensor (the
-    output stacks them) or the entries of a table."""
+    """The rnn package's nn.Sequencer(module): the module applied to every step, the steps being the first
+    dimension of a tensor (the output stacks them) or the entries of a table; the recurrent modules inside start
+    each forward from zero states (its default _remember 'neither')."""
     lua_type = 'nn.Sequencer'
 
     def __init__(self, module):
@@ -201,9 +226,17 @@ class Sequencer(nn.Module):
         self.module = module
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            self.forget()
         if isinstance(x, list):
             return _TableSequencer.forward(self, x)
         return torch.stack([self.module(x[t]) for t in range(x.size(0))])
+
+    @torch.jit.unused
+    def forget(self):
+        for m in self.module.modules():
+            if isinstance(m, RecurrentStep):
+                m.reset()
 
     def lua_input_kind(self):
         return None
@@ -218,6 +251,8 @@ class Sequencer(nn.Module):
 
 class _TableSequencer(Sequencer):
     def forward(self, xs: List[Tensor]) -> List[Tensor]:
+        if not torch.jit.is_scripting():
+            self.forget()
         return [self.module(x) for x in xs]
 
 

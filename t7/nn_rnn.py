@@ -16,10 +16,9 @@ _LANGUAGE_MODEL_DATA = ('idx_to_token', 'token_to_idx', 'vocab_size', 'model_typ
 
 @builds(*_RECURRENT)
 def _recurrent(loader, f, path):
-    if f.get('hidden_dim') is None:
-        # The rnn package (Element-Research) has an nn.LSTM too: a step module with recurrentModule, not this one.
-        raise T7Error(f'unsupported module {f.typename} at {path}: only torch-rnn\'s {f.typename} (with input_dim '
-                      f'and hidden_dim) converts, not the rnn package\'s')
+    if f.get('hidden_dim') is None and f.get('recurrentModule') is not None:
+        # The rnn package (Element-Research) has an nn.LSTM too: a step module around its recurrentModule.
+        return _recurrent_step(loader, f, path)
     d, h = f.int('input_dim'), f.int('hidden_dim')
     cls = _RECURRENT[class_of(f.typename)]
     module = cls(d, h, device='meta')
@@ -30,8 +29,11 @@ def _recurrent(loader, f, path):
     return module
 
 
-@writes(*_RECURRENT, accepts=(rnn.LSTM, rnn.VanillaRNN))
+@writes(*_RECURRENT, accepts=(rnn.LSTM, rnn.VanillaRNN, rnn.RecurrentStep))
 def _write_recurrent(saver, module, fields, path):
+    if isinstance(module, rnn.RecurrentStep):
+        _write_recurrent_step(saver, module, fields, path)
+        return
     write_parameters(saver, module, fields, 'weight', 'bias')
     fields.update(input_dim=module.input_dim, hidden_dim=module.hidden_dim, remember_states=module.remember_states,
                   h0=saver.empty(module), buffer1=saver.empty(module), buffer2=saver.empty(module),
@@ -104,12 +106,25 @@ def _step_module(loader, f, path, name):
         inner = modules[0] if isinstance(modules, list) and modules else None
     if inner is None:
         raise T7Error(f'{f.typename} at {path} has no module')
-    if isinstance(inner, TorchObject) and inner.fields.get('recurrentModule') is not None \
-            and class_of(inner.typename) != 'Recursor':
-        # FastLSTM, LSTM, GRU, Recurrent ... of the rnn package carry a state from step to step.
-        raise T7Error(f'unsupported module {inner.typename} at {path}.{name}: the rnn package\'s step-by-step '
-                      f'recurrent modules do not convert (its SeqLSTM and stateless modules in a Sequencer do)')
     return loader.module(inner, f'{path}.{name}')
+
+
+@builds('FastLSTM', 'GRU')
+def _recurrent_step(loader, f, path):
+    if f.get('recurrentModule') is None:
+        raise T7Error(f'{f.typename} at {path} has no recurrentModule')
+    return rnn.RecurrentStep(loader.module(f.get('recurrentModule'), f'{path}.recurrentModule'), f.int('inputSize'),
+                             f.int('outputSize'), cell=class_of(f.typename) != 'GRU')
+
+
+@writes('FastLSTM', 'GRU', accepts=rnn.RecurrentStep)
+def _write_recurrent_step(saver, module, fields, path):
+    step = saver.obj(module.step, f'{path}.recurrentModule')
+    fields.update(inputSize=module.inputSize, outputSize=module.outputSize, recurrentModule=step, modules=[step],
+                  sharedClones={}, step=1, rho=9999, outputs={}, gradInputs={}, _gradOutputs={}, gradOutputs={},
+                  zeroTensor=saver.empty(module))
+    if module.cell:
+        fields.update(cells={}, gradCells={})
 
 
 @builds('Sequencer')

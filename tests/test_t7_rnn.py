@@ -9,8 +9,9 @@ from torch import nn
 import t7
 from layers.containers import specialize
 from layers.conv import LookupTable
-from layers.rnn import LSTM
-from layers.shape import View
+from layers import lua_type
+from layers.rnn import LSTM, RecurrentStep
+from layers.shape import Reshape, View
 from layers.tables import TABLE
 from t7.__main__ import main
 
@@ -121,15 +122,18 @@ def test_recurrent_layers_take_their_initial_states_as_a_table():
         torch.testing.assert_close(torch.jit.script(vanilla)([h0, x]), torch.stack(out, 1))
 
 
-def test_the_rnn_packages_lstm_is_named_in_one_line():
-    rnn_package = obj('nn.LSTM', inputSize=3, outputSize=4, recurrentModule=obj('nn.Sequential', modules=[]))
+def test_two_lstm_classes_of_one_name():
+    # The rnn package's nn.LSTM is a step module around its recurrentModule; torch-rnn's has input_dim/hidden_dim.
+    rnn_package = t7.load_model(obj('nn.LSTM', inputSize=3, outputSize=4, recurrentModule=obj('nn.Identity')))
+    assert isinstance(rnn_package, RecurrentStep) and rnn_package.cell and lua_type(rnn_package) == 'nn.LSTM'
+    assert t7.to_lua(rnn_package).recurrentModule.typename == 'nn.Identity'
+    assert isinstance(t7.load_model(recurrent('nn.LSTM', 3, 4)), LSTM)
     try:
-        t7.load_model(rnn_package)
+        t7.load_model(obj('nn.LSTM', inputSize=3))
     except t7.T7Error as e:
-        assert str(e) == ("unsupported module nn.LSTM at model: only torch-rnn's nn.LSTM (with input_dim and "
-                          "hidden_dim) converts, not the rnn package's")
+        assert str(e) == 'nn.LSTM at model: field input_dim must be a number, found None'
     else:
-        raise AssertionError('the rnn package LSTM was converted')
+        raise AssertionError('an nn.LSTM without its fields was converted')
 
 
 def test_torch_rnn_checkpoint_converts_from_the_command_line(tmp_path, capsys):
@@ -190,15 +194,8 @@ def test_seq_lstm_batch_first_and_a_sequencer_of_a_table():
     assert all(torch.equal(o, s.tanh()) for o, s in zip(torch.jit.script(sequencer)(steps), steps))
 
 
-def test_rnn_packages_step_modules_and_projections_are_named():
-    fast = obj('nn.FastLSTM', inputSize=3, outputSize=4, recurrentModule=obj('nn.Sequential', modules=[]))
-    recursor = obj('nn.Recursor', recurrentModule=obj('nn.Sequential', modules=[fast]))
+def test_rnn_packages_projections_and_neuraltalks_language_model_are_named():
     for lua, message in [
-        (obj('nn.Sequencer', module=fast),
-         "unsupported module nn.FastLSTM at model.module: the rnn package's step-by-step recurrent modules do not "
-         "convert (its SeqLSTM and stateless modules in a Sequencer do)"),
-        (obj('nn.Sequencer', module=recursor), 'unsupported module nn.FastLSTM at model.module.recurrentModule'
-                                               '.modules[0]: t7.load_model has no converter for this class'),
         (obj('nn.LanguageModel', core=obj('nn.gModule'), vocab_size=9),
          "unsupported module nn.LanguageModel at model: only torch-rnn's nn.LanguageModel (an nn.Sequential in its "
          "field net) converts"),
@@ -211,3 +208,84 @@ def test_rnn_packages_step_modules_and_projections_are_named():
             assert str(e).startswith(message), str(e)
         else:
             raise AssertionError(f'{lua.typename} converted')
+
+
+def fast_lstm(d, h):
+    """nn.FastLSTM(d, h) as the rnn package's buildModel lays out its recurrentModule ({x, h, c} -> {h, c}, gates
+    in the order input, hidden, forget, output)."""
+    def seq(*m):
+        return obj('nn.Sequential', modules=list(m))
+
+    def cat(*m):
+        return obj('nn.ConcatTable', modules=list(m))
+
+    def sel(i):
+        return obj('nn.SelectTable', index=i)
+
+    def par(*m):
+        return obj('nn.ParallelTable', modules=list(m))
+
+    i2g = t7.to_lua(nn.Linear(d, 4 * h))
+    o2g = obj('nn.LinearNoBias', weight=torch.randn(4 * h, h))
+    gates = seq(obj('nn.NarrowTable', offset=1, length=2), par(i2g, o2g), obj('nn.CAddTable'),
+                t7.to_lua(Reshape(4, h)), obj('nn.SplitTable', dimension=1, nInputDims=2),
+                par(obj('nn.Sigmoid'), obj('nn.Tanh'), obj('nn.Sigmoid'), obj('nn.Sigmoid')))
+    hidden = seq(obj('nn.NarrowTable', offset=1, length=2), obj('nn.CMulTable'))
+    cell = seq(cat(sel(3), sel(5)), obj('nn.CMulTable'))
+    output = seq(cat(seq(sel(1), obj('nn.Tanh')), sel(2)), obj('nn.CMulTable'))
+    step = seq(cat(gates, sel(3)), obj('nn.FlattenTable'), cat(seq(cat(hidden, cell), obj('nn.CAddTable')), sel(4)),
+               obj('nn.FlattenTable'), cat(output, sel(1)))
+    lstm = obj('nn.FastLSTM', inputSize=d, outputSize=h, recurrentModule=step, modules=[step], step=1, rho=9999,
+               i2g=i2g, o2g=o2g, zeroTensor=torch.empty(0))
+
+    def lua_forward(xs):
+        state = cell_state = torch.zeros(xs.size(1), h)
+        outs = []
+        for x in xs:
+            a = (x @ i2g.weight.t() + i2g.bias + state @ o2g.weight.t()).view(-1, 4, h)
+            i, g, f, o = a[:, 0].sigmoid(), a[:, 1].tanh(), a[:, 2].sigmoid(), a[:, 3].sigmoid()
+            cell_state = i * g + f * cell_state
+            state = o * cell_state.tanh()
+            outs.append(state)
+        return torch.stack(outs)
+    return lstm, lua_forward
+
+
+def test_rnn_packages_fast_lstm_in_a_sequencer(tmp_path, capsys):
+    """Sequencer(Recursor(Sequential(MaskZero(FastLSTM), MaskZero(Linear)))), as a real 2016 file holds it: the
+    LSTM carries its state from step to step and starts from zeros at every forward."""
+    torch.manual_seed(3)
+    lstm, lua_lstm_forward = fast_lstm(3, 4)
+    linear = t7.to_lua(nn.Linear(4, 2))
+    body = obj('nn.Sequential', modules=[obj('nn.MaskZero', module=lstm, modules=[lstm], nInputDim=1),
+                                         obj('nn.MaskZero', module=linear, modules=[linear], nInputDim=1)])
+    recursor = obj('nn.Recursor', module=body, recurrentModule=body, modules=[body])
+    lua = obj('nn.Sequencer', module=recursor, modules=[recursor])
+    model = t7.load_model(lua)
+    x = torch.randn(5, 2, 3)
+    x[3, 1] = 0
+    with torch.no_grad():
+        out = model(x)
+        again = model(x)
+    expected = lua_lstm_forward(x) @ linear.weight.t() + linear.bias
+    expected[3, 1] = 0  # MaskZero zeroes the output of the all-zero step; the LSTM's own state goes on
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, out)
+    t7.save_model(tmp_path / 'fast.t7', model)
+    written = t7.load(tmp_path / 'fast.t7').module.module.modules[0].module
+    assert (written.typename, written.inputSize, written.outputSize) == ('nn.FastLSTM', 3, 4)
+    assert written.recurrentModule is written.modules[0]
+    torch.testing.assert_close(t7.load_model(tmp_path / 'fast.t7')(x), out)
+    t7.save(tmp_path / 'model.t7', lua)
+    assert main(['convert', str(tmp_path / 'model.t7'), str(tmp_path / 'model.pt')]) == 1
+    assert "the rnn package's step-by-step recurrent modules (FastLSTM, LSTM, GRU) keep their state in Python" in \
+        capsys.readouterr().err
+
+
+def test_rnn_packages_gru_passes_its_state_on():
+    # A GRU's recurrentModule maps {x, h} to the next h; here h + x, so that the state is a running sum.
+    gru = obj('nn.GRU', inputSize=2, outputSize=2, p=0, recurrentModule=obj('nn.CAddTable'))
+    model = t7.load_model(obj('nn.Sequencer', module=gru, modules=[gru]))
+    x = torch.randn(4, 3, 2)
+    torch.testing.assert_close(model(x), x.cumsum(0))
+    torch.testing.assert_close(model([s for s in x])[3], x.sum(0))
