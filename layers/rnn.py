@@ -280,7 +280,11 @@ class MaskZero(nn.Module):
         self.nInputDim = int(nInputDim)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.module(x)
+        if isinstance(x, list):
+            return self.mask_table(x)
+        return self.mask(x, self.module(x))
+
+    def mask(self, x: Tensor, out: Tensor) -> Tensor:
         if x.dim() == self.nInputDim:
             keep = (x.reshape(-1).norm(2) != 0).reshape([1] * out.dim())
         elif x.dim() - 1 == self.nInputDim:
@@ -288,3 +292,13 @@ class MaskZero(nn.Module):
         else:
             raise ValueError(f'nn.MaskZero: nInputDim error: {x.dim()}, {self.nInputDim}')
         return torch.where(keep, out, torch.zeros_like(out))
+
+    @torch.jit.unused
+    def mask_table(self, xs):
+        """A table in (the rnn package's LSTM:maskZero() wraps its {x, h, c} -> {h, c} step): the mask comes from
+        the first tensor, and applies to every tensor of the output."""
+        first = xs
+        while isinstance(first, list):
+            first = first[0]
+        out = self.module(xs)
+        return [self.mask(first, o) for o in out] if isinstance(out, list) else self.mask(first, out)

@@ -289,3 +289,20 @@ def test_rnn_packages_gru_passes_its_state_on():
     x = torch.randn(4, 3, 2)
     torch.testing.assert_close(model(x), x.cumsum(0))
     torch.testing.assert_close(model([s for s in x])[3], x.sum(0))
+
+
+def test_lstm_whose_step_is_masked():
+    # The rnn package's LSTM:maskZero() puts its recurrentModule in a MaskZero: the states of an all-zero input
+    # become zero, so that the next step starts afresh.
+    torch.manual_seed(4)
+    lstm, lua_lstm_forward = fast_lstm(3, 4)
+    lstm.recurrentModule = obj('nn.MaskZero', module=lstm.recurrentModule, modules=[lstm.recurrentModule],
+                               nInputDim=1)
+    model = t7.load_model(obj('nn.Sequencer', module=lstm, modules=[lstm]))
+    x = torch.randn(4, 2, 3)
+    x[1, 0] = 0
+    with torch.no_grad():
+        out = model(x)
+    assert torch.equal(out[1, 0], torch.zeros(4))
+    torch.testing.assert_close(out[2:, :1], lua_lstm_forward(x[2:, :1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[:, 1:], lua_lstm_forward(x[:, 1:]), atol=1e-5, rtol=1e-5)
