@@ -94,3 +94,30 @@ class SpatialPadding(nn.Module):
         x = x.movedim(dims, [-2, -1])
         x = F.pad(x, [self.pad_l, self.pad_r, self.pad_t, self.pad_b], value=self.val)
         return x.movedim([-2, -1], dims)
+
+
+class IndexedMaxPool2d(nn.MaxPool2d):
+    """The nn.SpatialMaxPooling that an nn.SpatialMaxUnpooling is tied to: it keeps where its maxima were and the
+    size of its input, as Lua's keeps `indices`, `iheight` and `iwidth`."""
+
+    def forward(self, x):
+        out, self.indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                         self.ceil_mode, return_indices=True)
+        self.input_size = tuple(x.shape[-2:])
+        return out
+
+
+class SpatialMaxUnpooling(nn.Module):
+    """nn.SpatialMaxUnpooling(pooling): puts each value back where the tied pooling's last forward found its
+    maximum, zeros elsewhere, in a map of that pooling's input size (ENet and SegNet decoders)."""
+    lua_type = 'nn.SpatialMaxUnpooling'
+    not_scriptable = 'nn.SpatialMaxUnpooling reads the indices its SpatialMaxPooling kept in its last forward'
+
+    def __init__(self, pooling):
+        super().__init__()
+        # Not a child: the pooling module sits where the encoder has it, and is run there.
+        self.__dict__['pooling'] = pooling
+
+    def forward(self, x):
+        pool = self.pooling
+        return F.max_unpool2d(x, pool.indices, pool.kernel_size, pool.stride, pool.padding, pool.input_size)

@@ -270,3 +270,18 @@ def _write_inn_average_pooling(saver, module, fields, path):
     if not module.ceil_mode:
         raise _cannot(module, path, 'imagine-nn pools in ceil mode')
     _write_average_pooling(saver, module, fields, path)
+
+
+@builds('SpatialMaxUnpooling')
+def _max_unpooling(loader, f, path):
+    pool = loader.module(f.get('pooling'), f'{path}.pooling')
+    if not isinstance(pool, nn.MaxPool2d):
+        f.fail('pooling', 'an nn.SpatialMaxPooling')
+    if type(pool) is nn.MaxPool2d:
+        pool.__class__ = pooling.IndexedMaxPool2d
+    return pooling.SpatialMaxUnpooling(pool)
+
+
+@writes('SpatialMaxUnpooling', accepts=pooling.SpatialMaxUnpooling)
+def _write_max_unpooling(saver, module, fields, path):
+    fields['pooling'] = saver.obj(module.pooling, f'{path}.pooling')

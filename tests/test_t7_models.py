@@ -715,3 +715,20 @@ def test_imagine_nn_poolings_and_response_normalization():
     lrn, _ = forward(module('nn.SpatialCrossMapLRN', size=3, alpha=0.5, beta=0.75, k=2), x)
     torch.testing.assert_close(out, lrn)
     assert t7.to_lua(built).typename == 'inn.SpatialCrossResponseNormalization'
+
+
+def test_max_unpooling_puts_values_back_where_its_pooling_found_them(tmp_path):
+    # An ENet/SegNet-style encoder-decoder: the unpooling refers to the very pooling module of the encoder.
+    pool = t7.to_lua(nn.MaxPool2d(2, 2))
+    unpool = module('nn.SpatialMaxUnpooling', pooling=pool)
+    lua = module('nn.Sequential', modules=[pool, module('nn.ReLU'), unpool])
+    x = torch.randn(2, 3, 6, 4)
+    out, built = forward(lua, x)
+    pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+    torch.testing.assert_close(out, F.max_unpool2d(pooled.relu(), indices, 2, 2, output_size=(6, 4)))
+    assert lua_string(lua).splitlines()[4] == ('  (3): nn.SpatialMaxUnpooling associated to '
+                                               'nn.SpatialMaxPooling(2x2, 2,2)')
+    t7.save_model(tmp_path / 'unpool.t7', built)
+    written = t7.load(tmp_path / 'unpool.t7')
+    assert written.modules[2].pooling is written.modules[0]
+    torch.testing.assert_close(t7.load_model(tmp_path / 'unpool.t7')(x), out)
