@@ -14,8 +14,16 @@ _LANGUAGE_MODEL_DATA = ('idx_to_token', 'token_to_idx', 'vocab_size', 'model_typ
                         'num_layers', 'dropout', 'batchnorm')
 
 
+def _refuse_cudnn(f, path):
+    if f.typename.startswith('cudnn.'):
+        # cudnn.LSTM/GRU share the class names but keep all layers' weights in one flat cuDNN buffer.
+        raise T7Error(f'unsupported module {f.typename} at {path}: cudnn\'s recurrent modules (one flat cuDNN weight '
+                      f'buffer) do not convert')
+
+
 @builds(*_RECURRENT)
 def _recurrent(loader, f, path):
+    _refuse_cudnn(f, path)
     if f.get('hidden_dim') is None and f.get('recurrentModule') is not None:
         # The rnn package (Element-Research) has an nn.LSTM too: a step module around its recurrentModule.
         return _recurrent_step(loader, f, path)
@@ -111,6 +119,7 @@ def _step_module(loader, f, path, name):
 
 @builds('FastLSTM', 'GRU')
 def _recurrent_step(loader, f, path):
+    _refuse_cudnn(f, path)
     if f.get('recurrentModule') is None:
         raise T7Error(f'{f.typename} at {path} has no recurrentModule')
     return rnn.RecurrentStep(loader.module(f.get('recurrentModule'), f'{path}.recurrentModule'), f.int('inputSize'),

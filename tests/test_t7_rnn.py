@@ -199,6 +199,11 @@ def test_rnn_packages_projections_and_neuraltalks_language_model_are_named():
         (obj('nn.LanguageModel', core=obj('nn.gModule'), vocab_size=9),
          "unsupported module nn.LanguageModel at model: only torch-rnn's nn.LanguageModel (an nn.Sequential in its "
          "field net) converts"),
+        (obj('cudnn.LSTM', inputSize=2, hiddenSize=3, numLayers=1, weight=torch.zeros(60)),
+         "unsupported module cudnn.LSTM at model: cudnn's recurrent modules (one flat cuDNN weight buffer) do not "
+         "convert"),
+        (obj('cudnn.GRU', inputSize=2, hiddenSize=3, numLayers=1, weight=torch.zeros(45)),
+         "unsupported module cudnn.GRU at model: cudnn's recurrent modules"),
         (obj('nn.SeqLSTM', inputsize=2, outputsize=3, hiddensize=5),
          'unsupported module nn.SeqLSTM at model: a projection (hiddensize 5 != outputsize 3, SeqLSTMP)'),
     ]:
