@@ -1,6 +1,8 @@
-"""Port of torch/nn's pooling and up-sampling modules that PyTorch lacks or runs differently."""
+"""Port of torch/nn's pooling, unpooling and up-sampling modules that PyTorch lacks or runs differently, and of the
+paddings of nnx (SpatialPadding) and DeepMask (SpatialSymmetricPadding)."""
 from typing import List
 
+import torch
 from torch import nn
 import torch.nn.functional as F
 
@@ -121,3 +123,25 @@ class SpatialMaxUnpooling(nn.Module):
     def forward(self, x):
         pool = self.pooling
         return F.max_unpool2d(x, pool.indices, pool.kernel_size, pool.stride, pool.padding, pool.input_size)
+
+
+class SpatialSymmetricPadding(nn.Module):
+    """DeepMask's nn.SpatialSymmetricPadding(pad_l, pad_r, pad_t, pad_b) on N x C x H x W: crops where a pad is
+    negative, then mirrors the border rows and columns, edge included (cba|abcd, where nn's reflection gives
+    dcb|abcd): rows first, then columns, so the corners mirror the padded rows."""
+    lua_type = 'nn.SpatialSymmetricPadding'
+
+    def __init__(self, pad_l, pad_r=None, pad_t=None, pad_b=None):
+        super().__init__()
+        self.pad_l = int(pad_l)
+        self.pad_r, self.pad_t, self.pad_b = (self.pad_l if p is None else int(p) for p in (pad_r, pad_t, pad_b))
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError('nn.SpatialSymmetricPadding: only Dimension=4 implemented')
+        x = F.pad(x, [min(self.pad_l, 0), min(self.pad_r, 0), min(self.pad_t, 0), min(self.pad_b, 0)])
+        left, right, top, bottom = (max(p, 0) for p in (self.pad_l, self.pad_r, self.pad_t, self.pad_b))
+        if max(top, bottom) > x.size(2) or max(left, right) > x.size(3):
+            raise ValueError('nn.SpatialSymmetricPadding: input is too small')
+        x = torch.cat([x[:, :, :top].flip(2), x, x[:, :, x.size(2) - bottom:].flip(2)], 2)
+        return torch.cat([x[:, :, :, :left].flip(3), x, x[:, :, :, x.size(3) - right:].flip(3)], 3)

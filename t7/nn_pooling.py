@@ -285,3 +285,14 @@ def _max_unpooling(loader, f, path):
 @writes('SpatialMaxUnpooling', accepts=pooling.SpatialMaxUnpooling)
 def _write_max_unpooling(saver, module, fields, path):
     fields['pooling'] = saver.obj(module.pooling, f'{path}.pooling')
+
+
+@builds('SpatialSymmetricPadding')
+def _symmetric_padding(loader, f, path):
+    left = f.int('pad_l')
+    return pooling.SpatialSymmetricPadding(left, f.int('pad_r', left), f.int('pad_t', left), f.int('pad_b', left))
+
+
+@writes('SpatialSymmetricPadding', accepts=pooling.SpatialSymmetricPadding)
+def _write_symmetric_padding(saver, module, fields, path):
+    fields.update(pad_l=module.pad_l, pad_r=module.pad_r, pad_t=module.pad_t, pad_b=module.pad_b)

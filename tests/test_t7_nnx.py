@@ -1,6 +1,6 @@
 """The 2011-2013 modules of torch's demos (face detector, tracker; issue 11): nnx's SpatialNormalization,
 SpatialPadding and SpatialClassifier, and SpatialSubSampling weights saved with a kernel shape, laid out as those
-files hold them and compared with their Lua updateOutput written out here."""
+files hold them and compared with their Lua updateOutput written out here; and DeepMask's SpatialSymmetricPadding."""
 import torch
 import torch.nn.functional as F
 
@@ -100,3 +100,18 @@ def test_subsampling_weight_saved_with_its_kernel_shape():
     x = torch.ones(4, 4, 4)
     assert model(x)[:, 0, 0].tolist() == [4 * w for w in (1., 2., 3., 4.)]
     assert t7.to_lua(model).weight.tolist() == [1., 2., 3., 4.]
+
+
+def test_deepmasks_symmetric_padding():
+    x = torch.arange(1., 13.).view(1, 1, 3, 4)
+    model = t7.load_model(obj('nn.SpatialSymmetricPadding', pad_l=2, pad_r=1, pad_t=1, pad_b=2))
+    out = model(x)
+    # Rows mirrored edge included (row 1 above, rows 3 and 2 below), then columns the same way.
+    rows = torch.cat([x[:, :, :1], x, x[:, :, [2, 1]]], 2)
+    torch.testing.assert_close(out, torch.cat([rows[..., [1, 0]], rows, rows[..., [3]]], 3))
+    assert out[0, 0, 0].tolist() == [2., 1., 1., 2., 3., 4., 4.]
+    torch.testing.assert_close(torch.jit.script(model)(x), out)
+    cropped = t7.load_model(obj('nn.SpatialSymmetricPadding', pad_l=-1, pad_r=1, pad_t=0, pad_b=0))
+    torch.testing.assert_close(cropped(x), torch.cat([x[..., 1:], x[..., 3:]], 3))
+    written = t7.to_lua(model)
+    assert (written.typename, written.pad_l, written.pad_b) == ('nn.SpatialSymmetricPadding', 2, 2)
