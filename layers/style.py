@@ -6,20 +6,24 @@ import torch.nn.functional as F
 
 
 class InstanceNormalization(nn.Module):
-    """nn.InstanceNormalization(nOutput, eps): each plane of each image of an N x C x H x W batch normalised by its
-    own mean and (biased) variance, then scaled and shifted per channel; the same in training and evaluation (Lua
-    runs a SpatialBatchNormalization of N*C planes in training mode)."""
+    """nn.InstanceNormalization(nOutput, eps[, momentum, affine]) of fast-neural-style and texture_nets: each plane
+    of each image of an N x C x H x W batch normalised by its own mean and (biased) variance, then scaled and
+    shifted per channel unless affine is false; the same in training and evaluation (Lua runs a
+    SpatialBatchNormalization of N*C planes in training mode)."""
     lua_type = 'nn.InstanceNormalization'
 
-    def __init__(self, nOutput, eps=1e-5, device=None):
+    def __init__(self, nOutput, eps=1e-5, affine=True, device=None):
         super().__init__()
         self.nOutput, self.eps = int(nOutput), float(eps)
-        self.weight = nn.Parameter(torch.empty(nOutput, device=device))
-        self.bias = nn.Parameter(torch.empty(nOutput, device=device))
-        if not self.weight.is_meta:
-            with torch.no_grad():
-                self.weight.uniform_()
-                self.bias.zero_()
+        if affine:
+            self.weight = nn.Parameter(torch.empty(nOutput, device=device))
+            self.bias = nn.Parameter(torch.empty(nOutput, device=device))
+            if not self.weight.is_meta:
+                with torch.no_grad():
+                    self.weight.uniform_()
+                    self.bias.zero_()
+        else:
+            self.weight = self.bias = None
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.size(1) != self.nOutput:

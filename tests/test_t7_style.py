@@ -57,3 +57,16 @@ def test_total_variation_adds_its_gradient_in_training():
     tv = 0.5 * ((corner - reference[:, :, :-1, 1:]) ** 2 + (corner - reference[:, :, 1:, :-1]) ** 2).sum()
     tv.backward()
     torch.testing.assert_close(x.grad, grad + 0.25 * reference.grad)
+
+
+def test_texture_nets_instance_normalization_without_affine(tmp_path):
+    # texture_nets' class of the same name: running statistics it never uses for the output, and affine=false.
+    lua = obj('nn.InstanceNormalization', nOutput=3, eps=1e-5, momentum=0, affine=False, prev_batch_size=-1,
+              running_mean=torch.zeros(3), running_var=torch.ones(3))
+    model = t7.load_model(lua)
+    x = torch.randn(2, 3, 4, 5)
+    mean, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(model(x), (x - mean) / (var + 1e-5).sqrt())
+    assert list(model.parameters()) == [] and torch.equal(torch.jit.script(model)(x), model(x))
+    written = t7.to_lua(model)
+    assert written.affine is False and 'weight' not in written.fields and written.running_var.tolist() == [1, 1, 1]
