@@ -9,7 +9,7 @@ import torch
 from errors import UserError, lua_tostring
 from layers.containers import unscriptable
 from t7.convert import find, is_module, load_model, modules_inside, not_a_module
-from t7.read import LuaFunction, Storage, T7Error, TableKey, TorchObject, load
+from t7.read import _MAX_DEPTH, LuaFunction, Storage, T7Error, TableKey, TorchObject, load
 from t7.write import TENSOR_CLASSES
 
 USAGE = 'usage: python -m t7 print FILE | python -m t7 convert FILE.t7 OUT.pt [PLACE]'
@@ -346,6 +346,9 @@ def main(argv):
     if not ((argv[:1] == ['print'] and len(argv) == 2) or (argv[:1] == ['convert'] and len(argv) in (3, 4))):
         print(f'python -m t7: {USAGE}', file=sys.stderr)
         return 2
+    # Printing and searching a table go one call deeper per level, and t7.load reads up to _MAX_DEPTH levels.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * _MAX_DEPTH + 500))
     try:
         if argv[0] == 'print':
             print_file(argv[1])
@@ -354,10 +357,15 @@ def main(argv):
     except UserError as e:
         print(f'python -m t7: {" ".join(str(e).split())}', file=sys.stderr)
         return 1
+    except RecursionError:
+        print(f'python -m t7: {argv[1]} nests its tables too deeply to {argv[0]}', file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader of a pipe (`| head`) has gone: stop quietly, as Lua's print would.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        sys.setrecursionlimit(limit)
     return 0
 
 
