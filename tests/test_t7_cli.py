@@ -295,11 +295,11 @@ def test_print_of_the_rnn_packages_decorators_and_recurrent_modules():
 
 def test_deeply_nested_tables_print_and_refuse_to_convert_in_one_line(capsys, tmp_path):
     value = inner = {}
-    for _ in range(1900):
+    for _ in range(1200):
         inner['x'] = {}
         inner = inner['x']
     t7.save(tmp_path / 'deep.t7', value)
     status, out, err = run(capsys, 'print', tmp_path / 'deep.t7')
-    assert (status, err) == (0, '') and out.count('\n') == 2 * 1900 + 1
+    assert (status, err) == (0, '') and out.count('\n') == 2 * 1200 + 1
     status, out, err = run(capsys, 'convert', tmp_path / 'deep.t7', tmp_path / 'deep.pt')
     assert status == 1 and err.endswith('deep.t7 holds a Lua table, not an nn module, and no nn module inside it\n')
