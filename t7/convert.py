@@ -127,23 +127,23 @@ def modules_inside(value):
     ones, each once, in key order. A place is the dotted Lua keys that lead to it ('protos.rnn'; 1-based list
     indices), as `find` takes it."""
     found, seen = [], set()
-
-    def walk(v, place):
+    # Depth first with a stack of its own: Lua data nests deeper than Python's recursion limit.
+    stack = [(value, '')]
+    while stack:
+        v, place = stack.pop()
         if id(v) in seen:
-            return
+            continue
         seen.add(id(v))
         if is_module(v):
             if not is_criterion(v):
                 found.append((place, v))
-            return
+            continue
         if isinstance(v, TorchObject):
             v = v.fields
         items = v.items() if isinstance(v, dict) else enumerate(v, 1) if isinstance(v, list) else ()
-        for key, child in sorted(((k, c) for k, c in items if isinstance(k, (str, int)) and not isinstance(k, bool)),
-                                 key=lambda item: (1, item[0], 0) if isinstance(item[0], str) else (0, '', item[0])):
-            walk(child, f'{place}.{key}' if place else str(key))
-
-    walk(value, '')
+        keyed = sorted(((k, c) for k, c in items if isinstance(k, (str, int)) and not isinstance(k, bool)),
+                       key=lambda item: (1, item[0], 0) if isinstance(item[0], str) else (0, '', item[0]))
+        stack.extend((child, f'{place}.{key}' if place else str(key)) for key, child in reversed(keyed))
     return found
 
 
