@@ -1,5 +1,6 @@
 """Ports of torch/nn's containers (Concat, DepthConcat, ConcatTable, ParallelTable, MapTable, Parallel; nn.Sequential
-is PyTorch's own) and of what flows between modules: a tensor or a table, which TorchScript must know."""
+is PyTorch's own), of cunn's DataParallelTable and nnx's SpatialClassifier, and of what flows between modules: a
+tensor or a table, which TorchScript must know."""
 import typing
 from typing import List
 
@@ -51,10 +52,22 @@ def specialize(module, kind):
     if fix is not None:
         return fix(kind)
     if isinstance(module, nn.Sequential):
+        if kind == TABLE and type(module) is nn.Sequential:
+            module.__class__ = TableSequential
         for child in module:
             kind = specialize(child, kind)
         return kind
     return signature(module)[1]
+
+
+class TableSequential(nn.Sequential):
+    """nn.Sequential whose first module takes a table (word2vec's ParallelTable of two LookupTables, then MM):
+    PyTorch's own forward is typed for a tensor."""
+
+    def forward(self, input: List[Tensor]):
+        for module in self:
+            input = module(input)
+        return input
 
 
 def unscriptable(module):
@@ -239,3 +252,38 @@ class Parallel(_Container):
     def lua_specialize(self, kind):
         self._specialize_children(TENSOR)
         return TENSOR
+
+
+class SpatialClassifier(nn.Module):
+    """nnx's nn.SpatialClassifier(classifier) of the 2011-2013 detectors: the classifier (a Linear, ...) applied to
+    the K features of every position of one K x H x W map; the N outputs per position come back as an N x H x W
+    map, or as the HW x N rows when spatialOutput is false."""
+    lua_type = 'nn.SpatialClassifier'
+
+    def __init__(self, classifier, spatial_output=True):
+        super().__init__()
+        self.classifier = classifier
+        self.spatial_output = bool(spatial_output)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError('<nn.SpatialClassifier> input should be 3D: KxHxW')
+        h, w = x.size(1), x.size(2)
+        out = self.classifier(x.reshape(x.size(0), h * w).t())
+        if self.spatial_output:
+            return out.t().reshape(out.size(1), h, w)
+        return out
+
+
+class DataParallelTable(nn.Module):
+    """cunn's nn.DataParallelTable(dimension) as saved: its first replica. Lua splits the batch along `dimension`
+    over the GPUs and joins the replicas' outputs, which on one device is the replica's own forward."""
+    lua_type = 'nn.DataParallelTable'
+
+    def __init__(self, module, dimension=1):
+        super().__init__()
+        self.module = module
+        self.dimension = int(dimension)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x)

@@ -85,16 +85,18 @@ class TemporalConvolution(nn.Module):
     (batch x) time x inputFrameSize input; the weight is outputFrameSize x (kW*inputFrameSize), frame by frame."""
     lua_type = 'nn.TemporalConvolution'
 
-    def __init__(self, inputFrameSize, outputFrameSize, kW, dW=1, device=None):
+    def __init__(self, inputFrameSize, outputFrameSize, kW, dW=1, device=None, pad=0):
         super().__init__()
         self.inputFrameSize, self.outputFrameSize, self.kW, self.dW = inputFrameSize, outputFrameSize, kW, dW
+        # cudnn.TemporalConvolution's padH: zero frames at both ends of time (nn's class has none).
+        self.pad = pad
         self.weight = nn.Parameter(torch.empty(outputFrameSize, inputFrameSize * kW, device=device))
         self.bias = nn.Parameter(torch.empty(outputFrameSize, device=device))
         uniform_(1 / math.sqrt(kW * inputFrameSize), self.weight, self.bias)
 
     def forward(self, x):
         kernel = self.weight.view(self.outputFrameSize, self.kW, self.inputFrameSize).transpose(1, 2)
-        return F.conv1d(x.transpose(-1, -2), kernel, self.bias, self.dW).transpose(-1, -2)
+        return F.conv1d(x.transpose(-1, -2), kernel, self.bias, self.dW, self.pad).transpose(-1, -2)
 
 
 class SpatialConvolutionLocal(nn.Module):

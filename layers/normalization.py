@@ -1,5 +1,7 @@
-"""Port of torch/nn's BatchNormalization forward, SpatialCrossMapLRN, Normalize and local normalisations."""
+"""Port of torch/nn's BatchNormalization forward, SpatialCrossMapLRN, Normalize and local normalisations (and of
+nnx's older SpatialNormalization)."""
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -207,3 +209,29 @@ class SpatialContrastiveNormalization(nn.Module):
 
     def forward(self, x):
         return self.divisive(self.subtractive(x))
+
+
+class SpatialNormalization(nn.Module):
+    """nnx's nn.SpatialNormalization (2011-2012, later replaced by SpatialContrastiveNormalization) on one image
+    (planes x H x W, or H x W as one plane): `convo` and `convostd` are its saved Sequentials (padding, a
+    one-to-one SpatialConvolutionMap of the kernel, Sum over the planes, Replicate), `coef` what convo gives on
+    ones. The local mean convo(x) / coef is subtracted, and the result divided by its local deviation
+    sqrt(convostd(x0^2)) / coef, raised to a threshold where lower: the fixed one when it was given, else the mean
+    deviation of this image (at least 1e-3)."""
+    lua_type = 'nn.SpatialNormalization'
+
+    def __init__(self, nfeatures: int, convo: nn.Module, convostd: nn.Module, threshold: Optional[float] = None):
+        super().__init__()
+        self.nfeatures = int(nfeatures)
+        self.convo, self.convostd = convo, convostd
+        self.threshold = threshold
+
+    def forward(self, x):
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        coef = self.convo(torch.ones(self.nfeatures, x.size(1), x.size(2), dtype=x.dtype, device=x.device))
+        zero_mean = x - self.convo(x) / coef
+        std = self.convostd(zero_mean.square()).sqrt() / coef
+        fixed = self.threshold
+        floor = std.mean().clamp(min=1e-3) if fixed is None else torch.tensor(fixed, dtype=x.dtype)
+        return zero_mean / torch.where(std > floor, std, floor)

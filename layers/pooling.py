@@ -1,6 +1,8 @@
-"""Port of torch/nn's pooling and up-sampling modules that PyTorch lacks or runs differently."""
+"""Port of torch/nn's pooling, unpooling and up-sampling modules that PyTorch lacks or runs differently, and of the
+paddings of nnx (SpatialPadding) and DeepMask (SpatialSymmetricPadding)."""
 from typing import List
 
+import torch
 from torch import nn
 import torch.nn.functional as F
 
@@ -75,3 +77,71 @@ class SpatialUpSamplingBilinear(nn.Module):
             size = [x.size(2) * self.scale_factor, x.size(3) * self.scale_factor]
         y = F.interpolate(x, size=size, mode='bilinear', align_corners=True)
         return y.squeeze(0) if single else y
+
+
+class SpatialPadding(nn.Module):
+    """nnx's nn.SpatialPadding(pad_l, pad_r, pad_t, pad_b, y_dim, x_dim, val) of the 2011-2013 models (nn's
+    SpatialZeroPadding grew out of it): pads, or crops where negative, the 1-based dimensions y_dim and x_dim
+    (2 and 3: the planes of one C x H x W image) with `val`."""
+    lua_type = 'nn.SpatialPadding'
+
+    def __init__(self, pad_l, pad_r=None, pad_t=None, pad_b=None, y_dim=2, x_dim=3, val=0.0):
+        super().__init__()
+        self.pad_l = int(pad_l)
+        self.pad_r, self.pad_t, self.pad_b = (self.pad_l if p is None else int(p) for p in (pad_r, pad_t, pad_b))
+        self.y_dim, self.x_dim, self.val = int(y_dim), int(x_dim), float(val)
+
+    def forward(self, x):
+        dims = [self.y_dim - 1, self.x_dim - 1]
+        x = x.movedim(dims, [-2, -1])
+        x = F.pad(x, [self.pad_l, self.pad_r, self.pad_t, self.pad_b], value=self.val)
+        return x.movedim([-2, -1], dims)
+
+
+class IndexedMaxPool2d(nn.MaxPool2d):
+    """The nn.SpatialMaxPooling that an nn.SpatialMaxUnpooling is tied to: it keeps where its maxima were and the
+    size of its input, as Lua's keeps `indices`, `iheight` and `iwidth`."""
+
+    def forward(self, x):
+        out, self.indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                         self.ceil_mode, return_indices=True)
+        self.input_size = tuple(x.shape[-2:])
+        return out
+
+
+class SpatialMaxUnpooling(nn.Module):
+    """nn.SpatialMaxUnpooling(pooling): puts each value back where the tied pooling's last forward found its
+    maximum, zeros elsewhere, in a map of that pooling's input size (ENet and SegNet decoders)."""
+    lua_type = 'nn.SpatialMaxUnpooling'
+    not_scriptable = 'nn.SpatialMaxUnpooling reads the indices its SpatialMaxPooling kept in its last forward'
+
+    def __init__(self, pooling):
+        super().__init__()
+        # Not a child: the pooling module sits where the encoder has it, and is run there.
+        self.__dict__['pooling'] = pooling
+
+    def forward(self, x):
+        pool = self.pooling
+        return F.max_unpool2d(x, pool.indices, pool.kernel_size, pool.stride, pool.padding, pool.input_size)
+
+
+class SpatialSymmetricPadding(nn.Module):
+    """DeepMask's nn.SpatialSymmetricPadding(pad_l, pad_r, pad_t, pad_b) on N x C x H x W: crops where a pad is
+    negative, then mirrors the border rows and columns, edge included (cba|abcd, where nn's reflection gives
+    dcb|abcd): rows first, then columns, so the corners mirror the padded rows."""
+    lua_type = 'nn.SpatialSymmetricPadding'
+
+    def __init__(self, pad_l, pad_r=None, pad_t=None, pad_b=None):
+        super().__init__()
+        self.pad_l = int(pad_l)
+        self.pad_r, self.pad_t, self.pad_b = (self.pad_l if p is None else int(p) for p in (pad_r, pad_t, pad_b))
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError('nn.SpatialSymmetricPadding: only Dimension=4 implemented')
+        x = F.pad(x, [min(self.pad_l, 0), min(self.pad_r, 0), min(self.pad_t, 0), min(self.pad_b, 0)])
+        left, right, top, bottom = (max(p, 0) for p in (self.pad_l, self.pad_r, self.pad_t, self.pad_b))
+        if max(top, bottom) > x.size(2) or max(left, right) > x.size(3):
+            raise ValueError('nn.SpatialSymmetricPadding: input is too small')
+        x = torch.cat([x[:, :, :top].flip(2), x, x[:, :, x.size(2) - bottom:].flip(2)], 2)
+        return torch.cat([x[:, :, :, :left].flip(3), x, x[:, :, :, x.size(3) - right:].flip(3)], 3)

@@ -2,7 +2,7 @@
 
 from t7.read import LuaFunction, Storage, T7Error, TableKey, TorchObject, equal, load
 from t7.write import save
-from t7.convert import load_model, save_model, to_lua
+from t7.convert import find, load_model, save_model, to_lua
 
-__all__ = ['LuaFunction', 'Storage', 'T7Error', 'TableKey', 'TorchObject', 'equal', 'load', 'load_model', 'save',
-           'save_model', 'to_lua']
+__all__ = ['LuaFunction', 'Storage', 'T7Error', 'TableKey', 'TorchObject', 'equal', 'find', 'load', 'load_model',
+           'save', 'save_model', 'to_lua']

@@ -8,12 +8,11 @@ import torch
 
 from errors import UserError, lua_tostring
 from layers.containers import unscriptable
-from t7.convert import load_model
-from t7.read import LuaFunction, Storage, TableKey, TorchObject, load
-from t7.registry import class_of
+from t7.convert import find, is_module, load_model, modules_inside, not_a_module
+from t7.read import _MAX_DEPTH, LuaFunction, Storage, T7Error, TableKey, TorchObject, load
 from t7.write import TENSOR_CLASSES
 
-USAGE = 'usage: python -m t7 print FILE | python -m t7 convert FILE.t7 OUT.pt'
+USAGE = 'usage: python -m t7 print FILE | python -m t7 convert FILE.t7 OUT.pt [PLACE]'
 
 
 def _d(x):
@@ -130,6 +129,11 @@ _TOSTRING = {
                                     f'{f["weight"].shape[0]}) ' + ('' if f.get('bias') is not None
                                                                     else ' without bias')),
     'nn.CReLU': lambda name, f: 'CReLU()',
+    'nn.DataParallelTable': lambda name, f: (f'DataParallelTable: {len(f["gpuAssignments"])} x '
+                                             + lua_string(f['modules'][0])),
+    # The rnn package's AbstractRecurrent (torch-rnn's LSTM has no inputSize: its name alone, as Lua prints it).
+    'nn.FastLSTM': lambda name, f: f'{name}({_d(f["inputSize"])} -> {_d(f["outputSize"])})',
+    'nn.GRU': lambda name, f: f'{name}({_d(f["inputSize"])} -> {_d(f["outputSize"])}, {"%.2f" % f["p"]})',
     'nn.Dropout': lambda name, f: f'{name}({_f(f["p"])})',
     'nn.SpatialDropout': lambda name, f: f'{name}({_f(f["p"])})',
     'nn.VolumetricDropout': lambda name, f: f'{name}({_f(f["p"])})',
@@ -193,6 +197,8 @@ _TOSTRING = {
 }
 # Classes that inherit their parent's __tostring__ (printing their own class name).
 _INHERITS = {
+    'nn.LSTM': 'nn.FastLSTM', 'nn.Sequencer': 'nn.Decorator', 'nn.Recursor': 'nn.Decorator',
+    'nn.MaskZero': 'nn.Decorator',
     'nn.DepthConcat': 'nn.Concat', 'nn.SpatialBatchNormalization': 'nn.BatchNormalization',
     'nn.VolumetricBatchNormalization': 'nn.BatchNormalization', 'nn.SpatialLPPooling': 'nn.Sequential',
     'nn.LayerNormalization': 'nn.Sequential', 'nn.Maxout': 'nn.Sequential',
@@ -200,6 +206,7 @@ _INHERITS = {
     'cudnn.VolumetricConvolution': 'nn.VolumetricConvolution',
     'cudnn.VolumetricFullConvolution': 'nn.VolumetricFullConvolution',
     'cudnn.SpatialMaxPooling': 'nn.SpatialMaxPooling', 'cudnn.SpatialAveragePooling': 'nn.SpatialAveragePooling',
+    'inn.SpatialMaxPooling': 'nn.SpatialMaxPooling', 'inn.SpatialAveragePooling': 'nn.SpatialAveragePooling',
 }
 
 
@@ -216,12 +223,6 @@ def lua_string(obj):
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError):
         # A field this class's __tostring__ reads is missing or odd: Lua would stop here; the class name tells more.
         return name
-
-
-def is_module(obj):
-    """Whether a Torch object is an nn module or criterion (Lua prints those with tostring)."""
-    return isinstance(obj, TorchObject) and (class_of(obj.typename) is not None
-                                             or {'output', 'gradInput'} <= set(obj.fields))
 
 
 def _scalar(value):
@@ -292,9 +293,27 @@ def print_file(path):
     print(lua_string(value) if is_module(value) else tree(value))
 
 
-def convert(source, target):
+def convert(source, target, place=None):
+    """Writes the model in `source` as TorchScript: the file's module tree, or, in a file holding a table (a training
+    checkpoint), the one nn module inside it that is not a criterion, or the module at `place` ('protos.rnn')."""
     lua = load(source)
-    model = load_model(lua)
+    if place is not None:
+        lua = find(lua, place)
+        if not is_module(lua):
+            raise UserError(f'{source} has at {place} ' + not_a_module(lua, lambda p: f'give PLACE {place}.{p}'))
+    elif not is_module(lua):
+        inside = modules_inside(lua)
+        if len(inside) != 1:
+            raise UserError(f'{source} holds ' + not_a_module(
+                lua, lambda p: f'name the one to convert: python -m t7 convert {source} {target} {p}'))
+        place, lua = inside[0]
+    try:
+        model = load_model(lua)
+    except T7Error as e:
+        if place is None:
+            raise
+        # Places inside the module tree are counted from the module taken, which the file holds at `place`.
+        raise T7Error(f'{source}: the module at {place}: {e}') from None
     reason = unscriptable(model)
     if reason:
         raise UserError(f'cannot convert {source} to TorchScript: {reason}')
@@ -315,7 +334,8 @@ def convert(source, target):
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    print(f'wrote {target}: TorchScript of {lua.typename}; run it with torch.jit.load')
+    print(f'wrote {target}: TorchScript of {lua.typename}{f" at {place}" if place else ""}; '
+          'run it with torch.jit.load')
 
 
 def main(argv):
@@ -323,21 +343,29 @@ def main(argv):
     if argv in (['-h'], ['--help']):
         print(USAGE)
         return 0
-    if not ((argv[:1] == ['print'] and len(argv) == 2) or (argv[:1] == ['convert'] and len(argv) == 3)):
+    if not ((argv[:1] == ['print'] and len(argv) == 2) or (argv[:1] == ['convert'] and len(argv) in (3, 4))):
         print(f'python -m t7: {USAGE}', file=sys.stderr)
         return 2
+    # Printing and searching a table go one call deeper per level, and t7.load reads up to _MAX_DEPTH levels.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * _MAX_DEPTH + 500))
     try:
         if argv[0] == 'print':
             print_file(argv[1])
         else:
-            convert(argv[1], argv[2])
+            convert(*argv[1:])
     except UserError as e:
         print(f'python -m t7: {" ".join(str(e).split())}', file=sys.stderr)
+        return 1
+    except RecursionError:
+        print(f'python -m t7: {argv[1]} nests its tables too deeply to {argv[0]}', file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader of a pipe (`| head`) has gone: stop quietly, as Lua's print would.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        sys.setrecursionlimit(limit)
     return 0
 
 

@@ -2,6 +2,7 @@
 tree walk; the per-class converters live in t7/nn_<family>.py and register in t7.registry."""
 
 import bisect
+import os
 
 import torch
 from torch import nn
@@ -10,9 +11,10 @@ from layers.containers import input_kind, specialize
 from layers.legacy import lua_type, named
 # importing the family modules fills the registry
 from t7 import (nn_activation, nn_containers, nn_conv, nn_distance, nn_graph, nn_lcnn,  # noqa: F401
-                nn_normalization, nn_pooling, nn_shape, nn_tables)
+                nn_normalization, nn_pooling, nn_rnn, nn_shape, nn_style, nn_tables)
 from t7.read import LuaFunction, T7Error, TorchObject, load
-from t7.registry import BUILDERS, VERSION_2, WRITERS, Fields, class_of, float_dtype, storage_view, tensor_type
+from t7.registry import (BUILDERS, VERSION_2, WRITERS, Fields, class_of, describe, float_dtype, storage_view,
+                         tensor_type)
 from t7.write import save
 
 
@@ -37,6 +39,9 @@ class _Loader:
         if id(obj) in self.building:
             raise T7Error(f'{obj.typename} at {path} contains itself')
         builder = BUILDERS.get(class_of(obj.typename))
+        if builder is None and is_criterion(obj):
+            raise T7Error(f'{obj.typename} at {path} is a criterion (a loss function), not a layer: t7.load_model '
+                          f'converts the network, not its criterion')
         if builder is None:
             raise T7Error(f'unsupported module {obj.typename} at {path}: t7.load_model has no converter for this '
                           f'class (it knows {len(BUILDERS)} nn/cudnn classes); add one in t7/nn_<family>.py')
@@ -106,14 +111,73 @@ def byte_span(t):
     return first, first + (last + 1) * t.element_size()
 
 
+def is_module(obj):
+    """Whether a Torch object is an nn module or criterion (it has a converter or the fields every nn.Module has)."""
+    return isinstance(obj, TorchObject) and (class_of(obj.typename) is not None
+                                             or {'output', 'gradInput'} <= set(obj.fields))
+
+
+def is_criterion(obj):
+    return obj.typename.endswith('Criterion')
+
+
+def modules_inside(value):
+    """[(place, module)] of the nn modules (criteria left out) in a loaded table or object that is not a module
+    itself, such as char-rnn's checkpoint {protos={rnn=..., criterion=...}, opt=..., vocab=...}: the outermost
+    ones, each once, in key order. A place is the dotted Lua keys that lead to it ('protos.rnn'; 1-based list
+    indices), as `find` takes it."""
+    found, seen = [], set()
+    # Depth first with a stack of its own: Lua data nests deeper than Python's recursion limit.
+    stack = [(value, '')]
+    while stack:
+        v, place = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if is_module(v):
+            if not is_criterion(v):
+                found.append((place, v))
+            continue
+        if isinstance(v, TorchObject):
+            v = v.fields
+        items = v.items() if isinstance(v, dict) else enumerate(v, 1) if isinstance(v, list) else ()
+        keyed = sorted(((k, c) for k, c in items if isinstance(k, (str, int)) and not isinstance(k, bool)),
+                       key=lambda item: (1, item[0], 0) if isinstance(item[0], str) else (0, '', item[0]))
+        stack.extend((child, f'{place}.{key}' if place else str(key)) for key, child in reversed(keyed))
+    return found
+
+
+def find(value, place):
+    """The value at a dotted place ('protos.rnn') of a loaded table or object; T7Error when nothing is there."""
+    here = value
+    for i, key in enumerate(place.split('.')):
+        table = here.fields if isinstance(here, TorchObject) else here
+        if isinstance(table, list) and key.isdigit() and 1 <= int(key) <= len(table):
+            here = table[int(key) - 1]
+        elif isinstance(table, dict) and key in table:
+            here = table[key]
+        elif isinstance(table, dict) and key.isdigit() and int(key) in table:
+            here = table[int(key)]
+        else:
+            at = '.'.join(place.split('.')[:i]) or 'the top'
+            raise T7Error(f'nothing at {place}: {at} has no key {key}')
+    return here
+
+
 def load_model(source):
-    """Builds a PyTorch module, in eval mode, from a Torch7 file holding an nn/cudnn module tree.
+    """Builds a PyTorch module, in eval mode, from a Torch7 file holding an nn/cudnn module tree (or from that tree,
+    already loaded).
 
     Every module gets the project's class for its Lua class and `lua_type` = the saved class name; parameters
     that Lua shared stay shared. Lua functions stored on a module (resnet's LRregime) are kept as `lua_<name>`
     attributes. Errors name the module's place in the tree with Python's 0-based indices (model.modules[2]).
+    A table or object that only holds modules (a training checkpoint) is refused with their places.
     """
-    obj = source if isinstance(source, TorchObject) else load(source)
+    obj = load(source) if isinstance(source, (str, bytes, bytearray, memoryview, os.PathLike)) or hasattr(
+        source, 'read') else source
+    if not is_module(obj):
+        raise T7Error('t7.load_model got ' + not_a_module(
+            obj, lambda place: f"convert one of them: t7.load_model(t7.find(value, '{place}'))"))
     try:
         model = _Loader().module(obj, 'model')
         # What flows between modules (a tensor or a table) is fixed here, so that torch.jit.script compiles it.
@@ -122,6 +186,21 @@ def load_model(source):
         raise T7Error('the module tree is nested too deeply to convert') from None
     return model.eval()
 
+
+def not_a_module(value, how):
+    """Why a loaded value is not an nn module tree, naming the nn modules it holds (one line); `how(place)` says how
+    to take the one at `place`."""
+    if isinstance(value, TorchObject):
+        what = f'a {value.typename} object'
+    elif isinstance(value, (dict, list)):
+        what = 'a Lua table'
+    else:
+        what = describe(value)[:80]
+    inside = modules_inside(value)
+    if not inside:
+        return f'{what}, not an nn module, and no nn module inside it'
+    places = ', '.join(f'{place} ({m.typename})' for place, m in inside)
+    return f'{what}, not an nn module; the nn modules in it: {places}; {how(inside[0][0])}'
 
 
 class _Saver:

@@ -49,6 +49,15 @@ def _hard_tanh(loader, f, path):
     return nn.Hardtanh(low, high, inplace=f.flag('inplace'))
 
 
+@builds('ClippedReLU')
+def _clipped_relu(loader, f, path):
+    # cudnn's min(max(x, 0), ceiling).
+    ceiling = _real(f, 'ceiling', None)
+    if not ceiling > 0:
+        raise T7Error(f'{f.typename} at {path}: ceiling {ceiling} must be positive')
+    return nn.Hardtanh(0, ceiling, inplace=f.flag('inplace'))
+
+
 @builds('LeakyReLU')
 def _leaky_relu(loader, f, path):
     return nn.LeakyReLU(_real(f, 'negval', 0.01), inplace=f.flag('inplace'))
@@ -99,6 +108,13 @@ def _write_relu6(saver, module, fields, path):
 @writes('HardTanh', 'Clamp', accepts=nn.Hardtanh)
 def _write_hard_tanh(saver, module, fields, path):
     fields.update(min_val=module.min_val, max_val=module.max_val, inplace=bool(module.inplace))
+
+
+@writes('ClippedReLU', accepts=nn.Hardtanh)
+def _write_clipped_relu(saver, module, fields, path):
+    if module.min_val != 0:
+        raise T7Error(f'cannot save cudnn.ClippedReLU at {path}: it clips below at 0, not {module.min_val}')
+    fields.update(ceiling=module.max_val, inplace=bool(module.inplace))
 
 
 @writes('LeakyReLU', accepts=nn.LeakyReLU)

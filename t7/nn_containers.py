@@ -1,11 +1,14 @@
-"""Torch7 nn containers (Sequential, Concat, DepthConcat, ConcatTable, ParallelTable, MapTable, Parallel) as PyTorch
-containers and back."""
+"""Torch7 nn containers (Sequential, Concat, DepthConcat, ConcatTable, ParallelTable, MapTable, Parallel, cunn's
+DataParallelTable, nnx's SpatialClassifier) as PyTorch containers and back."""
 
 from torch import nn
 
 from layers import containers
 from t7.read import T7Error
-from t7.registry import builds, long_storage, writes
+from t7.registry import VERSION_2, builds, long_storage, writes
+
+# DataParallelTable's version 2 writes its gpuAssignments before its fields (see t7.read.WRITTEN_BEFORE_FIELDS).
+VERSION_2.add('DataParallelTable')
 
 
 @builds('Sequential')
@@ -81,3 +84,33 @@ def _write_map_table(saver, module, fields, path):
 def _write_parallel(saver, module, fields, path):
     fields.update(modules=saver.children(module, path), inputDimension=module.input_dimension,
                   outputDimension=module.output_dimension)
+
+
+@builds('SpatialClassifier')
+def _spatial_classifier(loader, f, path):
+    return containers.SpatialClassifier(loader.module(f.get('classifier'), f'{path}.classifier'),
+                                        f.flag('spatialOutput', True))
+
+
+@writes('SpatialClassifier', accepts=containers.SpatialClassifier)
+def _write_spatial_classifier(saver, module, fields, path):
+    classifier = saver.obj(module.classifier, f'{path}.classifier')
+    fields.update(classifier=classifier, modules=[classifier], spatialOutput=module.spatial_output,
+                  **{name: saver.empty(module) for name in ('inputF', 'inputT', 'outputF', 'gradOutputF',
+                                                            'gradOutputT', 'gradInputF')})
+
+
+@builds('DataParallelTable')
+def _data_parallel_table(loader, f, path):
+    replicas = loader.children(f, path)
+    if not replicas:
+        raise T7Error(f'{f.typename} at {path} has no module')
+    return containers.DataParallelTable(replicas[0], f.int('dimension', 1))
+
+
+@writes('DataParallelTable', accepts=containers.DataParallelTable)
+def _write_data_parallel_table(saver, module, fields, path):
+    # One GPU: Lua's __read builds the replicas for the GPUs it is told to use.
+    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], dimension=module.dimension,
+                  gpuAssignments=[1], typeStr='torch.CudaTensor', flattenParams=False, usenccl=False,
+                  needsSync=False, inputGpu={}, outputGpu={}, gradInputGpu={}, gradOutputGpu={})

@@ -93,7 +93,7 @@ def _volumetric_full_convolution(loader, f, path):
     return set_parameters(loader, module, weight, bias)
 
 
-@builds('Linear')
+@builds('Linear', 'LinearNoBias')
 def _linear(loader, f, path):
     weight = f.tensor('weight')
     if weight.dim() != 2:
@@ -167,6 +167,14 @@ def _write_linear(saver, module, fields, path):
     write_parameters(saver, module, fields, 'weight', 'bias')
 
 
+@writes('LinearNoBias', accepts=nn.Linear)
+def _write_linear_no_bias(saver, module, fields, path):
+    # The rnn package's Linear without a bias (which nn.Linear gained later with its bias flag).
+    if module.bias is not None:
+        raise _cannot(module, path, 'it has a bias')
+    write_parameters(saver, module, fields, 'weight')
+
+
 # --- the project's convolution layers ----------------------------------------------------------------------------
 
 @builds('SpatialConvolutionMap')
@@ -188,13 +196,25 @@ def _convolution_map(loader, f, path):
 def _subsampling(loader, f, path):
     n = f.int('nInputPlane')
     module = conv.SpatialSubSampling(n, f.int('kW'), f.int('kH'), f.int('dW', 1), f.int('dH', 1), device='meta')
-    return set_parameters(loader, module, f.tensor('weight', (n,)), f.tensor('bias', (n,)))
+    weight = f.tensor('weight')
+    if weight.dim() > 1 and weight.size(0) == n and weight.is_contiguous():
+        # The C code takes one number per plane from the first nInputPlane of the weight's memory, whatever its
+        # shape: torch's 2012 demos saved nInputPlane x kH x kW weights.
+        weight = weight.reshape(-1)[:n]
+    else:
+        weight = f.tensor('weight', (n,))
+    return set_parameters(loader, module, weight, f.tensor('bias', (n,)))
 
 
 @builds('TemporalConvolution')
 def _temporal_convolution(loader, f, path):
-    n_in, n_out, kw = f.int('inputFrameSize'), f.int('outputFrameSize'), f.int('kW')
-    module = conv.TemporalConvolution(n_in, n_out, kw, f.int('dW', 1), device='meta')
+    n_in, n_out = f.int('inputFrameSize'), f.int('outputFrameSize')
+    if f.typename.startswith('cudnn.'):
+        # cudnn's is a SpatialConvolution over a (time x frame) image: time is its H axis, the frame its W axis.
+        kw, dw, pad = f.int('kH'), f.int('dH', 1), f.int('padH', 0)
+    else:
+        kw, dw, pad = f.int('kW'), f.int('dW', 1), 0
+    module = conv.TemporalConvolution(n_in, n_out, kw, dw, device='meta', pad=pad)
     return set_parameters(loader, module, f.tensor('weight', (n_out, kw * n_in)), f.tensor('bias', (n_out,)))
 
 
@@ -250,7 +270,12 @@ def _lookup_table(loader, f, path):
 
 @builds('OneHot')
 def _one_hot(loader, f, path):
-    return conv.OneHot(f.int('outputSize'))
+    module = conv.OneHot(f.int('outputSize'))
+    # Its output has the module's type (a model saved as doubles feeds doubles on), which the output buffer keeps.
+    output = f.get('output')
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        module.like = torch.empty(0, dtype=output.dtype)
+    return module
 
 
 @writes('SpatialConvolutionMap', accepts=conv.SpatialConvolutionMap)
@@ -268,8 +293,14 @@ def _write_subsampling(saver, module, fields, path):
 
 @writes('TemporalConvolution', accepts=conv.TemporalConvolution)
 def _write_temporal_convolution(saver, module, fields, path):
-    fields.update(inputFrameSize=module.inputFrameSize, outputFrameSize=module.outputFrameSize, kW=module.kW,
-                  dW=module.dW)
+    fields.update(inputFrameSize=module.inputFrameSize, outputFrameSize=module.outputFrameSize)
+    if lua_type(module).startswith('cudnn.'):
+        fields.update(nInputPlane=1, nOutputPlane=module.outputFrameSize, kW=module.inputFrameSize, kH=module.kW,
+                      dW=1, dH=module.dW, padW=0, padH=module.pad, groups=1)
+    elif module.pad:
+        raise _cannot(module, path, 'nn.TemporalConvolution has no padding (cudnn.TemporalConvolution has)')
+    else:
+        fields.update(kW=module.kW, dW=module.dW)
     write_parameters(saver, module, fields, 'weight', 'bias')
 
 

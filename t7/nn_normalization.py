@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from layers import normalization
+from layers import activation, normalization, tables
 from layers.legacy import lua_type
 from t7.nn_conv import write_parameters
 from t7.read import T7Error, TorchObject
@@ -60,7 +60,7 @@ def _write_batch_norm(saver, module, fields, path):
     write_parameters(saver, module, fields, 'weight', 'bias')
 
 
-@builds('SpatialCrossMapLRN')
+@builds('SpatialCrossMapLRN', 'inn.SpatialCrossResponseNormalization')
 def _cross_map_lrn(loader, f, path):
     size = f.int('size', 5)
     if size < 1 or size % 2 == 0:
@@ -78,7 +78,7 @@ def _normalize(loader, f, path):
     return normalization.Normalize(p, f.number('eps', 1e-10))
 
 
-@writes('SpatialCrossMapLRN', accepts=normalization.SpatialCrossMapLRN)
+@writes('SpatialCrossMapLRN', 'inn.SpatialCrossResponseNormalization', accepts=normalization.SpatialCrossMapLRN)
 def _write_cross_map_lrn(saver, module, fields, path):
     fields.update(size=module.size, alpha=module.alpha, beta=module.beta, k=module.k)
 
@@ -238,3 +238,27 @@ def _write_contrastive(saver, module, fields, path):
                                                                                       module.divisive))]
     fields.update(nInputPlane=module.nInputPlane, kernel=saver.tensor(module.kernel), threshold=module.threshold,
                   thresval=module.thresval, normalizer=_lua_module(module, 'nn.Sequential', modules=parts))
+
+
+@builds('SpatialNormalization')
+def _spatial_normalization(loader, f, path):
+    threshold = f.get('fixedThres')
+    if threshold is not None:
+        threshold = float(f.number('fixedThres'))
+    return normalization.SpatialNormalization(f.int('nfeatures'), loader.module(f.get('convo'), f'{path}.convo'),
+                                              loader.module(f.get('convostd'), f'{path}.convostd'), threshold)
+
+
+@writes('SpatialNormalization', accepts=normalization.SpatialNormalization)
+def _write_spatial_normalization(saver, module, fields, path):
+    # What its updateOutput reads; a 1x1 coef makes Lua compute the border coefficients for the first image.
+    fields.update(nfeatures=module.nfeatures, convo=saver.obj(module.convo, f'{path}.convo'),
+                  convostd=saver.obj(module.convostd, f'{path}.convostd'), coef=torch.zeros(1, 1),
+                  squareMod=saver.obj(activation.Square(), f'{path}.squareMod'),
+                  sqrtMod=saver.obj(activation.Sqrt(0), f'{path}.sqrtMod'),
+                  subtractMod=saver.obj(tables.CSubTable(), f'{path}.subtractMod'),
+                  thresMod=saver.obj(nn.Threshold(1e-3, 1e-3), f'{path}.thresMod'),
+                  **{name: saver.obj(tables.CDivTable(), f'{path}.{name}')
+                     for name in ('meanDiviseMod', 'stdDiviseMod', 'diviseMod')})
+    if module.threshold is not None:
+        fields['fixedThres'] = module.threshold

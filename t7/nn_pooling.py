@@ -235,3 +235,64 @@ def _write_padding(saver, module, fields, path):
 
 for _name, _cls in _PADDINGS.items():
     writes(_name, accepts=nn.ConstantPad2d if _cls is nn.ZeroPad2d else _cls)(_write_padding)
+
+
+@builds('SpatialPadding')
+def _nnx_padding(loader, f, path):
+    left = f.int('pad_l')
+    return pooling.SpatialPadding(left, f.int('pad_r', left), f.int('pad_t', left), f.int('pad_b', left),
+                                  f.int('y_dim', 2), f.int('x_dim', 3), f.number('val', 0))
+
+
+@writes('SpatialPadding', accepts=pooling.SpatialPadding)
+def _write_nnx_padding(saver, module, fields, path):
+    fields.update(pad_l=module.pad_l, pad_r=module.pad_r, pad_t=module.pad_t, pad_b=module.pad_b,
+                  y_dim=module.y_dim, x_dim=module.x_dim, val=module.val)
+
+
+# imagine-nn's poolings are nn's with ceil_mode forced on at every forward (its updateOutput sets it).
+@builds('inn.SpatialMaxPooling', 'inn.SpatialAveragePooling')
+def _inn_pooling(loader, f, path):
+    module = (_max_pooling if f.typename.endswith('MaxPooling') else _average_pooling)(loader, f, path)
+    module.ceil_mode = True
+    return module
+
+
+@writes('inn.SpatialMaxPooling', accepts=nn.MaxPool2d)
+def _write_inn_max_pooling(saver, module, fields, path):
+    if not module.ceil_mode:
+        raise _cannot(module, path, 'imagine-nn pools in ceil mode')
+    _write_max_pooling(saver, module, fields, path)
+
+
+@writes('inn.SpatialAveragePooling', accepts=nn.AvgPool2d)
+def _write_inn_average_pooling(saver, module, fields, path):
+    if not module.ceil_mode:
+        raise _cannot(module, path, 'imagine-nn pools in ceil mode')
+    _write_average_pooling(saver, module, fields, path)
+
+
+@builds('SpatialMaxUnpooling')
+def _max_unpooling(loader, f, path):
+    pool = loader.module(f.get('pooling'), f'{path}.pooling')
+    if not isinstance(pool, nn.MaxPool2d):
+        f.fail('pooling', 'an nn.SpatialMaxPooling')
+    if type(pool) is nn.MaxPool2d:
+        pool.__class__ = pooling.IndexedMaxPool2d
+    return pooling.SpatialMaxUnpooling(pool)
+
+
+@writes('SpatialMaxUnpooling', accepts=pooling.SpatialMaxUnpooling)
+def _write_max_unpooling(saver, module, fields, path):
+    fields['pooling'] = saver.obj(module.pooling, f'{path}.pooling')
+
+
+@builds('SpatialSymmetricPadding')
+def _symmetric_padding(loader, f, path):
+    left = f.int('pad_l')
+    return pooling.SpatialSymmetricPadding(left, f.int('pad_r', left), f.int('pad_t', left), f.int('pad_b', left))
+
+
+@writes('SpatialSymmetricPadding', accepts=pooling.SpatialSymmetricPadding)
+def _write_symmetric_padding(saver, module, fields, path):
+    fields.update(pad_l=module.pad_l, pad_r=module.pad_r, pad_t=module.pad_t, pad_b=module.pad_b)

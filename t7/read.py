@@ -30,6 +30,10 @@ TENSOR_DTYPES = {
 }
 STORAGE_DTYPES = {name[:-len('Tensor')] + 'Storage': dtype for name, dtype in TENSOR_DTYPES.items()}
 
+# Classes whose __write puts one field before the table of all fields (from their version 2 on): cunn's
+# DataParallelTable writes its gpuAssignments first, to pick the GPUs before the replicas are read.
+WRITTEN_BEFORE_FIELDS = {'nn.DataParallelTable': 'gpuAssignments'}
+
 # Every Lua-written file interleaves objects with at least this many bytes, which bounds counts before allocating.
 _MIN_OBJECT_BYTES = 4
 _MAX_DEPTH = 2000
@@ -469,6 +473,9 @@ class _Reader(torchfile.T7Reader):
             return obj
         obj = TorchObject(class_name, None, version_number)
         self.objects[index] = obj
+        written_first = WRITTEN_BEFORE_FIELDS.get(class_name)
+        if written_first is not None and version_number >= 2:
+            first = self.read_obj()
         fields_start = self.s.pos
         fields_type = self.s.int('an object type')
         if fields_type != torchfile.TYPE_TABLE:
@@ -487,6 +494,8 @@ class _Reader(torchfile.T7Reader):
             raise T7Error(f'corrupt t7 file: fields of {class_name} at byte {fields_start} refer to a non-table')
         if fields is not known:
             self.tables.append(fields)
+        if written_first is not None and version_number >= 2:
+            fields.setdefault(written_first, first)
         obj.fields = fields
         return obj
 
@@ -574,6 +583,24 @@ def _looks_ascii(head):
     return len(head) > 0 and head[:1].isdigit()
 
 
+# Formats people save next to (or instead of) Torch7 files, by their first bytes: what the file is and what opens it.
+_OTHER_FORMATS = (
+    (b'PK\x03\x04', "a zip archive (PyTorch's torch.save writes those): open it with torch.load"),
+    (b'\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19', "a PyTorch file in torch.save's legacy format: open it with "
+                                                   "torch.load"),
+    (b'\x80', 'a Python pickle: open it with pickle or torch.load, from a source you trust'),
+    (b'version https://git-lfs', 'a git-lfs pointer, not the file itself: fetch the file with `git lfs pull`'),
+    (b'\x89HDF', 'an HDF5 file: open it with h5py'),
+    (b'\x93NUMPY', 'a numpy .npy file: open it with numpy.load'),
+)
+
+
+def _refuse_other_formats(head):
+    for magic, what in _OTHER_FORMATS:
+        if head.startswith(magic[:16]):
+            raise T7Error(f'not a t7 file: it is {what}')
+
+
 def load(source, mode=None):
     """Reads one Lua value from a Torch7 file (a path, bytes, or a binary file object such as io.BytesIO).
 
@@ -612,10 +639,12 @@ def _load_file(f, mode):
         f, length = io.BytesIO(data), len(data)
     if length == 0:
         raise T7Error('not a t7 file: it is empty (0 bytes at byte 0)')
-    head = f.read(1)
+    head = f.read(16)
     if not isinstance(head, bytes):
         raise T7Error('t7.load needs a binary file object (opened with "rb")')
     f.seek(-len(head), io.SEEK_CUR)
+    if mode is None:
+        _refuse_other_formats(head)
     if mode is None:
         mode = 'ascii' if _looks_ascii(head) else 'binary'
     if mode == 'ascii':

@@ -16,7 +16,8 @@ VERSION_2 = {'BatchNormalization', 'SpatialBatchNormalization'}
 
 
 def builds(*lua_classes):
-    """Registers the decorated function as the builder of `lua_classes` (names without 'nn.' / 'cudnn.')."""
+    """Registers the decorated function as the builder of `lua_classes` (as class_of names them: without 'nn.' or
+    'cudnn.')."""
     def register(builder):
         for name in lua_classes:
             if name in BUILDERS:
@@ -42,6 +43,9 @@ def class_of(typename):
     package, _, name = typename.partition('.')
     if package in ('nn', 'cudnn'):
         return name
+    if package == 'inn':
+        # imagine-nn's classes of 2015 models (ceil-mode pooling, LRN): their own entries, package and all.
+        return typename
     # clcNet's interlace, nngraph's split(1) helpers, and char-rnn's OneHot (a class without a package).
     if typename in ('nn_plus.ChannelInterlace', 'nngraph.JustElement', 'nngraph.JustTable', 'OneHot'):
         return typename.rpartition('.')[2]

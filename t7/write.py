@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torchfile
 
-from t7.read import LuaFunction, Storage, T7Error, TableKey, TorchObject
+from t7.read import WRITTEN_BEFORE_FIELDS, LuaFunction, Storage, T7Error, TableKey, TorchObject
 
 # dtype -> Torch7 CPU tensor class; storages are the same names with Storage.
 TENSOR_CLASSES = {
@@ -111,6 +111,8 @@ class _Writer:
                 self._class_header(o.typename, o.version)
                 if not isinstance(o.fields, dict):
                     raise T7Error(f'cannot write {self._where()}: fields of {o.typename} must be a dict')
+                if o.typename in WRITTEN_BEFORE_FIELDS and o.version >= 2:
+                    self.obj(o.fields.get(WRITTEN_BEFORE_FIELDS[o.typename]))
                 self.obj(o.fields)
         elif isinstance(o, LuaFunction):
             self._function(o)

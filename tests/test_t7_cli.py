@@ -216,3 +216,90 @@ def test_converted_files_run_with_torch_jit_load_alone(capsys, tmp_path):
     assert result.returncode == 0, result.stderr
     diffs = [float(line) for line in result.stdout.split()]
     assert len(diffs) == 4 and max(diffs) <= 1e-5
+
+
+def checkpoint(**protos):
+    """A training checkpoint laid out as char-rnn saves one: the network next to its criterion, options and data."""
+    criterion = module('nn.ClassNLLCriterion', output=0, gradInput=torch.empty(0), sizeAverage=True)
+    return {'protos': {**protos, 'criterion': criterion}, 'opt': {'rnn_size': 3}, 'vocab': {'a': 1, 'b': 2},
+            'epoch': 1.5}
+
+
+def test_convert_of_a_checkpoint_takes_its_one_network(capsys, tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh())
+    t7.save(tmp_path / 'ckpt.t7', checkpoint(rnn=t7.to_lua(net)))
+    status, out, err = run(capsys, 'convert', tmp_path / 'ckpt.t7', tmp_path / 'rnn.pt')
+    assert (status, err) == (0, '') and out.startswith(f'wrote {tmp_path / "rnn.pt"}: TorchScript of nn.Sequential '
+                                                       'at protos.rnn;')
+    x = torch.randn(4, 3)
+    assert torch.allclose(torch.jit.load(tmp_path / 'rnn.pt')(x), net(x), atol=1e-6)
+    # The printed checkpoint is the whole table, its modules as Lua prints them.
+    status, out, err = run(capsys, 'print', tmp_path / 'ckpt.t7')
+    assert status == 0 and 'protos : {\n    criterion : nn.ClassNLLCriterion\n    rnn : nn.Sequential {\n' in out
+    assert '      (1): nn.Linear(3 -> 2)\n' in out and 'rnn_size : 3' in out
+
+
+def test_convert_of_a_file_holding_several_networks_or_none(capsys, tmp_path):
+    net = t7.to_lua(torch.nn.Sequential(torch.nn.Linear(3, 2)))
+    t7.save(tmp_path / 'two.t7', checkpoint(enc=net, dec=t7.to_lua(torch.nn.Linear(2, 3))))
+    t7.save(tmp_path / 'none.t7', checkpoint())
+    t7.save(tmp_path / 'tensor.t7', torch.zeros(2, 3))
+    for argv, message in [
+        (['two.t7', 'x.pt'], r'two.t7 holds a Lua table, not an nn module; the nn modules in it: protos.dec '
+                             r'\(nn.Linear\), protos.enc \(nn.Sequential\); name the one to convert: '
+                             r'python -m t7 convert .*two.t7 .*x.pt protos.dec$'),
+        (['none.t7', 'x.pt'], r'none.t7 holds a Lua table, not an nn module, and no nn module inside it$'),
+        (['tensor.t7', 'x.pt'], r'tensor.t7 holds a torch.float32 tensor of size 2x3, not an nn module'),
+        (['two.t7', 'x.pt', 'protos'], r'two.t7 has at protos a Lua table, .* give PLACE protos.dec$'),
+        (['two.t7', 'x.pt', 'protos.criterion'], r'two.t7: the module at protos.criterion: nn.ClassNLLCriterion at '
+                                                 r'model is a criterion \(a loss function\)'),
+        (['two.t7', 'x.pt', 'protos.rnn'], r'nothing at protos.rnn: protos has no key rnn$'),
+        (['two.t7', 'x.pt', 'opt'], r'has at opt a Lua table, not an nn module, and no nn module inside it$'),
+    ]:
+        status, out, err = run(capsys, 'convert', *[tmp_path / a for a in argv[:2]], *argv[2:])
+        assert status == 1 and out == '' and err.count('\n') == 1, err
+        assert re.search(message, err.strip()), err
+    status, out, err = run(capsys, 'convert', tmp_path / 'two.t7', tmp_path / 'enc.pt', 'protos.enc')
+    assert status == 0 and 'TorchScript of nn.Sequential at protos.enc;' in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['enc.pt', 'none.t7', 'tensor.t7', 'two.t7']
+
+
+def test_load_model_of_a_checkpoint_names_the_modules_inside(tmp_path):
+    ckpt = checkpoint(rnn=t7.to_lua(torch.nn.Linear(3, 2)))
+    with pytest.raises(t7.T7Error, match=r"^t7.load_model got a Lua table, not an nn module; the nn modules in it: "
+                                         r"protos.rnn \(nn.Linear\); .*t7.find\(value, 'protos.rnn'\)"):
+        t7.load_model(ckpt)
+    assert isinstance(t7.load_model(t7.find(ckpt, 'protos.rnn')), torch.nn.Linear)
+    with pytest.raises(t7.T7Error, match=r'^nn.ClassNLLCriterion at model is a criterion \(a loss function\), not a '
+                                         r'layer'):
+        t7.load_model(t7.find(ckpt, 'protos.criterion'))
+
+
+def test_print_of_the_rnn_packages_decorators_and_recurrent_modules():
+    lstm = module('nn.FastLSTM', inputSize=6, outputSize=4, recurrentModule=module('nn.Sequential', modules=[]))
+    linear = t7.to_lua(torch.nn.Linear(6, 4))
+    step = module('nn.Sequential', modules=[module('nn.MaskZero', modules=[lstm], nInputDim=1),
+                                            module('nn.MaskZero', modules=[linear], nInputDim=1),
+                                            module('nn.GRU', inputSize=3, outputSize=2, p=0.25),
+                                            module('nn.LSTM', input_dim=3, hidden_dim=2)])
+    recursor = module('nn.Recursor', modules=[step])
+    assert lua_string(module('nn.Sequencer', modules=[recursor])) == textwrap.dedent('''\
+        nn.Sequencer @ nn.Recursor @ nn.Sequential {
+          [input -> (1) -> (2) -> (3) -> (4) -> output]
+          (1): nn.MaskZero @ nn.FastLSTM(6 -> 4)
+          (2): nn.MaskZero @ nn.Linear(6 -> 4)
+          (3): nn.GRU(3 -> 2, 0.25)
+          (4): nn.LSTM
+        }''')
+
+
+def test_deeply_nested_tables_print_and_refuse_to_convert_in_one_line(capsys, tmp_path):
+    value = inner = {}
+    for _ in range(1200):
+        inner['x'] = {}
+        inner = inner['x']
+    t7.save(tmp_path / 'deep.t7', value)
+    status, out, err = run(capsys, 'print', tmp_path / 'deep.t7')
+    assert (status, err) == (0, '') and out.count('\n') == 2 * 1200 + 1
+    status, out, err = run(capsys, 'convert', tmp_path / 'deep.t7', tmp_path / 'deep.pt')
+    assert status == 1 and err.endswith('deep.t7 holds a Lua table, not an nn module, and no nn module inside it\n')

@@ -1,6 +1,7 @@
 """Fuzz tests for t7/read.py and t7/write.py: damaged or hostile files fail with one T7Error, values round trip."""
 import io
 import pathlib
+import pickle
 import random
 import re
 import struct
@@ -131,11 +132,30 @@ def test_deep_nesting_and_reference_cycles_terminate():
 
 
 def test_not_t7_files():
-    for data in [b'PK\x03\x04 a zip file', b'\x89PNG\r\n\x1a\n', b'hello world']:
+    for data in [b'\x89PNG\r\n\x1a\n', b'hello world']:
         with pytest.raises(t7.T7Error, match=r'unknown object type \d+ at byte 0 \(this does not look like'):
             t7.load(data)
     with pytest.raises(t7.T7Error, match=r'corrupt ascii t7 file: an object type expected at byte 0'):
         t7.load(b'3x\n')
+
+
+def test_files_of_other_formats_are_named(tmp_path):
+    # What people commit under a .t7/.net/.th name: PyTorch checkpoints (zip and legacy), pickles, git-lfs pointers.
+    zipped, legacy = io.BytesIO(), io.BytesIO()
+    torch.save({'w': torch.ones(2)}, zipped)
+    torch.save({'w': torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    cases = [(zipped.getvalue(), r'zip archive .*torch\.load'), (legacy.getvalue(), r'legacy format: .*torch\.load'),
+             (pickle.dumps({'a': 1}, protocol=2), 'Python pickle'),
+             (b'version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n', 'git lfs pull'),
+             (b'\x89HDF\r\n\x1a\n' + bytes(8), 'h5py')]
+    for data, message in cases:
+        path = tmp_path / 'model.t7'
+        path.write_bytes(data)
+        for source in (data, path):
+            with pytest.raises(t7.T7Error, match=r'^not a t7 file: it is (a|an) .*' + message):
+                t7.load(source)
+    # A Lua-written binary file still loads.
+    assert t7.load(struct.pack('<id', 1, 0.5)) == 0.5
 
 
 scalars = st.one_of(

@@ -13,8 +13,12 @@ import models
 import opts
 import t7
 from layers import ChannelInterlace, PooledSpatialConvolution, lua_type, named
+from layers.containers import ParallelTable
+from layers.conv import LookupTable
 from layers.normalization import SpatialContrastiveNormalization, SpatialSubtractiveNormalization
 from layers.shape import View
+from layers.tables import MM
+from t7.__main__ import lua_string
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 MODELS = ['alexnet-lcnn', 'alexnet-lcnn.cuda', 'resnet8-lcnn', 'resnet8-lcnn.cuda']
@@ -331,7 +335,7 @@ def test_unsupported_module_names_its_place():
                                            module('nn.Sequential', modules=[module('nn.Foo')])])
     with pytest.raises(t7.T7Error, match=r'^unsupported module nn.Foo at model.modules\[1\].modules\[0\]: '):
         t7.load_model(net)
-    with pytest.raises(t7.T7Error, match=r'model is not an nn module \(found dict\)'):
+    with pytest.raises(t7.T7Error, match=r'^t7.load_model got a Lua table, not an nn module, and no nn module inside'):
         t7.load_model(io.BytesIO(saved({'a': 1})))
     loop = module('nn.Sequential', modules=[])
     loop.modules.append(module('nn.Sequential', modules=[loop]))
@@ -578,6 +582,11 @@ def test_one_hot_and_spatial_softmaxes():
     # char-rnn declares its own class named plain OneHot, with nn.OneHot's field and forward; it is written back so
     out, char_rnn = forward(module('OneHot', outputSize=3), torch.tensor([3, 1]))
     assert out.tolist() == [[0, 0, 1], [1, 0, 0]] and t7.to_lua(char_rnn).typename == 'OneHot'
+    # A char-rnn trained on the CPU is all doubles: its OneHot outputs doubles into the Linear after it.
+    graph = t7.to_lua(nn.Sequential(char_rnn, nn.Linear(3, 2).double()))
+    graph.modules[0].output = torch.empty(0, dtype=torch.float64)
+    out, built = forward(graph, torch.tensor([3, 1]))
+    assert out.dtype == torch.float64 and t7.to_lua(built).modules[0]._type == 'torch.DoubleTensor'
     x = torch.randn(2, 3, 2, 2)
     for typename in ('nn.SpatialSoftMax', 'cudnn.SpatialSoftMax'):
         out, built = forward(module(typename), x)
@@ -630,3 +639,96 @@ def test_local_normalisation_files_from_2012():
         out, built = forward(old, x)
         torch.testing.assert_close(out, current(x))
         assert t7.to_lua(built).meanestimator.modules[-2].typename == 'nn.SpatialConvolution'
+
+
+def test_sequential_that_takes_a_table_compiles():
+    # word2vec's model: {word, contexts} -> two LookupTables -> MM(false, true) -> Sigmoid.
+    lua = t7.to_lua(nn.Sequential(ParallelTable(LookupTable(10, 4), LookupTable(10, 4)), MM(False, True),
+                                  nn.Sigmoid()))
+    built = t7.load_model(lua)
+    x = [torch.tensor([3]), torch.tensor([4, 7, 9])]
+    scripted = torch.jit.script(built)
+    assert scripted(x).shape == (1, 3) and torch.equal(scripted(x), built(x))
+    assert lua_type(built) == 'nn.Sequential' and t7.to_lua(built).modules[1].typename == 'nn.MM'
+
+
+def test_cudnn_temporal_convolution_and_clipped_relu():
+    # cudnn.TemporalConvolution is a cudnn.SpatialConvolution over N x 1 x T x frame: kH/dH/padH run over time.
+    n_in, n_out, k = 3, 4, 2
+    weight, bias = torch.randn(n_out, n_in * k), torch.randn(n_out)
+    lua = module('cudnn.TemporalConvolution', inputFrameSize=n_in, outputFrameSize=n_out, nInputPlane=1,
+                 nOutputPlane=n_out, kW=n_in, kH=k, dW=1, dH=2, padW=0, padH=1, groups=1, weight=weight, bias=bias)
+    x = torch.randn(2, 7, n_in)
+    out, built = forward(lua, x)
+    spatial = F.conv2d(x.unsqueeze(1), weight.view(n_out, 1, k, n_in), bias, stride=(2, 1), padding=(1, 0))
+    torch.testing.assert_close(out, spatial.squeeze(3).transpose(1, 2))
+    written = t7.to_lua(built)
+    assert (written.kW, written.kH, written.dH, written.padH, tuple(written.weight.shape)) == (3, 2, 2, 1, (4, 6))
+    torch.testing.assert_close(forward(written, x)[0], out)
+    built.lua_type = 'nn.TemporalConvolution'
+    with pytest.raises(t7.T7Error, match='nn.TemporalConvolution has no padding'):
+        t7.to_lua(built)
+    out, clipped = forward(module('cudnn.ClippedReLU', ceiling=2, inplace=False), torch.tensor([-1.0, 1.0, 3.0]))
+    assert out.tolist() == [0, 1, 2] and t7.to_lua(clipped).ceiling == 2
+    with pytest.raises(t7.T7Error, match=r'cudnn.ClippedReLU at model: field ceiling must be a number, found None'):
+        t7.load_model(module('cudnn.ClippedReLU'))
+
+
+def test_linear_without_bias_of_the_rnn_package():
+    weight = torch.randn(4, 3)
+    out, built = forward(module('nn.LinearNoBias', weight=weight, gradWeight=torch.zeros(4, 3)), torch.ones(2, 3))
+    torch.testing.assert_close(out, weight.sum(1).expand(2, 4))
+    written = t7.to_lua(built)
+    assert written.typename == 'nn.LinearNoBias' and 'bias' not in written.fields and written.gradWeight.shape == (4, 3)
+
+
+def test_data_parallel_table_runs_its_replica(tmp_path):
+    # imagenet-multiGPU's alexnet: features in a DataParallelTable, saved from two GPUs, then the classifier.
+    features = t7.to_lua(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+    dpt = module('nn.DataParallelTable', dimension=1, gpuAssignments=[1, 2], modules=[features],
+                 typeStr='torch.CudaTensor')
+    lua = module('nn.Sequential', modules=[dpt, t7.to_lua(View(4 * 3 * 3)), t7.to_lua(nn.Linear(36, 2))])
+    x = torch.randn(5, 3, 5, 5)
+    out, built = forward(lua, x)
+    plain, _ = forward(module('nn.Sequential', modules=[features] + lua.modules[1:]), x)
+    torch.testing.assert_close(out, plain)
+    torch.testing.assert_close(torch.jit.script(built)(x), out)
+    assert lua_string(lua).splitlines()[2] == '  (1): DataParallelTable: 2 x nn.Sequential {'
+    t7.save_model(tmp_path / 'dpt.t7', built)
+    written = t7.load(tmp_path / 'dpt.t7').modules[0]
+    assert (written.typename, written.version, written.gpuAssignments, written.dimension) == (
+        'nn.DataParallelTable', 2, [1], 1)
+    torch.testing.assert_close(t7.load_model(tmp_path / 'dpt.t7')(x), out)
+
+
+def test_imagine_nn_poolings_and_response_normalization():
+    # inn (2015 models converted from caffe): nn's classes with ceil mode forced on, and caffe's LRN.
+    x = torch.randn(2, 3, 8, 8)
+    for typename, pool in [('inn.SpatialMaxPooling', F.max_pool2d), ('inn.SpatialAveragePooling', F.avg_pool2d)]:
+        out, built = forward(module(typename, kW=3, kH=3, dW=2, dH=2, padW=0, padH=0, ceil_mode=False,
+                                    count_include_pad=True, divide=True), x)
+        torch.testing.assert_close(out, pool(x, 3, 2, ceil_mode=True))
+        assert out.shape == (2, 3, 4, 4)
+        written = t7.to_lua(built)
+        assert written.typename == typename and written.ceil_mode is True
+    out, built = forward(module('inn.SpatialCrossResponseNormalization', size=3, alpha=0.5, beta=0.75, k=2), x)
+    lrn, _ = forward(module('nn.SpatialCrossMapLRN', size=3, alpha=0.5, beta=0.75, k=2), x)
+    torch.testing.assert_close(out, lrn)
+    assert t7.to_lua(built).typename == 'inn.SpatialCrossResponseNormalization'
+
+
+def test_max_unpooling_puts_values_back_where_its_pooling_found_them(tmp_path):
+    # An ENet/SegNet-style encoder-decoder: the unpooling refers to the very pooling module of the encoder.
+    pool = t7.to_lua(nn.MaxPool2d(2, 2))
+    unpool = module('nn.SpatialMaxUnpooling', pooling=pool)
+    lua = module('nn.Sequential', modules=[pool, module('nn.ReLU'), unpool])
+    x = torch.randn(2, 3, 6, 4)
+    out, built = forward(lua, x)
+    pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+    torch.testing.assert_close(out, F.max_unpool2d(pooled.relu(), indices, 2, 2, output_size=(6, 4)))
+    assert lua_string(lua).splitlines()[4] == ('  (3): nn.SpatialMaxUnpooling associated to '
+                                               'nn.SpatialMaxPooling(2x2, 2,2)')
+    t7.save_model(tmp_path / 'unpool.t7', built)
+    written = t7.load(tmp_path / 'unpool.t7')
+    assert written.modules[2].pooling is written.modules[0]
+    torch.testing.assert_close(t7.load_model(tmp_path / 'unpool.t7')(x), out)

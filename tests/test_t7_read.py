@@ -436,3 +436,30 @@ def test_nngraph_file_keeps_node_identity():
         for consumer in data['reverseMap']:
             assert consumer.typename == 'nngraph.Node' and any(consumer is n for n in g.backwardnodes)
     assert g.outnode is g.backwardnodes[0] and g.innode is g.forwardnodes[0]
+
+
+def torch_object(index, typename, version, body):
+    name = typename.encode()
+    return (struct.pack('<iii', 4, index, len(version)) + version.encode() + struct.pack('<i', len(name)) + name
+            + body)
+
+
+def test_data_parallel_table_reads_its_gpu_assignments_first(tmp_path):
+    # cunn's DataParallelTable:__write (version 2): the gpuAssignments table, then the table of all fields.
+    identity = torch_object(5, 'nn.Identity', 'V 1', table(6, []))
+    gpus = table(2, [(number(1), number(1)), (number(2), number(2))])
+    fields = table(3, [(string('dimension'), number(1)), (string('gpuAssignments'), reference(2)),
+                       (string('modules'), table(4, [(number(1), identity)]))])
+    dpt = t7.load(torch_object(1, 'nn.DataParallelTable', 'V 2', gpus + fields))
+    assert dpt.gpuAssignments == [1, 2] and dpt.dimension == 1 and dpt.modules[0].typename == 'nn.Identity'
+    # Inside a container the objects after it are read from the right place.
+    after = t7.load(table(9, [(number(1), torch_object(1, 'nn.DataParallelTable', 'V 2', gpus + fields)),
+                              (number(2), string('next'))]))
+    assert after[1] == 'next' and after[0].modules[0].typename == 'nn.Identity'
+    # Before version 2 it wrote its fields alone.
+    old = t7.load(torch_object(1, 'nn.DataParallelTable', 'V 1', table(3, [(string('dimension'), number(2))])))
+    assert old.fields == {'dimension': 2}
+    t7.save(tmp_path / 'dpt.t7', dpt)
+    assert (tmp_path / 'dpt.t7').read_bytes().startswith(struct.pack('<iii', 4, 1, 3) + b'V 2')
+    again = t7.load(tmp_path / 'dpt.t7')
+    assert again.gpuAssignments == [1, 2] and again.modules[0].typename == 'nn.Identity'
