@@ -170,6 +170,16 @@ def check_fully_connected_batch_one(gen):
         dense = nn.Conv2d(300, outputs, 1).eval()
         with torch.no_grad():
             close(lookup.compile(nn.Sequential(dense))(x), dense(x))
+    # A kernel covering its input: one gathered dot product per output, over 16-bit offsets and, past 65536
+    # responses, 32-bit ones; tap counts per output that are and are not multiples of the vector width.
+    for dictionary, density in ((40, 0.2), (1900, 0.02)):
+        layer = psc(3, 9, 6, 1, 0, dictionary, density, gen).eval()
+        x = torch.randn(1, 3, 6, 6, generator=gen)
+        fused = LookupConv2d.from_pooled(layer)
+        assert fused._tap_offsets(6, 6).dtype == (torch.int16 if dictionary * 36 <= 1 << 16 else torch.int32)
+        assert len(set(fused.rowptr.diff().tolist())) > 1
+        with torch.no_grad():
+            close(fused(x), layer(x))
 
 
 def test_fully_connected_batch_one(cpp):
