@@ -153,8 +153,9 @@ def _time_ms(fn, repeats, warmup=2):
 
 # Rows per panel of a GEMM operand, as layers/csrc/lookup.cpp reads it.
 _PANEL_ROWS = 8
-# Dictionary responses per block pass of a fully connected lookup layer: 16 KB, in L1 at batch 1 (its gathers),
-# and 256 KB (in L2) at batch 16, where each response is a row of the batch.
+# Dictionary responses per block pass of a fully connected lookup layer at batch > 1: each response is a row of
+# the batch, 256 KB (in L2) at batch 16. At batch 1 the taps stay in CSR order: an output is one dot product over
+# all its taps (responses read from L2; a block pass per output would cost more than L1 saves).
 _FC_BLOCK = 4096
 
 
@@ -403,7 +404,7 @@ class LookupConv2d(nn.Module):
             packed, dt = None, self._cached('dict_t', lambda: dictionary.t().contiguous())
         else:
             packed, dt = self._cached('dict_pack', lambda: _pack_rows(dictionary)), None
-        if self._covers_input(h, w):
+        if self._covers_input(h, w) and n > 1:
             rowptr, offsets, values = self._cached('fc_taps', lambda: self._block_major(h, w))
         else:
             rowptr, offsets, values = self.rowptr, self._tap_offsets(h, w), self.values

@@ -97,7 +97,7 @@ def test_fully_connected_lookup_large_dictionary(cpp):
     # fc6-like: the kernel covers the whole input, so each output is one long gathered dot product at batch 1.
     gen = torch.Generator().manual_seed(5)
     layer = psc(40, 70, 6, 1, 0, 300, 0.05, gen).eval()
-    for batch in (1, 2, 5, 16, 17):
+    for batch in (1, 2, 5, 8, 16, 17, 32, 64):  # 8, 16, 32, 64: one, two or four vectors of images, any ISA
         x = torch.randn(batch, 40, 6, 6, generator=gen)
         with torch.no_grad():
             close(LookupConv2d.from_pooled(layer)(x), layer(x))
@@ -143,9 +143,11 @@ def test_instruction_set_variants(cpp, isa):
         return
     gen = torch.Generator().manual_seed(7)
     try:
-        # strided with few and with many input channels, padded, fully connected at batch 1 and 2
+        # strided with few and with many input channels, padded, fully connected at batch 1, 2, 8 and 16 (batches
+        # of whole vectors take their own path)
         for (c, k, s, p, size), batch in [((5, 11, 4, 2, 35), 1), ((3, 7, 2, 3, 30), 2), ((5, 3, 1, 1, 9), 5),
-                                          ((5, 6, 1, 0, 6), 1), ((5, 6, 1, 0, 6), 2)]:
+                                          ((5, 6, 1, 0, 6), 1), ((5, 6, 1, 0, 6), 2), ((5, 6, 1, 0, 6), 8),
+                                          ((5, 6, 1, 0, 6), 16)]:
             layer = psc(c, 29, k, s, p, 40, 0.1, gen).eval()
             x = torch.randn(batch, c, size, size, generator=gen)
             with torch.no_grad():
@@ -170,6 +172,16 @@ def check_fully_connected_batch_one(gen):
         dense = nn.Conv2d(300, outputs, 1).eval()
         with torch.no_grad():
             close(lookup.compile(nn.Sequential(dense))(x), dense(x))
+    # A kernel covering its input: one gathered dot product per output, over 16-bit offsets and, past 65536
+    # responses, 32-bit ones; tap counts per output that are and are not multiples of the vector width.
+    for dictionary, density in ((40, 0.2), (1900, 0.02)):
+        layer = psc(3, 9, 6, 1, 0, dictionary, density, gen).eval()
+        x = torch.randn(1, 3, 6, 6, generator=gen)
+        fused = LookupConv2d.from_pooled(layer)
+        assert fused._tap_offsets(6, 6).dtype == (torch.int16 if dictionary * 36 <= 1 << 16 else torch.int32)
+        assert len(set(fused.rowptr.diff().tolist())) > 1
+        with torch.no_grad():
+            close(fused(x), layer(x))
 
 
 def test_fully_connected_batch_one(cpp):

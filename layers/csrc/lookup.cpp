@@ -19,10 +19,12 @@
 // With a batch, each thread takes whole images (its planes stay in its caches); one image is split over threads.
 // Fully connected layers (the kernel covers the whole input) have a single output position: at batch 1 each
 // output is a gathered dot product of its taps; for a batch the dictionary responses are kept batch-innermost so
-// that one tap is one FMA over the whole batch. Their taps come block-major from lookup.py (for each block of
-// responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory while
-// the block's responses stay in L1 (batch 1) or L2. A fully connected dictionary (or dense layer) at batch 1 is
-// a matrix-vector product that skips zero inputs; dense 1x1 and fully connected layers otherwise use the GEMM.
+// that one tap is one FMA over the whole batch. For a batch their taps come block-major from lookup.py (for each
+// block of responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory
+// while the block's responses stay in L2; at batch 1 they stay in CSR order (all responses fit in L2, and one
+// dot product per output saves the block passes' partial sums). A fully connected dictionary (or dense layer) at
+// batch 1 is a matrix-vector product that skips zero inputs; dense 1x1 and fully connected layers otherwise use
+// the GEMM.
 //
 // Determinism: every output element is computed by exactly one thread, with its sum always taken in the same
 // order (taps in CSR order, blocks in order, GEMM inputs from first to last), however the work is split: results
