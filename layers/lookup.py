@@ -595,11 +595,11 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
 
     path: 'lookup' or 'dense' forces every lookup-capable layer; 'auto' chooses per layer by timing both forms of
     each layer on the input it gets inside the network (medians of `repeats` alternating runs) and keeping the
-    faster. The input is `example_input` (its choice holds for single images and batches alike), or else random
-    inputs at the network's input size (SYNTHETIC_SIZE, lcnn's -cropSize default, with the first layer's channel
-    count) at the batch sizes of SYNTHETIC_BATCHES: the first decides a layer's form for single images (`path`),
-    the second for batches (`batch_path`); a network that does not take that size falls back to a multiplication
-    count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see `resolve_backend()`). Outputs
+    faster (lookup only when clearly so: LOOKUP_MARGIN). The input is `example_input` (its choice holds for single
+    images and batches alike), or else random inputs at the network's input size (SYNTHETIC_SIZE, lcnn's -cropSize
+    default, with the first layer's channel count) at the batch sizes of SYNTHETIC_BATCHES: the first decides a
+    layer's form for single images (`path`), the second for batches (`batch_path`); a network that does not take
+    that size falls back to a multiplication count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see `resolve_backend()`). Outputs
     equal the eval-mode model up to float rounding (batch norm is folded)."""
     if path not in ('auto', 'lookup', 'dense'):
         raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
@@ -631,12 +631,17 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
         for inputs in runs:
             if layer in inputs:
                 dense, lookup = _measure(layer, inputs[layer], repeats)
-                faster.append('lookup' if lookup <= dense else 'dense')
+                faster.append('lookup' if lookup <= LOOKUP_MARGIN * dense else 'dense')
         if faster:
             # One example decides both; the synthetic batch of one decides `path`, the batch `batch_path`.
             layer.set_path(faster[0], faster[-1])
     return compiled
 
+
+# A layer takes its lookup form only when that timed at most this share of its dense form: on a near tie the two
+# medians swap places from one run to the next with the machine's load, and the dense form can never be slower
+# than itself.
+LOOKUP_MARGIN = 0.95
 
 # Height and width of the random inputs `compile` times layers on when it is given no example (lcnn's -cropSize
 # default, the size the ImageNet models of both Lua repositories take), and their batch sizes: one image, and a

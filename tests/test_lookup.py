@@ -382,6 +382,18 @@ def test_compile_without_example_times_a_synthetic_input(cpp, monkeypatch):
     assert used == ['lookup', 'dense', 'lookup', 'lookup', 'lookup', 'dense']
 
 
+def test_a_near_tie_keeps_the_dense_form(cpp, monkeypatch):
+    """A lookup form timed only a little faster than dense is noise away from being slower: dense is kept."""
+    gen = torch.Generator().manual_seed(5)
+    model = nn.Sequential(psc(3, 8, 3, 1, 1, 3, 0.05, gen), psc(8, 8, 3, 1, 1, 3, 0.05, gen)).eval()
+    lookup_ms = {'0': 0.97, '1': 0.9}  # dense takes 1 ms for both
+
+    monkeypatch.setattr(lookup, '_measure', lambda layer, x, repeats: (1.0, lookup_ms[layer.source]))
+    compiled = lookup.compile(model, torch.randn(1, 3, 12, 12, generator=gen))
+    assert [(m.path, m.batch_path) for m in lookup.lookup_layers(compiled)] == [('dense', 'dense'),
+                                                                                ('lookup', 'lookup')]
+
+
 def test_cost_model_when_the_network_refuses_the_synthetic_size(cpp):
     gen = torch.Generator().manual_seed(4)
     small = psc(64, 64, 3, 1, 1, 8, 0.02, gen)     # few multiplications per output: lookup
