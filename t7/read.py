@@ -592,6 +592,10 @@ _OTHER_FORMATS = (
     (b'version https://git-lfs', 'a git-lfs pointer, not the file itself: fetch the file with `git lfs pull`'),
     (b'\x89HDF', 'an HDF5 file: open it with h5py'),
     (b'\x93NUMPY', 'a numpy .npy file: open it with numpy.load'),
+    # the released models and caches travel compressed (alexnet-lcnn-fast.t7.xz, cache.tar.gz)
+    (b'\xfd7zXZ\x00', 'an xz-compressed file: decompress it first (xz -dk FILE)'),
+    (b'\x1f\x8b', 'a gzip-compressed file: unpack it first (tar xzf FILE for a .tar.gz, gunzip -k FILE otherwise)'),
+    (b'BZh', 'a bzip2-compressed file: decompress it first (bunzip2 -k FILE)'),
 )
 
 

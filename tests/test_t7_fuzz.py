@@ -1,5 +1,8 @@
 """Fuzz tests for t7/read.py and t7/write.py: damaged or hostile files fail with one T7Error, values round trip."""
+import bz2
+import gzip
 import io
+import lzma
 import pathlib
 import pickle
 import random
@@ -140,14 +143,18 @@ def test_not_t7_files():
 
 
 def test_files_of_other_formats_are_named(tmp_path):
-    # What people commit under a .t7/.net/.th name: PyTorch checkpoints (zip and legacy), pickles, git-lfs pointers.
+    # What people commit under a .t7/.net/.th name: PyTorch checkpoints (zip and legacy), pickles, git-lfs pointers;
+    # and the compressed forms that released files travel in.
     zipped, legacy = io.BytesIO(), io.BytesIO()
     torch.save({'w': torch.ones(2)}, zipped)
     torch.save({'w': torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
     cases = [(zipped.getvalue(), r'zip archive .*torch\.load'), (legacy.getvalue(), r'legacy format: .*torch\.load'),
              (pickle.dumps({'a': 1}, protocol=2), 'Python pickle'),
              (b'version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n', 'git lfs pull'),
-             (b'\x89HDF\r\n\x1a\n' + bytes(8), 'h5py')]
+             (b'\x89HDF\r\n\x1a\n' + bytes(8), 'h5py'),
+             (lzma.compress(struct.pack('<id', 1, 0.5)), r'xz-compressed.*xz -dk'),
+             (gzip.compress(struct.pack('<id', 1, 0.5)), r'gzip-compressed.*tar xzf'),
+             (bz2.compress(struct.pack('<id', 1, 0.5)), r'bzip2-compressed.*bunzip2')]
     for data, message in cases:
         path = tmp_path / 'model.t7'
         path.write_bytes(data)
