@@ -117,6 +117,7 @@ _TOSTRING = {
     'nn.Concat': _branches, 'nn.ConcatTable': _branches, 'nn.ParallelTable': _branches, 'nn.Parallel': _branches,
     'nn.MapTable': _map_table,
     'nn.Decorator': _decorator,
+    'nn.NaN': lambda name, f: f'{name}({lua_tostring(f["id"])}) @ ' + lua_string(f['modules'][0]),
     'nn.gModule': lambda name, f: name if f.get('name') is None else lua_tostring(f['name']),
     'nn.BatchNormalization': lambda name, f: f'{name} ({_BN_DIMS[name]}D) ({f["running_mean"].numel()})',
     'nn.Linear': lambda name, f: (f'{name}({f["weight"].shape[1]} -> {f["weight"].shape[0]})'
@@ -198,7 +199,8 @@ _TOSTRING = {
 # Classes that inherit their parent's __tostring__ (printing their own class name).
 _INHERITS = {
     'nn.LSTM': 'nn.FastLSTM', 'nn.Sequencer': 'nn.Decorator', 'nn.Recursor': 'nn.Decorator',
-    'nn.MaskZero': 'nn.Decorator',
+    'nn.MaskZero': 'nn.Decorator', 'nn.DontCast': 'nn.Decorator', 'nn.Bottle': 'nn.Decorator',
+    'nn.WeightNorm': 'nn.Decorator',
     'nn.DepthConcat': 'nn.Concat', 'nn.SpatialBatchNormalization': 'nn.BatchNormalization',
     'nn.VolumetricBatchNormalization': 'nn.BatchNormalization', 'nn.SpatialLPPooling': 'nn.Sequential',
     'nn.LayerNormalization': 'nn.Sequential', 'nn.Maxout': 'nn.Sequential',

@@ -10,8 +10,8 @@ from torch import nn
 from layers.containers import input_kind, specialize
 from layers.legacy import lua_type, named
 # importing the family modules fills the registry
-from t7 import (nn_activation, nn_containers, nn_conv, nn_distance, nn_graph, nn_lcnn,  # noqa: F401
-                nn_normalization, nn_pooling, nn_rnn, nn_shape, nn_style, nn_tables)
+from t7 import (nn_activation, nn_containers, nn_conv, nn_decorators, nn_distance, nn_graph, nn_lcnn,  # noqa: F401
+                nn_misc, nn_normalization, nn_pooling, nn_rnn, nn_shape, nn_style, nn_tables)
 from t7.read import LuaFunction, T7Error, TorchObject, load
 from t7.registry import (BUILDERS, VERSION_2, WRITERS, Fields, class_of, describe, float_dtype, storage_view,
                          tensor_type)

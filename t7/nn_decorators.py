@@ -1,0 +1,130 @@
+"""Torch7 nn's Decorator and the modules that forward through a saved module (DontCast, NaN, Bottle, WeightNorm), and
+LinearWeightNorm, as PyTorch modules and back."""
+
+import torch
+from torch import nn
+
+from layers import decorators
+from t7.read import T7Error, TorchObject
+from t7.registry import builds, class_of, long_storage, writes
+
+# What each decorator keeps besides its module, written back as it was read.
+_KEPT = {'Decorator': (), 'DontCast': ('castin', 'castout', 'moduleType'), 'NaN': ('id',)}
+
+
+def _inner(loader, f, path):
+    modules = f.get('modules')
+    if not isinstance(modules, list) or len(modules) != 1 or not isinstance(modules[0], TorchObject):
+        raise T7Error(f'{f.typename} at {path}: field modules must hold the one module it decorates')
+    return modules[0]
+
+
+@builds(*_KEPT)
+def _decorator(loader, f, path):
+    module = decorators.Decorator(loader.module(_inner(loader, f, path), f'{path}.modules[0]'))
+    module.lua_kept = {name: f.get(name) for name in _KEPT[class_of(f.typename)] if f.get(name) is not None}
+    return module
+
+
+@writes(*_KEPT, accepts=decorators.Decorator)
+def _write_decorator(saver, module, fields, path):
+    fields['modules'] = [saver.obj(module.module, f'{path}.modules[0]')]
+    # NaN's __tostring__ prints its id: one made in Python gets 1, as the first NaN of a Lua session does.
+    fields.update({'id': 1} if class_of(module.lua_type) == 'NaN' else {}, **getattr(module, 'lua_kept', {}))
+
+
+@builds('Bottle')
+def _bottle(loader, f, path):
+    n_in = f.int('nInputDim', 2)
+    return decorators.Bottle(loader.module(_inner(loader, f, path), f'{path}.modules[0]'), n_in,
+                             f.int('nOutputDim', n_in))
+
+
+@writes('Bottle', accepts=decorators.Bottle)
+def _write_bottle(saver, module, fields, path):
+    dtype = saver.empty(module).dtype
+    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], nInputDim=module.nInputDim,
+                  nOutputDim=module.nOutputDim, dimDelta=module.nInputDim - module.nOutputDim,
+                  inShape=torch.zeros(module.nInputDim, dtype=dtype),
+                  outShape=torch.zeros(module.nOutputDim, dtype=dtype))
+
+
+def _weight_size(f, weight):
+    size = f.get('weightSize')
+    if size is not None and hasattr(size, 'data'):
+        return size.data.tolist()
+    if weight is not None:
+        return list(weight.shape)
+    f.fail('weightSize', 'a LongStorage')
+
+
+@builds('WeightNorm')
+def _weight_norm(loader, f, path):
+    inner = _inner(loader, f, path)
+    if class_of(inner.typename) not in ('Linear', 'SpatialConvolution', 'SpatialConvolutionMM'):
+        raise T7Error(f'unsupported module {f.typename} at {path}: t7.load_model converts weight normalisation '
+                      f'around a Linear or a SpatialConvolution, not {inner.typename}')
+    out_dim = f.int('outputDim', 1)
+    v, g = f.tensor('v'), f.tensor('g')
+    size = _weight_size(f, inner.fields.get('weight'))
+    if v.dim() != 2 or v.size(0) != size[out_dim - 1] or g.numel() != v.size(0) or v.numel() != torch.Size(
+            size).numel():
+        f.fail('v', f'a matrix of {size[out_dim - 1]} rows holding a weight of size {"x".join(map(str, size))}')
+    # Lua's read rebuilds the module's weight from v and g (its write leaves the weight out): build it the same way.
+    layer = decorators.WeightNorm.__new__(decorators.WeightNorm)
+    nn.Module.__init__(layer)
+    layer.v, layer.g, layer.weight_size, layer.outputDim = v, g, size, out_dim
+    layer.module_size = size
+    with torch.no_grad():
+        weight = decorators.WeightNorm.weight(layer)
+    built = TorchObject(inner.typename, dict(inner.fields, weight=weight), inner.version)
+    module = loader.module(built, f'{path}.modules[0]')
+    return decorators.WeightNorm(module, loader.parameter(v), loader.parameter(g), out_dim, size)
+
+
+@writes('WeightNorm', accepts=decorators.WeightNorm)
+def _write_weight_norm(saver, module, fields, path):
+    inner = module.module
+    with torch.no_grad():
+        inner.weight = nn.Parameter(module.weight())
+    try:
+        written = saver.obj(inner, f'{path}.modules[0]')
+    finally:
+        decorators.drop_weight(inner)
+    # As Lua's write: the module's weight is left out, its read makes it from v and g.
+    written.fields.pop('weight', None)
+    written.fields.pop('gradWeight', None)
+    rows, others = module.v.shape
+    v, g = saver.tensor(module.v), saver.tensor(module.g)
+    fields.update(modules=[written], v=v, g=g, gradV=saver.grad(module.v), gradG=saver.grad(module.g),
+                  _norm=torch.zeros(rows, dtype=v.dtype), _scale=torch.zeros(rows, dtype=v.dtype),
+                  outputDim=module.outputDim, otherDims=others, viewIn=long_storage([rows, others]),
+                  weightSize=long_storage(module.weight_size),
+                  viewOut=long_storage([rows] + [n for i, n in enumerate(module.weight_size)
+                                                 if i != module.outputDim - 1]))
+    if inner.bias is not None:
+        fields.update(bias=written.fields['bias'], gradBias=written.fields['gradBias'])
+
+
+@builds('LinearWeightNorm')
+def _linear_weight_norm(loader, f, path):
+    v = f.tensor('v')
+    if v.dim() != 2:
+        f.fail('v', 'a 2-D tensor')
+    g = f.tensor('g', (v.size(0), 1))
+    bias = f.tensor('bias', (v.size(0),), optional=True)
+    return decorators.LinearWeightNorm(loader.parameter(v), loader.parameter(g),
+                                       None if bias is None else loader.parameter(bias), f.number('eps', 1e-16))
+
+
+@writes('LinearWeightNorm', accepts=decorators.LinearWeightNorm)
+def _write_linear_weight_norm(saver, module, fields, path):
+    out, n_in = module.v.shape
+    v = saver.tensor(module.v)
+    with torch.no_grad():
+        weight = module.weight().detach()
+    fields.update(v=v, gradV=saver.grad(module.v), g=saver.tensor(module.g), gradG=saver.grad(module.g),
+                  weight=weight, norm=torch.zeros(out, 1, dtype=v.dtype), scale=torch.zeros(out, 1, dtype=v.dtype),
+                  eps=module.eps, inputSize=n_in, outputSize=out)
+    if module.bias is not None:
+        fields.update(bias=saver.tensor(module.bias), gradBias=saver.grad(module.bias))

@@ -1,0 +1,282 @@
+"""The rest of torch/nn's classes (issue 11): each laid out as its Lua constructor and a forward leave its fields,
+converted, compared with its Lua updateOutput written out here, written back and converted again."""
+import torch
+import torch.nn.functional as F
+
+import t7
+
+
+def obj(typename, version=1, **fields):
+    return t7.TorchObject(typename, dict(output=torch.empty(0, dtype=torch.float64),
+                                         gradInput=torch.empty(0, dtype=torch.float64), **fields), version)
+
+
+def linear(n_in, n_out, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return obj('nn.Linear', weight=torch.randn(n_out, n_in, generator=g, dtype=torch.float64),
+               bias=torch.randn(n_out, generator=g, dtype=torch.float64),
+               gradWeight=torch.zeros(n_out, n_in, dtype=torch.float64),
+               gradBias=torch.zeros(n_out, dtype=torch.float64))
+
+
+def roundtrip(model, tmp_path, *inputs, script=True):
+    """The forward of model, after save_model + load_model, and compiled by TorchScript: all equal."""
+    with torch.no_grad():
+        out = model(*inputs)
+        t7.save_model(tmp_path / 'm.t7', model)
+        again = t7.load_model(tmp_path / 'm.t7')
+        torch.testing.assert_close(again(*inputs), out)
+        if script:
+            torch.testing.assert_close(torch.jit.script(model)(*inputs), out)
+    return t7.load(tmp_path / 'm.t7')
+
+
+def test_decorators_forward_through_their_module(tmp_path):
+    lin = linear(4, 3)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    expected = x @ lin.weight.t() + lin.bias
+    for name, extra in (('nn.Decorator', {}), ('nn.DontCast', dict(castin=True, castout=True,
+                                                                     moduleType='torch.DoubleTensor')),
+                        ('nn.NaN', dict(id=7))):
+        model = t7.load_model(obj(name, modules=[lin], **extra))
+        torch.testing.assert_close(model(x), expected)
+        torch.testing.assert_close(model(x[0]), expected[0])
+        written = roundtrip(model, tmp_path, x)
+        assert written.typename == name and written.modules[0].typename == 'nn.Linear'
+        assert all(written.fields[k] == v for k, v in extra.items())
+    # Around a module that takes a table.
+    joined = t7.load_model(obj('nn.Decorator', modules=[obj('nn.JoinTable', dimension=2, size=torch.Size([]))]))
+    torch.testing.assert_close(torch.jit.script(joined)([x, x]), torch.cat([x, x], 1))
+
+
+def test_decorator_of_nothing_is_one_line():
+    try:
+        t7.load_model(obj('nn.Sequential', modules=[obj('nn.Decorator', modules=[])]))
+    except t7.T7Error as e:
+        assert 'nn.Decorator at model.modules[0]' in str(e) and '\n' not in str(e)
+    else:
+        raise AssertionError('an empty Decorator converted')
+
+
+def test_bottle_folds_the_leading_dimensions(tmp_path):
+    lin = linear(4, 3)
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    model = t7.load_model(obj('nn.Bottle', modules=[lin], nInputDim=2, nOutputDim=2, dimDelta=0,
+                              inShape=torch.zeros(2, dtype=torch.float64),
+                              outShape=torch.zeros(2, dtype=torch.float64)))
+    expected = (x.reshape(10, 4) @ lin.weight.t() + lin.bias).reshape(2, 5, 3)
+    torch.testing.assert_close(model(x), expected)
+    torch.testing.assert_close(model(x[0]), expected[0])
+    written = roundtrip(model, tmp_path, x)
+    assert (written.nInputDim, written.nOutputDim, written.dimDelta, tuple(written.inShape.shape)) == (2, 2, 0, (2,))
+
+
+def lua_weight_norm(v, g, size, out_dim):
+    # updateWeight: each row of v scaled by g over sqrt(|row|^2 + 10e-5), viewed as viewOut and permuted back.
+    w = v * (g / (v.pow(2).sum(1) + 10e-5).sqrt())[:, None]
+    d = out_dim - 1
+    view_out = [size[d]] + [n for i, n in enumerate(size) if i != d]
+    w = w.reshape(view_out)
+    for i in range(d):
+        w = w.transpose(i, i + 1)
+    return w
+
+
+def test_weight_norm_of_a_linear_and_a_convolution(tmp_path):
+    torch.manual_seed(2)
+    # As WeightNorm:write leaves it: the module without weight, v and g on the decorator.
+    lin = linear(4, 3)
+    del lin.fields['weight'], lin.fields['gradWeight']
+    v, g = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    wn = obj('nn.WeightNorm', modules=[lin], v=v, g=g, outputDim=1, weightSize=torch.Size([3, 4]),
+             bias=lin.bias, gradBias=lin.gradBias)
+    wn.fields['weightSize'] = t7.read.Storage('torch.LongStorage', torch.tensor([3, 4]))
+    model = t7.load_model(wn)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(model(x), x @ lua_weight_norm(v, g, [3, 4], 1).t() + lin.bias)
+    torch.testing.assert_close(model(x[0]), x[0] @ lua_weight_norm(v, g, [3, 4], 1).t() + lin.bias)
+    names = sorted(n for n, _ in model.named_parameters())
+    assert names == ['g', 'module.bias', 'v']
+    written = roundtrip(model, tmp_path, x)
+    assert 'weight' not in written.modules[0].fields and written.bias is written.modules[0].bias
+    assert list(written.weightSize.data) == [3, 4] and list(written.viewIn.data) == [3, 4]
+    # A convolution normalised along its second dimension (input planes).
+    conv_w = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
+    conv = obj('nn.SpatialConvolution', nInputPlane=3, nOutputPlane=2, kW=2, kH=2, dW=1, dH=1, padW=1, padH=0,
+               bias=torch.randn(2, dtype=torch.float64), gradBias=torch.zeros(2, dtype=torch.float64))
+    v, g = torch.randn(3, 8, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    model = t7.load_model(obj('nn.WeightNorm', modules=[conv], v=v, g=g, outputDim=2,
+                              weightSize=t7.read.Storage('torch.LongStorage', torch.tensor(list(conv_w.shape)))))
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    weight = lua_weight_norm(v, g, [2, 3, 2, 2], 2)
+    torch.testing.assert_close(model(x), F.conv2d(x, weight, conv.bias, padding=(0, 1)))
+    torch.testing.assert_close(model(x[0]), F.conv2d(x[:1], weight, conv.bias, padding=(0, 1))[0])
+    written = roundtrip(model, tmp_path, x)
+    assert written.outputDim == 2 and list(written.viewOut.data) == [3, 2, 2, 2]
+
+
+def test_weight_norm_trains_v_and_g():
+    lin = linear(4, 3)
+    v, g = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    model = t7.load_model(obj('nn.WeightNorm', modules=[lin], v=v, g=g, outputDim=1)).train()
+    model(torch.randn(2, 4, dtype=torch.float64)).sum().backward()
+    assert model.v.grad is not None and model.g.grad is not None and model.module.weight.numel() == 0
+
+
+def test_linear_weight_norm(tmp_path):
+    torch.manual_seed(3)
+    v, g = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, 1, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    fields = dict(v=v, g=g, bias=b, eps=1e-16, inputSize=4, outputSize=3, weight=torch.zeros(3, 4),
+                  norm=torch.zeros(3, 1), scale=torch.zeros(3, 1), gradV=torch.zeros(3, 4),
+                  gradG=torch.zeros(3, 1), gradBias=torch.zeros(3))
+    model = t7.load_model(obj('nn.LinearWeightNorm', **fields))
+    # updateWeightMatrix: norm of each row clamped to eps, then weight = v * g / norm.
+    weight = v * g / v.norm(2, 1, keepdim=True).clamp(1e-16)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    torch.testing.assert_close(model(x), x @ weight.t() + b)
+    torch.testing.assert_close(model(x[1]), x[1] @ weight.t() + b)
+    written = roundtrip(model, tmp_path, x)
+    torch.testing.assert_close(written.weight, weight)
+    assert (written.inputSize, written.outputSize, tuple(written.g.shape)) == (4, 3, (3, 1))
+    no_bias = t7.load_model(obj('nn.LinearWeightNorm', **dict(fields, bias=None)))
+    torch.testing.assert_close(no_bias(x), x @ weight.t())
+
+
+def test_identity_at_inference_and_their_gradients(tmp_path):
+    x = torch.randn(2, 3, dtype=torch.float64)
+    cases = {
+        'nn.GradientReversal': (dict(**{'lambda': 0.5}), 2, lambda x, g: -0.5 * g),
+        'nn.ZeroGrad': ({}, 1, lambda x, g: torch.zeros_like(g)),
+        'nn.L1Penalty': (dict(l1weight=0.3, sizeAverage=True, provideOutput=True), 1,
+                         lambda x, g: g + 0.3 / x.numel() * x.sign()),
+    }
+    for name, (fields, version, lua_grad) in cases.items():
+        model = t7.load_model(obj(name, version, **fields))
+        torch.testing.assert_close(model(x), x)
+        xg = x.clone().requires_grad_()
+        grad_out = torch.randn_like(x)
+        model(xg).backward(grad_out)
+        torch.testing.assert_close(xg.grad, lua_grad(x, grad_out))
+        written = roundtrip(model, tmp_path, x)
+        assert written.typename == name and all(written.fields[k] == v for k, v in fields.items())
+    # GradientReversal of version 1 has no lambda: its read takes 1.
+    old = t7.load_model(obj('nn.GradientReversal', 1, **{'lambda': 0.5}))
+    assert old.lambda_ == 1
+    without_output = t7.load_model(obj('nn.L1Penalty', l1weight=2.0, provideOutput=False))
+    xg = x.clone().requires_grad_()
+    without_output(xg).backward(torch.ones_like(x))
+    torch.testing.assert_close(xg.grad, 2 * x.sign())
+
+
+def test_print_size_prints_as_lua(tmp_path, capsys):
+    model = t7.load_model(obj('nn.PrintSize', prefix='here'))
+    x = torch.randn(2, 3)
+    assert model(x) is x
+    assert capsys.readouterr().out == 'here:input\n\t\n 2\n 3\n[torch.LongStorage of size 2]\n\n'
+    assert t7.to_lua(model).prefix == 'here'
+
+
+def test_white_noise_adds_its_mean_in_evaluation(tmp_path):
+    x = torch.randn(2, 3, dtype=torch.float64)
+    # Saved in training mode (train unset): load_model evaluates, as Lua's evaluate() would.
+    model = t7.load_model(obj('nn.WhiteNoise', mean=0.5, std=0.2, noise=torch.empty(0)))
+    torch.testing.assert_close(model(x), x + 0.5)
+    torch.manual_seed(0)
+    noisy = model.train()(torch.zeros(1000, 10, dtype=torch.float64))
+    assert abs(noisy.mean().item() - 0.5) < 0.02 and abs(noisy.std().item() - 0.2) < 0.02
+    written = roundtrip(model.eval(), tmp_path, x)
+    assert (written.mean, written.std, written.train) == (0.5, 0.2, False)
+
+
+def test_maxout_and_layer_normalization_run_their_modules(tmp_path):
+    lin = linear(4, 6)
+    view = obj('nn.View', size=t7.read.Storage('torch.LongStorage', torch.tensor([3, 2])), numElements=6,
+               numInputDims=1)
+    maxout = t7.load_model(obj('nn.Maxout', modules=[lin, view, obj('nn.Max', dimension=1, nInputDims=2)]))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    expected = (x @ lin.weight.t() + lin.bias).view(5, 3, 2).max(1)[0]
+    torch.testing.assert_close(maxout(x), expected)
+    torch.testing.assert_close(maxout(x[0]), expected[0])
+    written = roundtrip(maxout, tmp_path, x)
+    assert written.typename == 'nn.Maxout' and len(written.modules) == 3
+
+    n, eps = 4, 1e-10
+    mean = obj('nn.Sequential', modules=[obj('nn.Mean', dimension=1, nInputDims=1),
+                                         obj('nn.Replicate', nfeatures=n, dim=1, ndim=1)])
+    gain, shift = torch.tensor([1., 2., 3., 4.], dtype=torch.float64), torch.full((n,), 0.25, dtype=torch.float64)
+    modules = [obj('nn.ConcatTable', modules=[obj('nn.Identity'), mean]), obj('nn.CSubTable'),
+               obj('nn.Normalize', p=2, eps=eps), obj('nn.MulConstant', constant_scalar=n ** 0.5),
+               obj('nn.CMul', size=t7.read.Storage('torch.LongStorage', torch.tensor([n])), weight=gain),
+               obj('nn.Add', bias=shift, scalar=False)]
+    norm = t7.load_model(obj('nn.LayerNormalization', modules=modules))
+    x = torch.randn(n, dtype=torch.float64)
+    centred = x - x.mean()
+    expected = centred / (centred.pow(2).sum() + eps).sqrt() * n ** 0.5 * gain + shift
+    torch.testing.assert_close(norm(x), expected)
+    # A batch, as Lua computes it: Replicate leaves the N means as an n x N tensor, which CSubTable's add takes
+    # element by element in memory order.
+    batch = torch.randn(3, n, dtype=torch.float64)
+    centred = batch - batch.mean(1).expand(n, 3).reshape(3, n)
+    expected = centred / (centred.pow(2).sum(1, keepdim=True) + eps).sqrt() * n ** 0.5 * gain + shift
+    torch.testing.assert_close(norm(batch), expected)
+    written = roundtrip(norm, tmp_path, x)
+    assert written.typename == 'nn.LayerNormalization'
+
+
+def test_crelu(tmp_path):
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    model = t7.load_model(obj('nn.CReLU', nInputDims=3, inplace=False, modules=[]))
+    # updateOutput: each sample flattened, joined with its negation, rectified, resized to twice the planes.
+    flat = x.view(2, -1)
+    expected = torch.cat([flat, -flat], 1).clamp(min=0).view(2, 6, 4, 4)
+    torch.testing.assert_close(model(x), expected)
+    torch.testing.assert_close(model(x[0]), expected[0])
+    written = roundtrip(model, tmp_path, x)
+    assert [m.typename for m in written.modules] == ['nn.ConcatTable', 'nn.JoinTable', 'nn.ReLU']
+    assert written.modules[0].modules[1].constant_scalar == -1 and written.modules[1].dimension == 2
+
+
+def test_collapse_glu_constant(tmp_path):
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    collapse = t7.load_model(obj('nn.Collapse', nInputDim=2))
+    torch.testing.assert_close(collapse(x), x.reshape(2, 12))
+    torch.testing.assert_close(collapse(x[0]), x[0].reshape(12))
+    roundtrip(collapse, tmp_path, x)
+
+    glu = t7.load_model(obj('nn.GatedLinearUnit', dim=2))
+    y = torch.randn(2, 4, 3, dtype=torch.float64)
+    torch.testing.assert_close(glu(y), y[:, :2] * torch.sigmoid(y[:, 2:]))
+    last = t7.load_model(obj('nn.GatedLinearUnit'))
+    torch.testing.assert_close(last(x), x[..., :2] * torch.sigmoid(x[..., 2:]))
+    assert 'dim' not in roundtrip(last, tmp_path, x).fields
+
+    value = torch.tensor([[1., 2.], [3., 4.]], dtype=torch.float64)
+    constant = t7.load_model(obj('nn.Constant', value=value, nInputDim=2))
+    torch.testing.assert_close(constant(x), value.expand(2, 2, 2))
+    torch.testing.assert_close(constant(x[0]), value)
+    written = roundtrip(constant, tmp_path, x)
+    assert written.nInputDim == 2 and torch.equal(written.value, value)
+
+
+def test_index_and_masked_select(tmp_path):
+    t = torch.randn(3, 4, dtype=torch.float64)
+    index = torch.tensor([3, 1, 3])
+    model = t7.load_model(obj('nn.Index', dimension=2))
+    # Lua's indices count from 1.
+    torch.testing.assert_close(model([t, index]), torch.stack([t[:, 2], t[:, 0], t[:, 2]], 1))
+    written = roundtrip(model, tmp_path, [t, index])
+    assert written.dimension == 2 and len(written.gradInput) == 2
+
+    mask = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.uint8)
+    select = t7.load_model(obj('nn.MaskedSelect'))
+    torch.testing.assert_close(select([t, mask]), torch.cat([t[0, [0, 3]], t[2]]))
+    assert roundtrip(select, tmp_path, [t, mask])._gradMask.dtype == torch.uint8
+
+
+def test_lua_print_of_the_decorators():
+    from t7.__main__ import lua_string
+    lin = linear(4, 3)
+    assert lua_string(obj('nn.NaN', id=3, modules=[lin])) == 'nn.NaN(3) @ nn.Linear(4 -> 3)'
+    assert lua_string(obj('nn.Bottle', modules=[lin])) == 'nn.Bottle @ nn.Linear(4 -> 3)'
+    assert lua_string(obj('nn.DontCast', modules=[obj('nn.ZeroGrad')])) == 'nn.DontCast @ nn.ZeroGrad'
