@@ -1,6 +1,7 @@
 """Port of torch/nn's GradientReversal.lua, ZeroGrad.lua, L1Penalty.lua, PrintSize.lua, WhiteNoise.lua, CReLU.lua,
-Collapse.lua, GatedLinearUnit.lua, Constant.lua, Index.lua and MaskedSelect.lua: modules that are the identity at
-inference or a few lines of tensor arithmetic."""
+Collapse.lua, GatedLinearUnit.lua, Constant.lua, Index.lua, MaskedSelect.lua, MixtureTable.lua,
+TemporalSubSampling.lua, FeatureLPPooling.lua and UpSampling.lua: modules that are the identity at inference or a few
+lines of tensor arithmetic."""
 from typing import List, Optional
 
 import torch
@@ -200,3 +201,109 @@ class MaskedSelect(nn.Module):
 
     def forward(self, x: List[Tensor]) -> Tensor:
         return x[0].masked_select(x[1] != 0)
+
+
+class MixtureTable(nn.Module):
+    """nn.MixtureTable(dim): {gater, experts} -> the experts weighted by the gater's outputs and summed; the experts
+    stacked along dim (1-based; 2 for a batch, 1 for one sample when nil) of one tensor, or a table of tensors."""
+    lua_type = 'nn.MixtureTable'
+    dim: Optional[int]
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = None if dim is None else int(dim)
+
+    def forward(self, x: List[Tensor]) -> Tensor:
+        if not torch.jit.is_scripting() and isinstance(x[1], (list, tuple)):
+            # A table of experts: a nested table, which TorchScript's List[Tensor] does not carry.
+            return self.mix_table(x[0], list(x[1]))
+        gater, experts = x[0], x[1]
+        batch = gater.dim() >= 2
+        d = 2 if batch else 1
+        dim = self.dim
+        if dim is not None:
+            d = dim
+        size = [1] * experts.dim()
+        if batch:
+            size[0] = gater.size(0)
+        size[d - 1] = gater.size(-1)
+        return (gater.reshape(size) * experts).sum(d - 1)
+
+    @torch.jit.unused
+    def mix_table(self, gater: Tensor, experts: List[Tensor]) -> Tensor:
+        batch = gater.dim() >= 2
+        d = self.dim if self.dim is not None else (2 if batch else 1)
+        size = [1] * (experts[0].dim() + 1)
+        if batch:
+            size[0] = gater.size(0)
+        size[d - 1] = gater.size(-1)
+        gates = gater.reshape(size)
+        out = torch.zeros_like(experts[0])
+        for i, expert in enumerate(experts):
+            out = out + expert * gates.select(d - 1, i)
+        return out
+
+
+class TemporalSubSampling(nn.Module):
+    """nn.TemporalSubSampling(inputFrameSize, kW, dW): over frames (a T x F input), each window of kW frames
+    summed, then scaled by a weight and shifted by a bias per feature."""
+    lua_type = 'nn.TemporalSubSampling'
+
+    def __init__(self, inputFrameSize, kW, dW=1, device=None):
+        super().__init__()
+        self.inputFrameSize, self.kW, self.dW = int(inputFrameSize), int(kW), int(dW)
+        self.weight = nn.Parameter(torch.empty(self.inputFrameSize, device=device))
+        self.bias = nn.Parameter(torch.empty(self.inputFrameSize, device=device))
+        if not self.weight.is_meta:
+            bound = 1 / self.kW ** 0.5
+            with torch.no_grad():
+                self.weight.uniform_(-bound, bound)
+                self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        sums = F.avg_pool1d(x.transpose(-1, -2), self.kW, self.dW).transpose(-1, -2) * self.kW
+        return sums * self.weight + self.bias
+
+
+class FeatureLPPooling(nn.Module):
+    """nn.FeatureLPPooling(width, stride, power, batch_mode): along the feature dimension (the first, or the second
+    with batch_mode), windows of `width` features `stride` apart become (sum x^power)^(1/power)."""
+    lua_type = 'nn.FeatureLPPooling'
+
+    def __init__(self, width, stride, power, batch_mode):
+        super().__init__()
+        self.width, self.stride, self.power, self.batch_mode = int(width), int(stride), float(power), bool(batch_mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = 1 if self.batch_mode else 0
+        windows = x.unfold(d, self.width, self.stride)
+        return windows.pow(self.power).sum(-1).pow(1 / self.power)
+
+
+class UpSampling(nn.Module):
+    """nn.UpSampling(scale_factor or {oheight, owidth[, odepth]}, mode) of N x C x [D x] H x W: nearest neighbour
+    by an integer factor, or (bi/tri)linear with the corners kept onto the given size or size * scale_factor (what
+    its updateOutput computes, whatever its comment says)."""
+    lua_type = 'nn.UpSampling'
+    scale_factor: Optional[int]
+    size: Optional[List[int]]
+
+    def __init__(self, scale_factor=None, mode='nearest', size=None):
+        super().__init__()
+        self.scale_factor = None if scale_factor is None else int(scale_factor)
+        self.mode = str(mode)
+        # [odepth,] oheight, owidth
+        self.size = None if size is None else [int(n) for n in size]
+
+    def forward(self, x: Tensor) -> Tensor:
+        spatial = x.dim() - 2
+        s = self.scale_factor
+        if self.mode == 'nearest':
+            assert s is not None
+            return F.interpolate(x, scale_factor=float(s), mode='nearest')
+        size = self.size
+        if size is None:
+            assert s is not None
+            size = [n * s for n in x.shape[2:]]
+        return F.interpolate(x, size=size[len(size) - spatial:], mode='bilinear' if spatial == 2 else 'trilinear',
+                             align_corners=True)

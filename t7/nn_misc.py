@@ -1,12 +1,15 @@
 """Torch7 nn's GradientReversal, ZeroGrad, L1Penalty, PrintSize, WhiteNoise, the classes built as an nn.Sequential
-(Maxout, LayerNormalization, CReLU), Collapse, GatedLinearUnit, Constant, Index and MaskedSelect as PyTorch modules
-and back."""
+(Maxout, LayerNormalization, CReLU), Collapse, GatedLinearUnit, Constant, Index, MaskedSelect, MixtureTable,
+TemporalSubSampling, FeatureLPPooling, UpSampling and the dilated / replication-padded volumetric classes as PyTorch
+modules and back."""
 
 import torch
 from torch import nn
 
 from layers import activation, containers, misc, tables
-from t7.registry import VERSION_2, builds, writes
+from t7.nn_conv import write_parameters
+from t7.read import T7Error
+from t7.registry import VERSION_2, builds, long_storage, set_parameters, writes
 
 # GradientReversal's version 2 saves lambda; its read of an older file takes 1.
 VERSION_2.add('GradientReversal')
@@ -150,3 +153,124 @@ def _write_masked_select(saver, module, fields, path):
     fields.update(_maskIndices=torch.zeros(0, dtype=torch.int64), _maskIndexBuffer=torch.zeros(0, dtype=torch.int64),
                   _maskIndexBufferCPU=torch.zeros(0, dtype=torch.float32), _gradBuffer=saver.empty(module),
                   _gradMask=torch.zeros(0, dtype=torch.uint8))
+
+
+@builds('MixtureTable')
+def _mixture_table(loader, f, path):
+    return misc.MixtureTable(None if f.get('dim') is None else f.int('dim'))
+
+
+@writes('MixtureTable', accepts=misc.MixtureTable)
+def _write_mixture_table(saver, module, fields, path):
+    if module.dim is not None:
+        fields['dim'] = module.dim
+    fields.update(size=long_storage([]), size2=long_storage([]), batchSize=0, backwardSetup=False, gradInput={})
+
+
+@builds('TemporalSubSampling')
+def _temporal_sub_sampling(loader, f, path):
+    n = f.int('inputFrameSize')
+    module = misc.TemporalSubSampling(n, f.int('kW'), f.int('dW', 1), device='meta')
+    return set_parameters(loader, module, f.tensor('weight', (n,)), f.tensor('bias', (n,)))
+
+
+@writes('TemporalSubSampling', accepts=misc.TemporalSubSampling)
+def _write_temporal_sub_sampling(saver, module, fields, path):
+    fields.update(inputFrameSize=module.inputFrameSize, kW=module.kW, dW=module.dW)
+    write_parameters(saver, module, fields, 'weight', 'bias')
+
+
+@builds('FeatureLPPooling')
+def _feature_lp_pooling(loader, f, path):
+    return misc.FeatureLPPooling(f.int('width'), f.int('stride'), f.number('power'), f.flag('batch_mode'))
+
+
+@writes('FeatureLPPooling', accepts=misc.FeatureLPPooling)
+def _write_feature_lp_pooling(saver, module, fields, path):
+    power = int(module.power) if module.power.is_integer() else module.power
+    fields.update(width=module.width, stride=module.stride, power=power, batch_mode=module.batch_mode)
+
+
+@builds('UpSampling')
+def _upsampling(loader, f, path):
+    mode = f.get('mode', 'nearest')
+    if mode not in ('nearest', 'linear'):
+        f.fail('mode', "'nearest' or 'linear'")
+    if f.get('scale_factor') is not None:
+        return misc.UpSampling(f.int('scale_factor'), mode)
+    if mode == 'nearest':
+        f.fail('scale_factor', 'a number (nearest neighbour upsampling needs one)')
+    depth = [] if f.get('odepth') is None else [f.int('odepth')]
+    return misc.UpSampling(None, mode, depth + [f.int('oheight'), f.int('owidth')])
+
+
+@writes('UpSampling', accepts=misc.UpSampling)
+def _write_upsampling(saver, module, fields, path):
+    fields.update(mode=module.mode, inputSize=long_storage([0] * 5), outputSize=long_storage([0] * 5))
+    if module.scale_factor is not None:
+        fields['scale_factor'] = module.scale_factor
+    else:
+        fields['oheight'], fields['owidth'] = module.size[-2:]
+        if len(module.size) == 3:
+            fields['odepth'] = module.size[0]
+
+
+# --- volumetric classes that PyTorch has built in -------------------------------------------------------------------
+
+@builds('VolumetricReplicationPadding')
+def _volumetric_replication_padding(loader, f, path):
+    left = f.int('pleft')
+    pads = [left] + [f.int(name, left) for name in ('pright', 'ptop', 'pbottom', 'pfront', 'pback')]
+    return nn.ReplicationPad3d(tuple(pads))
+
+
+@writes('VolumetricReplicationPadding', accepts=nn.ReplicationPad3d)
+def _write_volumetric_replication_padding(saver, module, fields, path):
+    fields.update(zip(('pleft', 'pright', 'ptop', 'pbottom', 'pfront', 'pback'), module.padding))
+
+
+@builds('VolumetricDilatedConvolution')
+def _volumetric_dilated_convolution(loader, f, path):
+    n_in, n_out = f.int('nInputPlane'), f.int('nOutputPlane')
+    kernel = (f.int('kT'), f.int('kH'), f.int('kW'))
+    weight = f.tensor('weight', (n_out, n_in) + kernel)
+    bias = f.tensor('bias', (n_out,), optional=True)
+    module = nn.Conv3d(n_in, n_out, kernel, (f.int('dT', 1), f.int('dH', 1), f.int('dW', 1)),
+                       (f.int('padT', 0), f.int('padH', 0), f.int('padW', 0)),
+                       (f.int('dilationT', 1), f.int('dilationH', 1), f.int('dilationW', 1)),
+                       bias=bias is not None, device='meta')
+    return set_parameters(loader, module, weight, bias)
+
+
+@writes('VolumetricDilatedConvolution', accepts=nn.Conv3d)
+def _write_volumetric_dilated_convolution(saver, module, fields, path):
+    if module.groups != 1 or module.padding_mode != 'zeros' or isinstance(module.padding, str):
+        raise T7Error(f'cannot save {type(module).__name__} at {path} as nn.VolumetricDilatedConvolution: Torch7 '
+                      f'pads it with zeros by a number of pixels and has no groups')
+    (kt, kh, kw), (dt, dh, dw), (pt, ph, pw), (lt, lh, lw) = (module.kernel_size, module.stride, module.padding,
+                                                              module.dilation)
+    fields.update(nInputPlane=module.in_channels, nOutputPlane=module.out_channels, kT=kt, kW=kw, kH=kh, dT=dt,
+                  dW=dw, dH=dh, padT=pt, padW=pw, padH=ph, dilationT=lt, dilationW=lw, dilationH=lh,
+                  finput=saver.empty(module), fgradInput=saver.empty(module))
+    write_parameters(saver, module, fields, 'weight', 'bias')
+
+
+@builds('VolumetricDilatedMaxPooling')
+def _volumetric_dilated_max_pooling(loader, f, path):
+    kernel = (f.int('kT'), f.int('kH'), f.int('kW'))
+    return nn.MaxPool3d(kernel, (f.int('dT', kernel[0]), f.int('dH', kernel[1]), f.int('dW', kernel[2])),
+                        (f.int('padT', 0), f.int('padH', 0), f.int('padW', 0)),
+                        (f.int('dilationT', 1), f.int('dilationH', 1), f.int('dilationW', 1)),
+                        ceil_mode=f.flag('ceil_mode'))
+
+
+@writes('VolumetricDilatedMaxPooling', accepts=nn.MaxPool3d)
+def _write_volumetric_dilated_max_pooling(saver, module, fields, path):
+    if module.return_indices:
+        raise T7Error(f'cannot save {type(module).__name__} at {path}: Torch7 max pooling returns no indices')
+    kernel, stride, padding, dilation = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3 for v in (
+        module.kernel_size, module.stride or module.kernel_size, module.padding, module.dilation))
+    fields.update({f'{what}{axis}': n for what, values in (('k', kernel), ('d', stride), ('pad', padding),
+                                                            ('dilation', dilation))
+                   for axis, n in zip('THW', values)})
+    fields.update(ceil_mode=bool(module.ceil_mode), indices=torch.empty(0, dtype=torch.int64))

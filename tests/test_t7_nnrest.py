@@ -280,3 +280,94 @@ def test_lua_print_of_the_decorators():
     assert lua_string(obj('nn.NaN', id=3, modules=[lin])) == 'nn.NaN(3) @ nn.Linear(4 -> 3)'
     assert lua_string(obj('nn.Bottle', modules=[lin])) == 'nn.Bottle @ nn.Linear(4 -> 3)'
     assert lua_string(obj('nn.DontCast', modules=[obj('nn.ZeroGrad')])) == 'nn.DontCast @ nn.ZeroGrad'
+
+
+def test_mixture_table_of_a_tensor_and_of_a_table(tmp_path):
+    gater = torch.softmax(torch.randn(2, 3, dtype=torch.float64), 1)
+    experts = torch.randn(2, 3, 4, dtype=torch.float64)
+    model = t7.load_model(obj('nn.MixtureTable'))
+    # Each sample's experts weighted by its gater outputs, summed over the experts' dimension (2 for a batch).
+    expected = torch.stack([sum(gater[n, e] * experts[n, e] for e in range(3)) for n in range(2)])
+    torch.testing.assert_close(model([gater, experts]), expected)
+    torch.testing.assert_close(model([gater[0], experts[0]]), expected[0])
+    torch.testing.assert_close(model([gater, [experts[:, e] for e in range(3)]]), expected)
+    roundtrip(model, tmp_path, [gater, experts])
+    along_last = t7.load_model(obj('nn.MixtureTable', dim=3))
+    torch.testing.assert_close(along_last([gater, experts.transpose(1, 2)]), expected)
+    assert t7.to_lua(along_last).dim == 3
+
+
+def test_temporal_sub_sampling(tmp_path):
+    torch.manual_seed(4)
+    w, b = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    model = t7.load_model(obj('nn.TemporalSubSampling', inputFrameSize=3, kW=3, dW=2, weight=w, bias=b,
+                              gradWeight=torch.zeros(3), gradBias=torch.zeros(3)))
+    x = torch.randn(8, 3, dtype=torch.float64)
+    expected = torch.stack([w * x[t * 2:t * 2 + 3].sum(0) + b for t in range(3)])
+    torch.testing.assert_close(model(x), expected)
+    written = roundtrip(model, tmp_path, x)
+    assert (written.kW, written.dW, written.inputFrameSize) == (3, 2, 3)
+
+
+def test_feature_lp_pooling(tmp_path):
+    x = torch.rand(2, 7, 3, dtype=torch.float64)
+    model = t7.load_model(obj('nn.FeatureLPPooling', width=3, stride=2, power=2, batch_mode=True))
+    expected = torch.stack([x[:, o * 2:o * 2 + 3].pow(2).sum(1).sqrt() for o in range(3)], 1)
+    torch.testing.assert_close(model(x), expected)
+    single = t7.load_model(obj('nn.FeatureLPPooling', width=3, stride=2, power=2, batch_mode=False))
+    torch.testing.assert_close(single(x[0]), expected[0])
+    written = roundtrip(model, tmp_path, x)
+    assert (written.width, written.stride, written.power, written.batch_mode) == (3, 2, 2, True)
+
+
+def test_upsampling_nearest_and_linear(tmp_path):
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    nearest = t7.load_model(obj('nn.UpSampling', scale_factor=2, mode='nearest'))
+    torch.testing.assert_close(nearest(x), x.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    roundtrip(nearest, tmp_path, x)
+    linear_ = t7.load_model(obj('nn.UpSampling', mode='linear', oheight=5, owidth=7))
+    out = linear_(x)
+    # Corners kept: output row i sits at input row i * (3 - 1) / (5 - 1).
+    assert out.shape == (1, 2, 5, 7)
+    torch.testing.assert_close(out[..., ::2, ::2], x)
+    torch.testing.assert_close(out[..., 1, 0], (x[..., 0, 0] + x[..., 1, 0]) / 2)
+    written = roundtrip(linear_, tmp_path, x)
+    assert (written.oheight, written.owidth, written.mode) == (5, 7, 'linear')
+    volume = t7.load_model(obj('nn.UpSampling', scale_factor=2, mode='linear'))
+    assert volume(torch.randn(1, 1, 2, 3, 4)).shape == (1, 1, 4, 6, 8)
+
+
+def test_volumetric_replication_padding_dilated_convolution_and_pooling(tmp_path):
+    torch.manual_seed(5)
+    x = torch.randn(1, 2, 5, 6, 7, dtype=torch.float64)
+    pad = t7.load_model(obj('nn.VolumetricReplicationPadding', pleft=1, pright=0, ptop=2, pbottom=1, pfront=0,
+                            pback=1))
+    out = pad(x)
+    assert out.shape == (1, 2, 6, 9, 8)
+    torch.testing.assert_close(out[:, :, :5, 2:8, 1:], x)
+    torch.testing.assert_close(out[:, :, 5, 2:8, 1:], x[:, :, 4])
+    torch.testing.assert_close(out[:, :, :5, 0, 0], x[:, :, :, 0, 0])
+    torch.testing.assert_close(pad(x[0]), out[0])
+    roundtrip(pad, tmp_path, x)
+
+    weight, bias = torch.randn(3, 2, 2, 2, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    conv = t7.load_model(obj('nn.VolumetricDilatedConvolution', nInputPlane=2, nOutputPlane=3, kT=2, kW=2, kH=2,
+                             dT=1, dW=2, dH=1, padT=0, padW=1, padH=1, dilationT=2, dilationW=1, dilationH=2,
+                             weight=weight, bias=bias))
+    # One output element from the Lua loop: input taken at dilated offsets, zero padded.
+    padded = F.pad(x, [1, 1, 1, 1, 0, 0])
+    t, h, w = 1, 2, 1
+    patch = padded[0, :, t:t + 3:2, h:h + 3:2, 2 * w:2 * w + 2]
+    torch.testing.assert_close(conv(x)[0, :, t, h, w], (weight * patch).sum((1, 2, 3, 4)) + bias)
+    torch.testing.assert_close(conv(x[0]), conv(x)[0])
+    written = roundtrip(conv, tmp_path, x)
+    assert (written.dilationT, written.dilationH, written.padW) == (2, 2, 1)
+
+    pool = t7.load_model(obj('nn.VolumetricDilatedMaxPooling', kT=2, kW=2, kH=2, dT=1, dW=2, dH=2, padT=0, padW=0,
+                             padH=0, dilationT=2, dilationW=1, dilationH=1, ceil_mode=True))
+    out = pool(x)
+    assert out.shape == (1, 2, 3, 3, 4)
+    torch.testing.assert_close(out[0, :, 1, 1, 1], x[0, :, 1:4:2, 2:4, 2:4].amax((1, 2, 3)))
+    torch.testing.assert_close(pool(x[0]), out[0])
+    written = roundtrip(pool, tmp_path, x)
+    assert (written.dilationT, written.ceil_mode, written.kT) == (2, True, 2)
