@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from layers.containers import input_kind, specialize
-from layers.tables import TABLE
+from layers.tables import TABLE, TENSOR
 
 
 class Decorator(nn.Module):
@@ -58,6 +58,10 @@ class Bottle(nn.Module):
         self.module = module
         self.nInputDim = int(nInputDim)
         self.nOutputDim = int(nInputDim if nOutputDim is None else nOutputDim)
+
+    def lua_specialize(self, kind):
+        specialize(self.module, TENSOR)
+        return TENSOR
 
     def forward(self, x: Tensor) -> Tensor:
         folded = x.dim() - self.nInputDim

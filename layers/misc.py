@@ -1,12 +1,15 @@
 """Port of torch/nn's GradientReversal.lua, ZeroGrad.lua, L1Penalty.lua, PrintSize.lua, WhiteNoise.lua, CReLU.lua,
 Collapse.lua, GatedLinearUnit.lua, Constant.lua, Index.lua, MaskedSelect.lua, MixtureTable.lua,
-TemporalSubSampling.lua, FeatureLPPooling.lua and UpSampling.lua: modules that are the identity at inference or a few
-lines of tensor arithmetic."""
+TemporalSubSampling.lua, FeatureLPPooling.lua, UpSampling.lua, PartialLinear.lua and SpatialFullConvolutionMap.lua:
+modules that are the identity at inference or a few lines of tensor arithmetic."""
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from layers.containers import specialize
+from layers.tables import TABLE, TENSOR
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -307,3 +310,48 @@ class UpSampling(nn.Module):
             size = [n * s for n in x.shape[2:]]
         return F.interpolate(x, size=size[len(size) - spatial:], mode='bilinear' if spatial == 2 else 'trilinear',
                              align_corners=True)
+
+
+class PartialLinear(nn.Module):
+    """nn.PartialLinear(inputsize, outputsize, bias): a Linear whose output columns are the 1-based `partition`
+    (all of them unless setPartition chose some); its weight is the LookupTable of its saved network
+    ({input, partition} -> ParallelTable(Identity, LookupTable) -> MM(false, true)), its bias 1 x outputsize."""
+    lua_type = 'nn.PartialLinear'
+    bias: Optional[Tensor]
+
+    def __init__(self, network, bias, partition):
+        super().__init__()
+        self.network = network
+        self.bias = bias
+        self.register_buffer('partition', partition)
+
+    def lua_specialize(self, kind):
+        specialize(self.network, TABLE)
+        return TENSOR
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.network([x, self.partition.to(x.dtype)])
+        bias = self.bias
+        if bias is not None:
+            out = out + bias.index_select(1, self.partition.long() - 1)
+        return out
+
+
+class SpatialFullConvolutionMap(nn.Module):
+    """nn.SpatialFullConvolutionMap(connTable, kW, kH, dW, dH) on a C x H x W image: for each row {i, o} of the
+    connection table, the full (transposed) convolution of input plane i with that row's kH x kW kernel is added to
+    output plane o, then the bias."""
+    lua_type = 'nn.SpatialFullConvolutionMap'
+
+    def __init__(self, connTable, kW, kH, dW, dH, nInputPlane, nOutputPlane, weight, bias):
+        super().__init__()
+        self.kW, self.kH, self.dW, self.dH = int(kW), int(kH), int(dW), int(dH)
+        self.nInputPlane, self.nOutputPlane = int(nInputPlane), int(nOutputPlane)
+        self.register_buffer('connTable', connTable)
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        pairs = self.connTable.long() - 1
+        dense = self.weight.new_zeros([self.nInputPlane, self.nOutputPlane, self.kH, self.kW])
+        dense = dense.index_put([pairs[:, 0], pairs[:, 1]], self.weight, accumulate=True)
+        return F.conv_transpose2d(x, dense, self.bias, [self.dH, self.dW])

@@ -1,7 +1,7 @@
 """Torch7 nn's GradientReversal, ZeroGrad, L1Penalty, PrintSize, WhiteNoise, the classes built as an nn.Sequential
 (Maxout, LayerNormalization, CReLU), Collapse, GatedLinearUnit, Constant, Index, MaskedSelect, MixtureTable,
-TemporalSubSampling, FeatureLPPooling, UpSampling and the dilated / replication-padded volumetric classes as PyTorch
-modules and back."""
+TemporalSubSampling, FeatureLPPooling, UpSampling, PartialLinear, SpatialFullConvolutionMap and the dilated /
+replication-padded volumetric classes as PyTorch modules and back."""
 
 import torch
 from torch import nn
@@ -274,3 +274,45 @@ def _write_volumetric_dilated_max_pooling(saver, module, fields, path):
                                                             ('dilation', dilation))
                    for axis, n in zip('THW', values)})
     fields.update(ceil_mode=bool(module.ceil_mode), indices=torch.empty(0, dtype=torch.int64))
+
+
+@builds('PartialLinear')
+def _partial_linear(loader, f, path):
+    n_in, n_out = f.int('inputsize'), f.int('outputsize')
+    network = loader.module(f.get('network'), f'{path}.network')
+    partition = f.get('partition')
+    if partition is None:
+        partition = torch.arange(1, n_out + 1, dtype=torch.float64)
+    if not isinstance(partition, torch.Tensor) or partition.dim() != 1:
+        f.fail('partition', 'a 1-D tensor of column indices')
+    bias = f.tensor('bias', (1, n_out), optional=True)
+    return misc.PartialLinear(network, None if bias is None else loader.parameter(bias), partition.clone())
+
+
+@writes('PartialLinear', accepts=misc.PartialLinear)
+def _write_partial_linear(saver, module, fields, path):
+    lookup = module.network[0][1]
+    n_out, n_in = lookup.weight.shape
+    fields.update(network=saver.obj(module.network, f'{path}.network'), inputsize=n_in, outputsize=n_out,
+                  allcolumns=torch.arange(1, n_out + 1, dtype=torch.float64), partition=module.partition)
+    write_parameters(saver, module, fields, 'bias')
+
+
+@builds('SpatialFullConvolutionMap')
+def _full_convolution_map(loader, f, path):
+    table = f.tensor('connTable')
+    if table.dim() != 2 or table.size(1) != 2 or table.numel() == 0 or table.min() < 1:
+        f.fail('connTable', 'a K x 2 table of 1-based {input plane, output plane} pairs')
+    n_in, n_out = f.int('nInputPlane', int(table[:, 0].max())), f.int('nOutputPlane', int(table[:, 1].max()))
+    kw, kh = f.int('kW'), f.int('kH')
+    weight = loader.parameter(f.tensor('weight', (table.size(0), kh, kw)))
+    bias = loader.parameter(f.tensor('bias', (n_out,)))
+    return misc.SpatialFullConvolutionMap(table.clone(), kw, kh, f.int('dW', 1), f.int('dH', 1), n_in, n_out,
+                                          weight, bias)
+
+
+@writes('SpatialFullConvolutionMap', accepts=misc.SpatialFullConvolutionMap)
+def _write_full_convolution_map(saver, module, fields, path):
+    fields.update(kW=module.kW, kH=module.kH, dW=module.dW, dH=module.dH, connTable=module.connTable,
+                  nInputPlane=module.nInputPlane, nOutputPlane=module.nOutputPlane)
+    write_parameters(saver, module, fields, 'weight', 'bias')

@@ -371,3 +371,42 @@ def test_volumetric_replication_padding_dilated_convolution_and_pooling(tmp_path
     torch.testing.assert_close(pool(x[0]), out[0])
     written = roundtrip(pool, tmp_path, x)
     assert (written.dilationT, written.ceil_mode, written.kT) == (2, True, 2)
+
+
+def test_partial_linear_takes_its_partition_of_columns(tmp_path):
+    torch.manual_seed(6)
+    weight, bias = torch.randn(5, 4, dtype=torch.float64), torch.randn(1, 5, dtype=torch.float64)
+    lookup = obj('nn.LookupTable', weight=weight, gradWeight=torch.zeros(5, 4, dtype=torch.float64),
+                 paddingValue=0, shouldScaleGradByFreq=False)
+    network = obj('nn.Sequential', modules=[obj('nn.ParallelTable', modules=[obj('nn.Identity'), lookup]),
+                                            obj('nn.MM', transA=False, transB=True)])
+    partition = torch.tensor([4., 2.], dtype=torch.float64)
+    model = t7.load_model(obj('nn.PartialLinear', network=network, bias=bias, gradBias=torch.zeros(1, 5),
+                              inputsize=4, outputsize=5, allcolumns=torch.arange(1., 6.), partition=partition))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    # MM(false, true) of the input and the partition's rows of the lookup weight, plus those columns of the bias.
+    torch.testing.assert_close(model(x), x @ weight[[3, 1]].t() + bias[:, [3, 1]])
+    written = roundtrip(model, tmp_path, x)
+    assert written.partition.tolist() == [4., 2.] and written.network.modules[1].transB is True
+    everything = t7.load_model(obj('nn.PartialLinear', network=network, bias=None, inputsize=4, outputsize=5,
+                                   allcolumns=torch.arange(1., 6.), partition=torch.arange(1., 6.)))
+    torch.testing.assert_close(everything(x), x @ weight.t())
+    assert sorted(n for n, _ in model.named_parameters()) == ['bias', 'network.0.1.weight']
+
+
+def test_spatial_full_convolution_map(tmp_path):
+    torch.manual_seed(7)
+    table = torch.tensor([[1., 1.], [2., 1.], [2., 3.]])
+    weight, bias = torch.randn(3, 2, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    model = t7.load_model(obj('nn.SpatialFullConvolutionMap', connTable=table, kW=3, kH=2, dW=2, dH=1,
+                              nInputPlane=2, nOutputPlane=3, weight=weight, bias=bias))
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    # Each input pixel scatters its value times the connection's kernel onto its output plane.
+    expected = bias[:, None, None].expand(3, 4, 9).clone()
+    for (i, o), w in zip(table.long().tolist(), weight):
+        for y in range(3):
+            for z in range(4):
+                expected[o - 1, y:y + 2, 2 * z:2 * z + 3] += x[i - 1, y, z] * w
+    torch.testing.assert_close(model(x), expected)
+    written = roundtrip(model, tmp_path, x)
+    assert (written.kW, written.dW, written.nOutputPlane) == (3, 2, 3) and written.connTable.tolist() == table.tolist()
