@@ -145,3 +145,30 @@ class SpatialSymmetricPadding(nn.Module):
             raise ValueError('nn.SpatialSymmetricPadding: input is too small')
         x = torch.cat([x[:, :, :top].flip(2), x, x[:, :, x.size(2) - bottom:].flip(2)], 2)
         return torch.cat([x[:, :, :, :left].flip(3), x, x[:, :, :, x.size(3) - right:].flip(3)], 3)
+
+
+class IndexedMaxPool3d(nn.MaxPool3d):
+    """The nn.VolumetricMaxPooling that an nn.VolumetricMaxUnpooling is tied to: it keeps where its maxima were and
+    the size of its input, as Lua's keeps `indices`, `itime`, `iheight` and `iwidth`."""
+
+    def forward(self, x):
+        out, self.indices = F.max_pool3d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                         self.ceil_mode, return_indices=True)
+        self.input_size = tuple(x.shape[-3:])
+        return out
+
+
+class VolumetricMaxUnpooling(nn.Module):
+    """nn.VolumetricMaxUnpooling(pooling): puts each value back where the tied volumetric pooling's last forward
+    found its maximum, zeros elsewhere, in a volume of that pooling's input size."""
+    lua_type = 'nn.VolumetricMaxUnpooling'
+    not_scriptable = 'nn.VolumetricMaxUnpooling reads the indices its VolumetricMaxPooling kept in its last forward'
+
+    def __init__(self, pooling):
+        super().__init__()
+        # Not a child: the pooling module sits where the encoder has it, and is run there.
+        self.__dict__['pooling'] = pooling
+
+    def forward(self, x):
+        pool = self.pooling
+        return F.max_unpool3d(x, pool.indices, pool.kernel_size, pool.stride, pool.padding, pool.input_size)

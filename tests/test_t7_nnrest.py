@@ -410,3 +410,18 @@ def test_spatial_full_convolution_map(tmp_path):
     torch.testing.assert_close(model(x), expected)
     written = roundtrip(model, tmp_path, x)
     assert (written.kW, written.dW, written.nOutputPlane) == (3, 2, 3) and written.connTable.tolist() == table.tolist()
+
+
+def test_volumetric_max_unpooling_undoes_its_pooling(tmp_path):
+    pool = obj('nn.VolumetricMaxPooling', 2, kT=2, kW=2, kH=2, dT=2, dW=2, dH=2, padT=0, padW=0, padH=0,
+               ceil_mode=False, indices=torch.empty(0, dtype=torch.int64))
+    model = t7.load_model(obj('nn.Sequential', modules=[pool, obj('nn.VolumetricMaxUnpooling', pooling=pool)]))
+    x = torch.randn(1, 2, 4, 4, 6, dtype=torch.float64)
+    out = model(x)
+    # Each 2x2x2 block keeps its maximum where it was, zeros elsewhere.
+    blocks = x.view(1, 2, 2, 2, 2, 2, 3, 2)
+    kept = blocks == blocks.amax((3, 5, 7), keepdim=True)
+    torch.testing.assert_close(out, torch.where(kept, blocks, torch.zeros_like(blocks)).view_as(x))
+    torch.testing.assert_close(model(x[0]), out[0])
+    written = roundtrip(model, tmp_path, x, script=False)
+    assert written.modules[1].pooling is written.modules[0]
