@@ -2,6 +2,7 @@
 Collapse.lua, GatedLinearUnit.lua, Constant.lua, Index.lua, MaskedSelect.lua, MixtureTable.lua,
 TemporalSubSampling.lua, FeatureLPPooling.lua, UpSampling.lua, PartialLinear.lua and SpatialFullConvolutionMap.lua:
 modules that are the identity at inference or a few lines of tensor arithmetic."""
+import math
 from typing import List, Optional
 
 import torch
@@ -355,3 +356,40 @@ class SpatialFullConvolutionMap(nn.Module):
         dense = self.weight.new_zeros([self.nInputPlane, self.nOutputPlane, self.kH, self.kW])
         dense = dense.index_put([pairs[:, 0], pairs[:, 1]], self.weight, accumulate=True)
         return F.conv_transpose2d(x, dense, self.bias, [self.dH, self.dW])
+
+
+class TemporalRowConvolution(nn.Module):
+    """nn.TemporalRowConvolution(inputFrameSize, kW, dW, featFirst): each feature's row of frames correlated with
+    its own kW-wide kernel (weight F x 1 x kW) with stride dW, plus its bias; the input T x F (N x T x F), or
+    F x T (N x F x T) with featFirst."""
+    lua_type = 'nn.TemporalRowConvolution'
+    bias: Optional[Tensor]
+
+    def __init__(self, inputFrameSize, kW, dW, featFirst, weight, bias):
+        super().__init__()
+        self.inputFrameSize, self.kW, self.dW, self.featFirst = int(inputFrameSize), int(kW), int(dW), bool(featFirst)
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x if self.featFirst else x.transpose(-1, -2)
+        out = F.conv1d(rows, self.weight, self.bias, self.dW, 0, 1, self.inputFrameSize)
+        return out if self.featFirst else out.transpose(-1, -2)
+
+
+class TemporalDynamicKMaxPooling(nn.Module):
+    """nn.TemporalDynamicKMaxPooling(minK, factor): along the frames of a T x F (N x T x F) input, the k largest
+    values of each feature, k = max(minK, ceil(factor * T)), kept in their order in time."""
+    lua_type = 'nn.TemporalDynamicKMaxPooling'
+
+    def __init__(self, minK, factor=0.0):
+        super().__init__()
+        self.minK, self.factor = int(minK), float(factor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = x.dim() - 2
+        n = x.size(d)
+        if n < self.minK:
+            raise ValueError('nn.TemporalDynamicKMaxPooling: input sequence too short for minK')
+        k = max(self.minK, int(math.ceil(self.factor * n)))
+        indices = x.topk(k, d).indices.sort(d).values
+        return x.gather(d, indices)

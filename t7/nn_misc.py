@@ -331,3 +331,29 @@ def _volumetric_max_unpooling(loader, f, path):
 @writes('VolumetricMaxUnpooling', accepts=pooling.VolumetricMaxUnpooling)
 def _write_volumetric_max_unpooling(saver, module, fields, path):
     fields['pooling'] = saver.obj(module.pooling, f'{path}.pooling')
+
+
+@builds('TemporalRowConvolution')
+def _temporal_row_convolution(loader, f, path):
+    n, k = f.int('inputFrameSize'), f.int('kW')
+    bias = f.tensor('bias', (n,), optional=True)
+    return misc.TemporalRowConvolution(n, k, f.int('dW', 1), f.flag('featFirst'),
+                                       loader.parameter(f.tensor('weight', (n, 1, k))),
+                                       None if bias is None else loader.parameter(bias))
+
+
+@writes('TemporalRowConvolution', accepts=misc.TemporalRowConvolution)
+def _write_temporal_row_convolution(saver, module, fields, path):
+    fields.update(inputFrameSize=module.inputFrameSize, kW=module.kW, dW=module.dW, featFirst=module.featFirst,
+                  finput=saver.empty(module), fgradInput=saver.empty(module))
+    write_parameters(saver, module, fields, 'weight', 'bias')
+
+
+@builds('TemporalDynamicKMaxPooling')
+def _temporal_dynamic_k_max_pooling(loader, f, path):
+    return misc.TemporalDynamicKMaxPooling(f.int('minK'), f.number('factor', 0))
+
+
+@writes('TemporalDynamicKMaxPooling', accepts=misc.TemporalDynamicKMaxPooling)
+def _write_temporal_dynamic_k_max_pooling(saver, module, fields, path):
+    fields.update(minK=module.minK, factor=module.factor)

@@ -425,3 +425,32 @@ def test_volumetric_max_unpooling_undoes_its_pooling(tmp_path):
     torch.testing.assert_close(model(x[0]), out[0])
     written = roundtrip(model, tmp_path, x, script=False)
     assert written.modules[1].pooling is written.modules[0]
+
+
+def test_temporal_row_convolution(tmp_path):
+    torch.manual_seed(8)
+    weight, bias = torch.randn(3, 1, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    # Feature f at output frame t: sum over k of weight[f][k] * x[t * dW + k][f], plus bias[f].
+    expected = torch.stack([torch.stack([(weight[f, 0] * x[2 * t:2 * t + 2, f]).sum() + bias[f] for f in range(3)])
+                            for t in range(3)])
+    model = t7.load_model(obj('nn.TemporalRowConvolution', inputFrameSize=3, kW=2, dW=2, featFirst=False,
+                              weight=weight, bias=bias))
+    torch.testing.assert_close(model(x), expected)
+    torch.testing.assert_close(model(x[None].expand(2, 6, 3)), expected.expand(2, 3, 3))
+    written = roundtrip(model, tmp_path, x)
+    assert (written.kW, written.dW, written.featFirst) == (2, 2, False)
+    first = t7.load_model(obj('nn.TemporalRowConvolution', inputFrameSize=3, kW=2, dW=2, featFirst=True,
+                              weight=weight))
+    torch.testing.assert_close(first(x.t()), (expected - bias).t())
+
+
+def test_temporal_dynamic_k_max_pooling(tmp_path):
+    x = torch.tensor([[1., 9.], [5., 2.], [3., 8.], [7., 0.], [2., 4.]], dtype=torch.float64)
+    model = t7.load_model(obj('nn.TemporalDynamicKMaxPooling', minK=2, factor=0.5))
+    # k = max(2, ceil(0.5 * 5)) = 3 largest per feature, in time order.
+    expected = torch.tensor([[5., 9.], [3., 8.], [7., 4.]], dtype=torch.float64)
+    torch.testing.assert_close(model(x), expected)
+    torch.testing.assert_close(model(torch.stack([x, x])), torch.stack([expected, expected]))
+    written = roundtrip(model, tmp_path, x)
+    assert (written.minK, written.factor) == (2, 0.5)
