@@ -393,3 +393,36 @@ class TemporalDynamicKMaxPooling(nn.Module):
         k = max(self.minK, int(math.ceil(self.factor * n)))
         indices = x.topk(k, d).indices.sort(d).values
         return x.gather(d, indices)
+
+
+class SpatialFractionalMaxPooling(nn.Module):
+    """nn.SpatialFractionalMaxPooling(poolSizeW, poolSizeH, outW or ratioW, outH or ratioH) with its pooling regions
+    fixed (fixPoolingRegions: newRandomPool true): the regions drawn from the saved randomSamples (N x C x 2:
+    the offsets along the width, then the height), fresh ones drawn where the input has another N x C, as Lua
+    does."""
+    lua_type = 'nn.SpatialFractionalMaxPooling'
+    outW: Optional[int]
+    outH: Optional[int]
+    ratioW: Optional[float]
+    ratioH: Optional[float]
+
+    def __init__(self, poolSizeW, poolSizeH, samples, outW=None, outH=None, ratioW=None, ratioH=None):
+        super().__init__()
+        self.poolSizeW, self.poolSizeH = int(poolSizeW), int(poolSizeH)
+        self.outW, self.outH = outW, outH
+        self.ratioW, self.ratioH = ratioW, ratioH
+        self.register_buffer('randomSamples', samples)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.unsqueeze(0) if x.dim() == 3 else x
+        out_w, out_h = self.outW, self.outH
+        ratio_w, ratio_h = self.ratioW, self.ratioH
+        if ratio_w is not None and ratio_h is not None:
+            out_w, out_h = int(math.floor(batch.size(3) * ratio_w)), int(math.floor(batch.size(2) * ratio_h))
+        assert out_w is not None and out_h is not None
+        samples = self.randomSamples.to(x.dtype)
+        if samples.size(0) != batch.size(0) or samples.size(1) != batch.size(1):
+            samples = torch.rand(batch.size(0), batch.size(1), 2, dtype=x.dtype, device=x.device)
+        out = F.fractional_max_pool2d(batch, [self.poolSizeH, self.poolSizeW], output_size=[out_h, out_w],
+                                      _random_samples=samples)
+        return out[0] if x.dim() == 3 else out

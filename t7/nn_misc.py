@@ -357,3 +357,25 @@ def _temporal_dynamic_k_max_pooling(loader, f, path):
 @writes('TemporalDynamicKMaxPooling', accepts=misc.TemporalDynamicKMaxPooling)
 def _write_temporal_dynamic_k_max_pooling(saver, module, fields, path):
     fields.update(minK=module.minK, factor=module.factor)
+
+
+@builds('SpatialFractionalMaxPooling')
+def _fractional_max_pooling(loader, f, path):
+    samples = f.get('randomSamples')
+    if not f.flag('newRandomPool') or not isinstance(samples, torch.Tensor) or samples.dim() != 3:
+        raise T7Error(f'unsupported module {f.typename} at {path}: its pooling regions are drawn at random on every '
+                      f'forward (fixPoolingRegions was not called before saving, or no forward saved its samples), '
+                      f'so no conversion can reproduce its output')
+    sizes = (dict(outW=f.int('outW'), outH=f.int('outH')) if f.get('outW') is not None
+             else dict(ratioW=float(f.number('ratioW')), ratioH=float(f.number('ratioH'))))
+    return misc.SpatialFractionalMaxPooling(f.int('poolSizeW'), f.int('poolSizeH'), samples.clone(), **sizes)
+
+
+@writes('SpatialFractionalMaxPooling', accepts=misc.SpatialFractionalMaxPooling)
+def _write_fractional_max_pooling(saver, module, fields, path):
+    fields.update(poolSizeW=module.poolSizeW, poolSizeH=module.poolSizeH, newRandomPool=True,
+                  randomSamples=module.randomSamples, indices=torch.empty(0, dtype=torch.int64))
+    if module.outW is not None:
+        fields.update(outW=module.outW, outH=module.outH)
+    else:
+        fields.update(ratioW=module.ratioW, ratioH=module.ratioH)

@@ -454,3 +454,35 @@ def test_temporal_dynamic_k_max_pooling(tmp_path):
     torch.testing.assert_close(model(torch.stack([x, x])), torch.stack([expected, expected]))
     written = roundtrip(model, tmp_path, x)
     assert (written.minK, written.factor) == (2, 0.5)
+
+
+def lua_intervals(sample, n_in, n_out, pool):
+    """THNN's generateIntervals: where each fractional pooling region starts."""
+    alpha = (n_in - pool) / (n_out - 1)
+    starts = [int((i + sample) * alpha) - int(sample * alpha) for i in range(n_out - 1)]
+    return starts + [n_in - pool]
+
+
+def test_fractional_max_pooling_with_fixed_regions(tmp_path):
+    torch.manual_seed(9)
+    samples = torch.rand(1, 2, 2, dtype=torch.float64)
+    fields = dict(poolSizeW=2, poolSizeH=2, outW=4, outH=3, newRandomPool=True, randomSamples=samples)
+    model = t7.load_model(obj('nn.SpatialFractionalMaxPooling', **fields))
+    x = torch.randn(2, 7, 9, dtype=torch.float64)
+    expected = torch.empty(2, 3, 4, dtype=torch.float64)
+    for c in range(2):
+        cols = lua_intervals(samples[0, c, 0].item(), 9, 4, 2)
+        rows = lua_intervals(samples[0, c, 1].item(), 7, 3, 2)
+        for i, r in enumerate(rows):
+            for j, s in enumerate(cols):
+                expected[c, i, j] = x[c, r:r + 2, s:s + 2].max()
+    torch.testing.assert_close(model(x), expected)
+    torch.testing.assert_close(model(x[None]), expected[None])
+    written = roundtrip(model, tmp_path, x)
+    assert written.newRandomPool is True and torch.equal(written.randomSamples, samples)
+    try:
+        t7.load_model(obj('nn.SpatialFractionalMaxPooling', **dict(fields, newRandomPool=False)))
+    except t7.T7Error as e:
+        assert 'nn.SpatialFractionalMaxPooling at model' in str(e) and 'at random' in str(e)
+    else:
+        raise AssertionError('random pooling regions converted')
