@@ -426,3 +426,19 @@ class SpatialFractionalMaxPooling(nn.Module):
         out = F.fractional_max_pool2d(batch, [self.poolSizeH, self.poolSizeW], output_size=[out_h, out_w],
                                       _random_samples=samples)
         return out[0] if x.dim() == 3 else out
+
+
+class Kmeans(nn.Module):
+    """nn.Kmeans(k, dim): for each row of an N x dim input, the 1-based index of the nearest centroid (rows of
+    the k x dim weight, by squared Euclidean distance), as a tensor of the input's type."""
+    lua_type = 'nn.Kmeans'
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ValueError('nn.Kmeans: Incorrect input dimensionality. Expecting 2D.')
+        distances = (x.unsqueeze(0) - self.weight.unsqueeze(1)).pow(2).sum(2)
+        return (distances.argmin(0) + 1).to(x.dtype)

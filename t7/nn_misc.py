@@ -379,3 +379,28 @@ def _write_fractional_max_pooling(saver, module, fields, path):
         fields.update(outW=module.outW, outH=module.outH)
     else:
         fields.update(ratioW=module.ratioW, ratioH=module.ratioH)
+
+
+@builds('Kmeans')
+def _kmeans(loader, f, path):
+    return misc.Kmeans(loader.parameter(f.tensor('weight', (f.int('k'), f.int('dim')))))
+
+
+@writes('Kmeans', accepts=misc.Kmeans)
+def _write_kmeans(saver, module, fields, path):
+    k, dim = module.weight.shape
+    fields.update(k=k, dim=dim, loss=0, clusterSampleCount=torch.zeros(k, dtype=module.weight.dtype))
+    write_parameters(saver, module, fields, 'weight')
+
+
+def _refuse(why):
+    def builder(loader, f, path):
+        raise T7Error(f'unsupported module {f.typename} at {path}: {why}')
+    return builder
+
+
+builds('SparseLinear', 'IndexLinear')(_refuse(
+    'it takes sparse input (tables of {index, value} pairs) that the converted PyTorch modules do not carry; '
+    'convert the dense nn.Linear with the same weight and bias instead'))
+builds('VolumetricFractionalMaxPooling')(_refuse(
+    'its pooling regions are drawn at random (PyTorch offers no way to pass the saved samples in Lua\'s order)'))

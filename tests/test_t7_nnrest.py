@@ -486,3 +486,22 @@ def test_fractional_max_pooling_with_fixed_regions(tmp_path):
         assert 'nn.SpatialFractionalMaxPooling at model' in str(e) and 'at random' in str(e)
     else:
         raise AssertionError('random pooling regions converted')
+
+
+def test_kmeans_gives_the_nearest_centroid(tmp_path):
+    centroids = torch.tensor([[0., 0.], [5., 5.], [0., 5.]], dtype=torch.float64)
+    model = t7.load_model(obj('nn.Kmeans', k=3, dim=2, weight=centroids, gradWeight=torch.zeros(3, 2)))
+    x = torch.tensor([[4., 6.], [1., -1.], [-1., 4.]], dtype=torch.float64)
+    torch.testing.assert_close(model(x), torch.tensor([2., 1., 3.], dtype=torch.float64))
+    written = roundtrip(model, tmp_path, x)
+    assert (written.k, written.dim) == (3, 2)
+
+
+def test_sparse_and_random_modules_are_refused_in_one_line():
+    for name in ('nn.SparseLinear', 'nn.IndexLinear', 'nn.VolumetricFractionalMaxPooling'):
+        try:
+            t7.load_model(obj('nn.Sequential', modules=[obj(name)]))
+        except t7.T7Error as e:
+            assert str(e).startswith(f'unsupported module {name} at model.modules[0]: ') and '\n' not in str(e)
+        else:
+            raise AssertionError(f'{name} converted')
