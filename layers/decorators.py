@@ -1,5 +1,5 @@
 """Port of torch/nn's Decorator.lua and the classes that forward through their saved module (DontCast.lua, NaN.lua,
-Profile.lua, Bottle.lua, WeightNorm.lua), and of LinearWeightNorm.lua."""
+Bottle.lua, WeightNorm.lua, Convert.lua), and of LinearWeightNorm.lua."""
 from typing import List
 
 import torch
@@ -137,3 +137,26 @@ class LinearWeightNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight(), self.bias)
+
+
+class Convert(nn.Module):
+    """nn.Convert(inputShape, outputShape) ('bchw', 'bf', ...): its converter (the Transpose, Reshape, Select or
+    Identity it built for the shapes) run on a batch; an input of fewer than nInputDim dimensions gets a batch
+    dimension of one at inputBatchDim first, which is taken away again at outputBatchDim."""
+    lua_type = 'nn.Convert'
+
+    def __init__(self, converter, inputShape, outputShape, nInputDim, inputBatchDim, outputBatchDim):
+        super().__init__()
+        self.converter = converter
+        self.inputShape, self.outputShape = str(inputShape), str(outputShape)
+        self.nInputDim, self.inputBatchDim, self.outputBatchDim = int(nInputDim), int(inputBatchDim), int(
+            outputBatchDim)
+
+    def lua_specialize(self, kind):
+        specialize(self.converter, TENSOR)
+        return TENSOR
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() >= self.nInputDim:
+            return self.converter(x)
+        return self.converter(x.unsqueeze(self.inputBatchDim - 1)).squeeze(self.outputBatchDim - 1)

@@ -1,10 +1,10 @@
 """Torch7 nn's Decorator and the modules that forward through a saved module (DontCast, NaN, Bottle, WeightNorm), and
-LinearWeightNorm, as PyTorch modules and back."""
+LinearWeightNorm and Convert, as PyTorch modules and back."""
 
 import torch
 from torch import nn
 
-from layers import decorators
+from layers import decorators, shape, tables
 from t7.read import T7Error, TorchObject
 from t7.registry import builds, class_of, long_storage, writes
 
@@ -128,3 +128,45 @@ def _write_linear_weight_norm(saver, module, fields, path):
                   eps=module.eps, inputSize=n_in, outputSize=out)
     if module.bias is not None:
         fields.update(bias=saver.tensor(module.bias), gradBias=saver.grad(module.bias))
+
+
+@builds('Convert')
+def _convert(loader, f, path):
+    shapes = f.get('inputShape'), f.get('outputShape')
+    if not all(isinstance(s, str) and 'b' in s for s in shapes):
+        f.fail('inputShape', "a shape string with a batch axis 'b' (as Convert's constructor leaves it)")
+    in_shape, out_shape = shapes
+    saved = f.get('converter')
+    if saved is None and f.get('modules'):
+        saved = f.get('modules')[0]
+    if saved is not None:
+        converter = loader.module(saved, f'{path}.converter')
+    elif f.flag('transposition') and in_shape == out_shape:
+        converter = tables.Identity()
+    elif f.flag('transposition'):
+        # Lua's Convert:transpose: the swaps that bring each axis of the output shape into place, in order.
+        axes, swaps = list(in_shape), []
+        for i, axis in enumerate(out_shape):
+            j = axes.index(axis)
+            if i != j:
+                axes[i], axes[j] = axes[j], axes[i]
+                swaps.append((j + 1, i + 1))
+        converter = shape.Transpose(*swaps)
+    else:
+        raise T7Error(f'unsupported module {f.typename} at {path}: Lua builds its {in_shape} -> {out_shape} converter '
+                      f'from the first input it sees, and this one was saved before any forward')
+    n_in = f.int('nInputDim', -1 if 'b*' in shapes else len(in_shape))
+    return decorators.Convert(converter, in_shape, out_shape, n_in, f.int('inputBatchDim', in_shape.find('b') + 1),
+                              f.int('outputBatchDim', out_shape.find('b') + 1))
+
+
+@writes('Convert', accepts=decorators.Convert)
+def _write_convert(saver, module, fields, path):
+    converter = saver.obj(module.converter, f'{path}.converter')
+    transposition = module.inputShape == 'b*' or module.outputShape == 'b*' or (
+        len(module.inputShape) == len(module.outputShape) and set(module.inputShape) == set(module.outputShape))
+    n_in = -1 if 'b*' in (module.inputShape, module.outputShape) else len(module.inputShape)
+    fields.update(inputShape=module.inputShape, outputShape=module.outputShape, inputBatchDim=module.inputBatchDim,
+                  outputBatchDim=module.outputBatchDim, nInputDim=n_in,
+                  nOutputDim=-1 if n_in == -1 else len(module.outputShape), transposition=transposition,
+                  converter=converter, modules=[converter])

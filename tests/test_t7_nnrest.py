@@ -505,3 +505,31 @@ def test_sparse_and_random_modules_are_refused_in_one_line():
             assert str(e).startswith(f'unsupported module {name} at model.modules[0]: ') and '\n' not in str(e)
         else:
             raise AssertionError(f'{name} converted')
+
+
+def test_convert_transposes_and_runs_its_saved_converter(tmp_path):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    fields = dict(inputShape='bchw', outputShape='bhwc', inputBatchDim=1, outputBatchDim=1, nInputDim=4,
+                  nOutputDim=4, transposition=True, modules=[])
+    model = t7.load_model(obj('nn.Convert', **fields))
+    torch.testing.assert_close(model(x), x.permute(0, 2, 3, 1))
+    # One image: a batch of one put in front and taken away again.
+    torch.testing.assert_close(model(x[0]), x[0].permute(1, 2, 0))
+    written = roundtrip(model, tmp_path, x)
+    assert written.converter is written.modules[0] and written.converter.typename == 'nn.Transpose'
+    assert written.converter.permutations == [[3, 2], [4, 3]]
+
+    # bchw -> bf after a forward: Lua's converter is the Reshape of one sample's size.
+    reshape = obj('nn.Reshape', size=t7.read.Storage('torch.LongStorage', torch.tensor([60])), nelement=60,
+                  batchsize=t7.read.Storage('torch.LongStorage', torch.tensor([1, 60])))
+    flat = t7.load_model(obj('nn.Convert', **dict(fields, outputShape='bf', nOutputDim=2, transposition=False,
+                                                  modules=[reshape], converter=reshape)))
+    torch.testing.assert_close(flat(x), x.reshape(2, 60))
+    torch.testing.assert_close(flat(x[0]), x[0].reshape(60))
+    roundtrip(flat, tmp_path, x)
+    try:
+        t7.load_model(obj('nn.Convert', **dict(fields, outputShape='bf', nOutputDim=2, transposition=False)))
+    except t7.T7Error as e:
+        assert 'nn.Convert at model' in str(e) and 'first input' in str(e)
+    else:
+        raise AssertionError('a Convert without its converter converted')
