@@ -442,3 +442,38 @@ class Kmeans(nn.Module):
             raise ValueError('nn.Kmeans: Incorrect input dimensionality. Expecting 2D.')
         distances = (x.unsqueeze(0) - self.weight.unsqueeze(1)).pow(2).sum(2)
         return (distances.argmin(0) + 1).to(x.dtype)
+
+
+class ZipTable(nn.Module):
+    """nn.ZipTable: {{a1, a2, ...}, {b1, b2, ...}} -> {{a1, b1}, {a2, b2}, ...}."""
+    lua_type = 'nn.ZipTable'
+    not_scriptable = 'nn.ZipTable takes and gives tables of tables'
+
+    def forward(self, x: List[List[Tensor]]) -> List[List[Tensor]]:
+        out: List[List[Tensor]] = []
+        for inner in x:
+            for j, t in enumerate(inner):
+                if j == len(out):
+                    out.append([])
+                out[j].append(t)
+        return out
+
+
+class ZipTableOneToMany(nn.Module):
+    """nn.ZipTableOneToMany: {e, {v1, v2, ...}} -> {{e, v1}, {e, v2}, ...}."""
+    lua_type = 'nn.ZipTableOneToMany'
+    not_scriptable = 'nn.ZipTableOneToMany takes and gives tables of tables'
+
+    def forward(self, x: List[List[Tensor]]) -> List[List[Tensor]]:
+        element, table = x[0], x[1]
+        return [[element, v] for v in table]
+
+
+class CAddTensorTable(nn.Module):
+    """nn.CAddTensorTable: {t, {v1, v2, ...}} -> {v1 + t, v2 + t, ...}."""
+    lua_type = 'nn.CAddTensorTable'
+    not_scriptable = 'nn.CAddTensorTable takes a table holding a table'
+
+    def forward(self, x: List[List[Tensor]]) -> List[Tensor]:
+        t, table = x[0], x[1]
+        return [v.reshape(t.shape) + t for v in table]

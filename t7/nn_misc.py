@@ -404,3 +404,31 @@ builds('SparseLinear', 'IndexLinear')(_refuse(
     'convert the dense nn.Linear with the same weight and bias instead'))
 builds('VolumetricFractionalMaxPooling')(_refuse(
     'its pooling regions are drawn at random (PyTorch offers no way to pass the saved samples in Lua\'s order)'))
+
+
+@builds('ZipTable')
+def _zip_table(loader, f, path):
+    return misc.ZipTable()
+
+
+@builds('ZipTableOneToMany')
+def _zip_table_one_to_many(loader, f, path):
+    return misc.ZipTableOneToMany()
+
+
+@builds('CAddTensorTable')
+def _cadd_tensor_table(loader, f, path):
+    return misc.CAddTensorTable()
+
+
+@writes('ZipTable', accepts=misc.ZipTable)
+@writes('CAddTensorTable', accepts=misc.CAddTensorTable)
+def _write_table_module(saver, module, fields, path):
+    fields['gradInput'] = {}
+    if isinstance(module, misc.ZipTable):
+        fields['output'] = {}
+
+
+@writes('ZipTableOneToMany', accepts=misc.ZipTableOneToMany)
+def _write_zip_table_one_to_many(saver, module, fields, path):
+    fields.update(output={}, gradInput={}, gradInputEl=saver.empty(module))

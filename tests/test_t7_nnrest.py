@@ -7,8 +7,8 @@ import t7
 
 
 def obj(typename, version=1, **fields):
-    return t7.TorchObject(typename, dict(output=torch.empty(0, dtype=torch.float64),
-                                         gradInput=torch.empty(0, dtype=torch.float64), **fields), version)
+    return t7.TorchObject(typename, {'output': torch.empty(0, dtype=torch.float64),
+                                     'gradInput': torch.empty(0, dtype=torch.float64), **fields}, version)
 
 
 def linear(n_in, n_out, seed=0):
@@ -533,3 +533,18 @@ def test_convert_transposes_and_runs_its_saved_converter(tmp_path):
         assert 'nn.Convert at model' in str(e) and 'first input' in str(e)
     else:
         raise AssertionError('a Convert without its converter converted')
+
+
+def test_tables_of_tables(tmp_path):
+    a, b, c, d = (torch.full((2,), float(i), dtype=torch.float64) for i in range(4))
+    zip_ = t7.load_model(obj('nn.ZipTable', output={}, gradInput={}))
+    assert zip_([[a, b], [c, d]]) == [[a, c], [b, d]]
+    one_to_many = t7.load_model(obj('nn.ZipTableOneToMany', output={}, gradInput={}))
+    assert one_to_many([a, [b, c]]) == [[a, b], [a, c]]
+    add = t7.load_model(obj('nn.CAddTensorTable', gradInput={}))
+    out = add([a, [b, c]])
+    assert len(out) == 2 and torch.equal(out[0], a + b) and torch.equal(out[1], a + c)
+    for model in (zip_, one_to_many, add):
+        t7.save_model(tmp_path / 'm.t7', model)
+        assert type(t7.load_model(tmp_path / 'm.t7')) is type(model)
+        assert t7.load(tmp_path / 'm.t7').typename == model.lua_type
