@@ -1,7 +1,9 @@
 """Port of torch/nn's GradientReversal.lua, ZeroGrad.lua, L1Penalty.lua, PrintSize.lua, WhiteNoise.lua, CReLU.lua,
 Collapse.lua, GatedLinearUnit.lua, Constant.lua, Index.lua, MaskedSelect.lua, MixtureTable.lua,
-TemporalSubSampling.lua, FeatureLPPooling.lua, UpSampling.lua, PartialLinear.lua and SpatialFullConvolutionMap.lua:
-modules that are the identity at inference or a few lines of tensor arithmetic."""
+TemporalSubSampling.lua, FeatureLPPooling.lua, UpSampling.lua, PartialLinear.lua, SpatialFullConvolutionMap.lua,
+TemporalRowConvolution.lua, TemporalDynamicKMaxPooling.lua, SpatialFractionalMaxPooling.lua, Kmeans.lua, ZipTable.lua,
+ZipTableOneToMany.lua and CAddTensorTable.lua: modules that are the identity at inference or a few lines of tensor
+arithmetic."""
 import math
 from typing import List, Optional
 

@@ -1,7 +1,9 @@
 """Torch7 nn's GradientReversal, ZeroGrad, L1Penalty, PrintSize, WhiteNoise, the classes built as an nn.Sequential
 (Maxout, LayerNormalization, CReLU), Collapse, GatedLinearUnit, Constant, Index, MaskedSelect, MixtureTable,
-TemporalSubSampling, FeatureLPPooling, UpSampling, PartialLinear, SpatialFullConvolutionMap and the dilated /
-replication-padded volumetric classes as PyTorch modules and back."""
+TemporalSubSampling, FeatureLPPooling, UpSampling, PartialLinear, SpatialFullConvolutionMap, TemporalRowConvolution,
+TemporalDynamicKMaxPooling, SpatialFractionalMaxPooling, Kmeans, ZipTable, ZipTableOneToMany, CAddTensorTable, the
+dilated / replication-padded / unpooling volumetric classes as PyTorch modules and back, and the refusal of the
+classes that cannot convert."""
 
 import torch
 from torch import nn
