@@ -22,7 +22,7 @@ def _inner(loader, f, path):
 @builds(*_KEPT)
 def _decorator(loader, f, path):
     module = decorators.Decorator(loader.module(_inner(loader, f, path), f'{path}.modules[0]'))
-    module.lua_kept = {name: f.get(name) for name in _KEPT[class_of(f.typename)] if f.get(name) is not None}
+    module.kept_fields = {name: f.get(name) for name in _KEPT[class_of(f.typename)] if f.get(name) is not None}
     return module
 
 
@@ -30,7 +30,7 @@ def _decorator(loader, f, path):
 def _write_decorator(saver, module, fields, path):
     fields['modules'] = [saver.obj(module.module, f'{path}.modules[0]')]
     # NaN's __tostring__ prints its id: one made in Python gets 1, as the first NaN of a Lua session does.
-    fields.update({'id': 1} if class_of(module.lua_type) == 'NaN' else {}, **getattr(module, 'lua_kept', {}))
+    fields.update({'id': 1} if class_of(module.lua_type) == 'NaN' else {}, **getattr(module, 'kept_fields', {}))
 
 
 @builds('Bottle')
@@ -79,6 +79,9 @@ def _weight_norm(loader, f, path):
         weight = decorators.WeightNorm.weight(layer)
     built = TorchObject(inner.typename, dict(inner.fields, weight=weight), inner.version)
     module = loader.module(built, f'{path}.modules[0]')
+    # The loader knows modules by the id of their Lua object: the stand-in dies here, the file's object does not.
+    del loader.modules[id(built)]
+    loader.modules[id(inner)] = module
     return decorators.WeightNorm(module, loader.parameter(v), loader.parameter(g), out_dim, size)
 
 
