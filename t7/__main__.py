@@ -186,6 +186,10 @@ _TOSTRING = {
     'nn.VolumetricReplicationPadding': lambda name, f: (
         f'{name}(left={_d(f["pleft"])}, right={_d(f["pright"])}, top={_d(f["ptop"])}, '
         f'bottom={_d(f["pbottom"])}, front={_d(f["pfront"])}, back={_d(f["pback"])})'),
+    'nn.UpSampling': lambda name, f: (
+        f'{name}({_d(f["scale_factor"])}x, {f["mode"]})' if f.get('scale_factor') is not None
+        else f'{name}({"x".join(_d(f[k]) for k in ("odepth", "oheight", "owidth") if f.get(k) is not None)}, '
+             f'{f["mode"]})'),
     'nn.SpatialUpSamplingBilinear': lambda name, f: (
         f'{name}({_d(f["scale_factor"])})' if f.get('scale_factor') is not None
         else f'{name}({_d(f["oheight"])}, {_d(f["owidth"])})'),

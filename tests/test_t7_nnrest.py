@@ -548,3 +548,9 @@ def test_tables_of_tables(tmp_path):
         t7.save_model(tmp_path / 'm.t7', model)
         assert type(t7.load_model(tmp_path / 'm.t7')) is type(model)
         assert t7.load(tmp_path / 'm.t7').typename == model.lua_type
+
+
+def test_lua_print_of_upsampling():
+    from t7.__main__ import lua_string
+    assert lua_string(obj('nn.UpSampling', scale_factor=2, mode='nearest')) == 'nn.UpSampling(2x, nearest)'
+    assert lua_string(obj('nn.UpSampling', oheight=5, owidth=7, mode='linear')) == 'nn.UpSampling(5x7, linear)'
