@@ -11,8 +11,8 @@ from layers.tables import TABLE, TENSOR
 
 
 class Decorator(nn.Module):
-    """nn.Decorator(module) and the decorators whose evaluation forward is their module's (DontCast, NaN, Profile:
-    type casts, NaN checks and timers that change no value). Typed for TorchScript by what its module takes and
+    """nn.Decorator(module) and the decorators whose evaluation forward is their module's (NaN: checks that change
+    no value). Typed for TorchScript by what its module takes and
     gives."""
     lua_type = 'nn.Decorator'
 
@@ -46,6 +46,31 @@ class _TableToTensorDecorator(Decorator):
 class _TensorToTableDecorator(Decorator):
     def forward(self, x: Tensor) -> List[Tensor]:
         return self.module(x)
+
+
+class DontCast(Decorator):
+    """nn.DontCast(module, castin, castout, moduleType): a module kept in its own tensor type; with castin the input
+    is copied to that type, with castout the output back to the type of the DontCast's own output."""
+    lua_type = 'nn.DontCast'
+
+    def __init__(self, module, castin=False, castout=False, module_dtype=None, output_dtype=None):
+        super().__init__(module)
+        self.castin, self.castout = bool(castin), bool(castout)
+        self.module_dtype: torch.dtype = module_dtype or torch.float32
+        self.output_dtype: torch.dtype = output_dtype or torch.float32
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.castin:
+            x = x.to(self.module_dtype)
+        out = self.module(x)
+        return out.to(self.output_dtype) if self.castout else out
+
+    def lua_specialize(self, kind):
+        out = specialize(self.module, kind)
+        if kind == TABLE or out == TABLE:
+            # Tables pass uncast: the casts above are for a tensor in and out.
+            Decorator.lua_specialize(self, kind)
+        return out
 
 
 class Bottle(nn.Module):

@@ -1,15 +1,16 @@
-"""Torch7 nn's Decorator and the modules that forward through a saved module (DontCast, NaN, Bottle, WeightNorm), and
-LinearWeightNorm and Convert, as PyTorch modules and back."""
+"""Torch7 nn's Decorator and the modules that forward through a saved module (DontCast, NaN, Bottle, WeightNorm,
+Convert), and LinearWeightNorm, as PyTorch modules and back."""
 
 import torch
 from torch import nn
 
 from layers import decorators, shape, tables
-from t7.read import T7Error, TorchObject
+from t7.read import TENSOR_DTYPES, T7Error, TorchObject
+from t7.write import TENSOR_CLASSES
 from t7.registry import builds, class_of, long_storage, writes
 
 # What each decorator keeps besides its module, written back as it was read.
-_KEPT = {'Decorator': (), 'DontCast': ('castin', 'castout', 'moduleType'), 'NaN': ('id',)}
+_KEPT = {'Decorator': (), 'NaN': ('id',)}
 
 
 def _inner(loader, f, path):
@@ -31,6 +32,30 @@ def _write_decorator(saver, module, fields, path):
     fields['modules'] = [saver.obj(module.module, f'{path}.modules[0]')]
     # NaN's __tostring__ prints its id: one made in Python gets 1, as the first NaN of a Lua session does.
     fields.update({'id': 1} if class_of(module.lua_type) == 'NaN' else {}, **getattr(module, 'kept_fields', {}))
+
+
+@builds('DontCast')
+def _dont_cast(loader, f, path):
+    module = loader.module(_inner(loader, f, path), f'{path}.modules[0]')
+    castin = f.flag('castin')
+    castout = f.flag('castout', castin)
+    module_type, output = f.get('moduleType'), f.get('output')
+    if (castin or castout) and module_type not in TENSOR_DTYPES:
+        f.fail('moduleType', 'a Torch7 tensor type name')
+    if castout and not isinstance(output, torch.Tensor):
+        f.fail('output', 'a tensor (castout copies the output to its type)')
+    return decorators.DontCast(module, castin, castout, TENSOR_DTYPES.get(module_type),
+                               output.dtype if isinstance(output, torch.Tensor) else None)
+
+
+@writes('DontCast', accepts=decorators.DontCast)
+def _write_dont_cast(saver, module, fields, path):
+    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], castin=module.castin,
+                  castout=module.castout)
+    if module.castin or module.castout:
+        fields['moduleType'] = TENSOR_CLASSES[module.module_dtype]
+    if module.castout:
+        fields['output'] = torch.empty(0, dtype=module.output_dtype)
 
 
 @builds('Bottle')

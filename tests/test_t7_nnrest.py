@@ -37,13 +37,20 @@ def test_decorators_forward_through_their_module(tmp_path):
     expected = x @ lin.weight.t() + lin.bias
     for name, extra in (('nn.Decorator', {}), ('nn.DontCast', dict(castin=True, castout=True,
                                                                      moduleType='torch.DoubleTensor')),
-                        ('nn.NaN', dict(id=7))):
+                        ('nn.DontCast', dict(castin=False, castout=False)), ('nn.NaN', dict(id=7))):
         model = t7.load_model(obj(name, modules=[lin], **extra))
         torch.testing.assert_close(model(x), expected)
         torch.testing.assert_close(model(x[0]), expected[0])
         written = roundtrip(model, tmp_path, x)
         assert written.typename == name and written.modules[0].typename == 'nn.Linear'
         assert all(written.fields[k] == v for k, v in extra.items()) and 'kept' not in written.fields
+    # A double module in a float network: the input cast to double, the output back to the DontCast's float.
+    cast = t7.load_model(obj('nn.DontCast', modules=[lin], castin=True, castout=True, moduleType='torch.DoubleTensor',
+                             output=torch.empty(0)))
+    out = cast(x.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected.float())
+    torch.testing.assert_close(torch.jit.script(cast)(x.float()), expected.float())
     # Around a module that takes a table.
     joined = t7.load_model(obj('nn.Decorator', modules=[obj('nn.JoinTable', dimension=2, size=torch.Size([]))]))
     torch.testing.assert_close(torch.jit.script(joined)([x, x]), torch.cat([x, x], 1))
