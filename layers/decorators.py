@@ -12,7 +12,7 @@ from layers.tables import TABLE, TENSOR
 
 class Decorator(nn.Module):
     """nn.Decorator(module) and the decorators whose evaluation forward is their module's (NaN: checks that change
-    no value). Typed for TorchScript by what its module takes and
+    no value; GPU: the device to run on, one here). Typed for TorchScript by what its module takes and
     gives."""
     lua_type = 'nn.Decorator'
 

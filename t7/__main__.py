@@ -118,6 +118,7 @@ _TOSTRING = {
     'nn.MapTable': _map_table,
     'nn.Decorator': _decorator,
     'nn.NaN': lambda name, f: f'{name}({lua_tostring(f["id"])}) @ ' + lua_string(f['modules'][0]),
+    'nn.GPU': lambda name, f: f'{name}({lua_tostring(f["device"])}) @ ' + lua_string(f['modules'][0]),
     'nn.gModule': lambda name, f: name if f.get('name') is None else lua_tostring(f['name']),
     'nn.BatchNormalization': lambda name, f: f'{name} ({_BN_DIMS[name]}D) ({f["running_mean"].numel()})',
     'nn.Linear': lambda name, f: (f'{name}({f["weight"].shape[1]} -> {f["weight"].shape[0]})'

@@ -1,5 +1,5 @@
-"""Torch7 nn's Decorator and the modules that forward through a saved module (DontCast, NaN, Bottle, WeightNorm,
-Convert), and LinearWeightNorm, as PyTorch modules and back."""
+"""Torch7 nn's Decorator and the modules that forward through a saved module (DontCast, NaN, GPU, Bottle,
+WeightNorm, Convert), and LinearWeightNorm, as PyTorch modules and back."""
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from t7.write import TENSOR_CLASSES
 from t7.registry import builds, class_of, long_storage, writes
 
 # What each decorator keeps besides its module, written back as it was read.
-_KEPT = {'Decorator': (), 'NaN': ('id',)}
+_KEPT = {'Decorator': (), 'NaN': ('id',), 'GPU': ('device', 'outdevice')}
 
 
 def _inner(loader, f, path):
@@ -31,7 +31,12 @@ def _decorator(loader, f, path):
 def _write_decorator(saver, module, fields, path):
     fields['modules'] = [saver.obj(module.module, f'{path}.modules[0]')]
     # NaN's __tostring__ prints its id: one made in Python gets 1, as the first NaN of a Lua session does.
-    fields.update({'id': 1} if class_of(module.lua_type) == 'NaN' else {}, **getattr(module, 'kept_fields', {}))
+    name = class_of(module.lua_type)
+    fields.update({'id': 1} if name == 'NaN' else {'device': 1} if name == 'GPU' else {},
+                  **getattr(module, 'kept_fields', {}))
+    if name == 'GPU':
+        # What nn.GPU's write puts before its fields (see t7.read.WRITTEN_BEFORE_FIELDS): on the CPU, no device.
+        fields['gpuHeader'] = [fields['_type'], fields['device']]
 
 
 @builds('DontCast')

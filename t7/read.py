@@ -30,9 +30,10 @@ TENSOR_DTYPES = {
 }
 STORAGE_DTYPES = {name[:-len('Tensor')] + 'Storage': dtype for name, dtype in TENSOR_DTYPES.items()}
 
-# Classes whose __write puts one field before the table of all fields (from their version 2 on): cunn's
-# DataParallelTable writes its gpuAssignments first, to pick the GPUs before the replicas are read.
-WRITTEN_BEFORE_FIELDS = {'nn.DataParallelTable': 'gpuAssignments'}
+# Classes whose __write puts one object before the table of all fields (from the version given on), read into the
+# field named here: cunn's DataParallelTable writes its gpuAssignments first, to pick the GPUs before the replicas
+# are read; nn.GPU (which has no version) its {_type, device}, to read its fields on that device.
+WRITTEN_BEFORE_FIELDS = {'nn.DataParallelTable': ('gpuAssignments', 2), 'nn.GPU': ('gpuHeader', 0)}
 
 # Every Lua-written file interleaves objects with at least this many bytes, which bounds counts before allocating.
 _MIN_OBJECT_BYTES = 4
@@ -473,8 +474,8 @@ class _Reader(torchfile.T7Reader):
             return obj
         obj = TorchObject(class_name, None, version_number)
         self.objects[index] = obj
-        written_first = WRITTEN_BEFORE_FIELDS.get(class_name)
-        if written_first is not None and version_number >= 2:
+        written_first, since = WRITTEN_BEFORE_FIELDS.get(class_name, (None, 0))
+        if written_first is not None and version_number >= since:
             first = self.read_obj()
         fields_start = self.s.pos
         fields_type = self.s.int('an object type')
@@ -494,7 +495,7 @@ class _Reader(torchfile.T7Reader):
             raise T7Error(f'corrupt t7 file: fields of {class_name} at byte {fields_start} refer to a non-table')
         if fields is not known:
             self.tables.append(fields)
-        if written_first is not None and version_number >= 2:
+        if written_first is not None and version_number >= since:
             fields.setdefault(written_first, first)
         obj.fields = fields
         return obj

@@ -111,8 +111,9 @@ class _Writer:
                 self._class_header(o.typename, o.version)
                 if not isinstance(o.fields, dict):
                     raise T7Error(f'cannot write {self._where()}: fields of {o.typename} must be a dict')
-                if o.typename in WRITTEN_BEFORE_FIELDS and o.version >= 2:
-                    self.obj(o.fields.get(WRITTEN_BEFORE_FIELDS[o.typename]))
+                first, since = WRITTEN_BEFORE_FIELDS.get(o.typename, (None, 0))
+                if first is not None and o.version >= since:
+                    self.obj(o.fields.get(first))
                 self.obj(o.fields)
         elif isinstance(o, LuaFunction):
             self._function(o)

@@ -561,3 +561,20 @@ def test_lua_print_of_upsampling():
     from t7.__main__ import lua_string
     assert lua_string(obj('nn.UpSampling', scale_factor=2, mode='nearest')) == 'nn.UpSampling(2x, nearest)'
     assert lua_string(obj('nn.UpSampling', oheight=5, owidth=7, mode='linear')) == 'nn.UpSampling(5x7, linear)'
+
+
+def test_gpu_decorator_read_with_its_header(tmp_path):
+    lin = linear(4, 3)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    # nn.GPU's write: the object {_type, device} first, then its fields.
+    t7.save(tmp_path / 'g.t7', obj('nn.GPU', 0, modules=[lin], device=2, outdevice=2, _type='torch.CudaTensor',
+                                   gpuHeader=['torch.CudaTensor', 2]))
+    with open(tmp_path / 'g.t7', 'rb') as f:
+        data = f.read()
+    assert data.index(b'torch.CudaTensor') < data.index(b'outdevice')
+    model = t7.load_model(tmp_path / 'g.t7')
+    torch.testing.assert_close(model(x), x @ lin.weight.t() + lin.bias)
+    written = roundtrip(model, tmp_path, x)
+    assert written.device == 2 and written.gpuHeader == ['torch.DoubleTensor', 2]
+    from t7.__main__ import lua_string
+    assert lua_string(written) == 'nn.GPU(2) @ nn.Linear(4 -> 3)'
