@@ -11,8 +11,7 @@ from layers.tables import TABLE, TENSOR
 
 
 class Decorator(nn.Module):
-    """nn.Decorator(module) and the decorators whose evaluation forward is their module's (NaN: checks that change
-    no value; GPU: the device to run on, one here). Typed for TorchScript by what its module takes and
+    """nn.Decorator(module), and nn.GPU(module, device, outdevice) whose device is the one here. Typed for TorchScript by what its module takes and
     gives."""
     lua_type = 'nn.Decorator'
 
@@ -69,6 +68,38 @@ class DontCast(Decorator):
         out = specialize(self.module, kind)
         if kind == TABLE or out == TABLE:
             # Tables pass uncast: the casts above are for a tensor in and out.
+            Decorator.lua_specialize(self, kind)
+        return out
+
+
+class NaN(Decorator):
+    """nn.NaN(module, id): its module's forward, stopped with an error naming what held a NaN (the input, the
+    parameters or the output) when the output of a tensor forward holds one."""
+    lua_type = 'nn.NaN'
+
+    def __init__(self, module, id=1):
+        super().__init__(module)
+        self.id = int(id)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        if bool(out.sum().isnan()):
+            where = 'output'
+            if bool(x.sum().isnan()):
+                where = 'input'
+            elif not torch.jit.is_scripting() and self.parameters_hold_nan():
+                where = 'parameters'
+            raise ValueError(f'NaN found in {where} of module nn.NaN({self.id})')
+        return out
+
+    @torch.jit.unused
+    def parameters_hold_nan(self) -> bool:
+        return any(bool(p.sum().isnan()) for p in self.module.parameters())
+
+    def lua_specialize(self, kind):
+        out = specialize(self.module, kind)
+        if kind == TABLE or out == TABLE:
+            # Tables are passed on unchecked.
             Decorator.lua_specialize(self, kind)
         return out
 

@@ -10,7 +10,7 @@ from t7.write import TENSOR_CLASSES
 from t7.registry import builds, class_of, long_storage, writes
 
 # What each decorator keeps besides its module, written back as it was read.
-_KEPT = {'Decorator': (), 'NaN': ('id',), 'GPU': ('device', 'outdevice')}
+_KEPT = {'Decorator': (), 'GPU': ('device', 'outdevice')}
 
 
 def _inner(loader, f, path):
@@ -32,11 +32,20 @@ def _write_decorator(saver, module, fields, path):
     fields['modules'] = [saver.obj(module.module, f'{path}.modules[0]')]
     # NaN's __tostring__ prints its id: one made in Python gets 1, as the first NaN of a Lua session does.
     name = class_of(module.lua_type)
-    fields.update({'id': 1} if name == 'NaN' else {'device': 1} if name == 'GPU' else {},
-                  **getattr(module, 'kept_fields', {}))
+    fields.update({'device': 1} if name == 'GPU' else {}, **getattr(module, 'kept_fields', {}))
     if name == 'GPU':
         # What nn.GPU's write puts before its fields (see t7.read.WRITTEN_BEFORE_FIELDS): on the CPU, no device.
         fields['gpuHeader'] = [fields['_type'], fields['device']]
+
+
+@builds('NaN')
+def _nan(loader, f, path):
+    return decorators.NaN(loader.module(_inner(loader, f, path), f'{path}.modules[0]'), f.int('id', 1))
+
+
+@writes('NaN', accepts=decorators.NaN)
+def _write_nan(saver, module, fields, path):
+    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], id=module.id)
 
 
 @builds('DontCast')

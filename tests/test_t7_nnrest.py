@@ -44,6 +44,24 @@ def test_decorators_forward_through_their_module(tmp_path):
         written = roundtrip(model, tmp_path, x)
         assert written.typename == name and written.modules[0].typename == 'nn.Linear'
         assert all(written.fields[k] == v for k, v in extra.items()) and 'kept' not in written.fields
+    # NaN stops where its module's output holds a NaN, naming where the NaN came from.
+    checked = t7.load_model(obj('nn.NaN', id=4, modules=[linear(4, 3)]))
+    for scripted in (False, True):
+        run = torch.jit.script(checked) if scripted else checked
+        try:
+            run(torch.tensor([[1., float('nan'), 0., 0.]], dtype=torch.float64))
+        except Exception as e:
+            assert 'NaN found in input of module nn.NaN(4)' in str(e)
+        else:
+            raise AssertionError('a NaN passed nn.NaN')
+    with torch.no_grad():
+        checked.module.bias[0] = float('nan')
+    try:
+        checked(x)
+    except ValueError as e:
+        assert str(e) == 'NaN found in parameters of module nn.NaN(4)'
+    else:
+        raise AssertionError('a NaN bias passed nn.NaN')
     # A double module in a float network: the input cast to double, the output back to the DontCast's float.
     cast = t7.load_model(obj('nn.DontCast', modules=[lin], castin=True, castout=True, moduleType='torch.DoubleTensor',
                              output=torch.empty(0)))
