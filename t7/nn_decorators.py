@@ -30,11 +30,10 @@ def _decorator(loader, f, path):
 @writes(*_KEPT, accepts=decorators.Decorator)
 def _write_decorator(saver, module, fields, path):
     fields['modules'] = [saver.obj(module.module, f'{path}.modules[0]')]
-    # NaN's __tostring__ prints its id: one made in Python gets 1, as the first NaN of a Lua session does.
     name = class_of(module.lua_type)
     fields.update({'device': 1} if name == 'GPU' else {}, **getattr(module, 'kept_fields', {}))
     if name == 'GPU':
-        # What nn.GPU's write puts before its fields (see t7.read.WRITTEN_BEFORE_FIELDS): on the CPU, no device.
+        # What nn.GPU's write puts before its fields (see t7.read.WRITTEN_BEFORE_FIELDS).
         fields['gpuHeader'] = [fields['_type'], fields['device']]
 
 
@@ -43,9 +42,10 @@ def _nan(loader, f, path):
     return decorators.NaN(loader.module(_inner(loader, f, path), f'{path}.modules[0]'), f.int('id', 1))
 
 
-@writes('NaN', accepts=decorators.NaN)
+# A NaN or DontCast around a module of tables runs as a plain Decorator (see their lua_specialize), its fields kept.
+@writes('NaN', accepts=decorators.Decorator)
 def _write_nan(saver, module, fields, path):
-    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], id=module.id)
+    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], id=getattr(module, 'id', 1))
 
 
 @builds('DontCast')
@@ -62,13 +62,13 @@ def _dont_cast(loader, f, path):
                                output.dtype if isinstance(output, torch.Tensor) else None)
 
 
-@writes('DontCast', accepts=decorators.DontCast)
+@writes('DontCast', accepts=decorators.Decorator)
 def _write_dont_cast(saver, module, fields, path):
-    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], castin=module.castin,
-                  castout=module.castout)
-    if module.castin or module.castout:
+    castin, castout = getattr(module, 'castin', False), getattr(module, 'castout', False)
+    fields.update(modules=[saver.obj(module.module, f'{path}.modules[0]')], castin=castin, castout=castout)
+    if castin or castout:
         fields['moduleType'] = TENSOR_CLASSES[module.module_dtype]
-    if module.castout:
+    if castout:
         fields['output'] = torch.empty(0, dtype=module.output_dtype)
 
 

@@ -70,8 +70,11 @@ def test_decorators_forward_through_their_module(tmp_path):
     torch.testing.assert_close(out, expected.float())
     torch.testing.assert_close(torch.jit.script(cast)(x.float()), expected.float())
     # Around a module that takes a table.
-    joined = t7.load_model(obj('nn.Decorator', modules=[obj('nn.JoinTable', dimension=2, size=torch.Size([]))]))
-    torch.testing.assert_close(torch.jit.script(joined)([x, x]), torch.cat([x, x], 1))
+    for name, extra in (('nn.Decorator', {}), ('nn.NaN', dict(id=3)), ('nn.DontCast', dict(castin=False))):
+        joined = t7.load_model(obj(name, modules=[obj('nn.JoinTable', dimension=2)], **extra))
+        torch.testing.assert_close(torch.jit.script(joined)([x, x]), torch.cat([x, x], 1))
+        written = roundtrip(joined, tmp_path, [x, x])
+        assert written.typename == name and all(written.fields[k] == v for k, v in extra.items())
 
 
 def test_decorator_of_nothing_is_one_line():
