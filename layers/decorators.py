@@ -130,6 +130,16 @@ class Bottle(nn.Module):
         return out.reshape(lead + [-1] + list(out.shape[1:]))
 
 
+def normalized_weight(v: Tensor, g: Tensor, weight_size: List[int], outputDim: int) -> Tensor:
+    """WeightNorm's weight of Lua size weight_size: each row of v scaled to g over sqrt(|row|^2 + 1e-4), the rows
+    being the slices along outputDim (1-based)."""
+    norm = (v.pow(2).sum(1) + 1e-4).sqrt()
+    rows = v * (g.reshape(-1) / norm).unsqueeze(1)
+    d = outputDim - 1
+    moved = [weight_size[d]] + weight_size[:d] + weight_size[d + 1:]
+    return rows.reshape(moved).movedim(0, d)
+
+
 class WeightNorm(nn.Module):
     """nn.WeightNorm(module, outputDim) around a Linear or SpatialConvolution: the module's weight is not a parameter
     but v * g / sqrt(|v|^2 + 1e-4), each slice along outputDim (1-based) a row of v scaled by its g, recomputed
@@ -157,12 +167,7 @@ class WeightNorm(nn.Module):
         self.g = g
 
     def weight(self) -> Tensor:
-        norm = (self.v.pow(2).sum(1) + 1e-4).sqrt()
-        rows = self.v * (self.g.reshape(-1) / norm).unsqueeze(1)
-        d = self.outputDim - 1
-        size = self.weight_size
-        moved = [size[d]] + size[:d] + size[d + 1:]
-        return rows.reshape(moved).movedim(0, d).reshape(self.module_size)
+        return normalized_weight(self.v, self.g, self.weight_size, self.outputDim).reshape(self.module_size)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv:

@@ -110,12 +110,8 @@ def _weight_norm(loader, f, path):
             size).numel():
         f.fail('v', f'a matrix of {size[out_dim - 1]} rows holding a weight of size {"x".join(map(str, size))}')
     # Lua's read rebuilds the module's weight from v and g (its write leaves the weight out): build it the same way.
-    layer = decorators.WeightNorm.__new__(decorators.WeightNorm)
-    nn.Module.__init__(layer)
-    layer.v, layer.g, layer.weight_size, layer.outputDim = v, g, size, out_dim
-    layer.module_size = size
     with torch.no_grad():
-        weight = decorators.WeightNorm.weight(layer)
+        weight = decorators.normalized_weight(v, g, size, out_dim)
     built = TorchObject(inner.typename, dict(inner.fields, weight=weight), inner.version)
     module = loader.module(built, f'{path}.modules[0]')
     # The loader knows modules by the id of their Lua object: the stand-in dies here, the file's object does not.
