@@ -1,5 +1,5 @@
 """Port of torch/nn's Decorator.lua and the classes that forward through their saved module (DontCast.lua, NaN.lua,
-Bottle.lua, WeightNorm.lua, Convert.lua), and of LinearWeightNorm.lua."""
+GPU.lua, Bottle.lua, WeightNorm.lua, Convert.lua), and of LinearWeightNorm.lua."""
 from typing import List
 
 import torch
@@ -11,8 +11,8 @@ from layers.tables import TABLE, TENSOR
 
 
 class Decorator(nn.Module):
-    """nn.Decorator(module), and nn.GPU(module, device, outdevice) whose device is the one here. Typed for TorchScript by what its module takes and
-    gives."""
+    """nn.Decorator(module), and nn.GPU(module, device, outdevice), whose one device here is the CPU or the module's:
+    its module's forward. Typed for TorchScript by what its module takes and gives."""
     lua_type = 'nn.Decorator'
 
     def __init__(self, module):
