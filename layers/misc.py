@@ -40,7 +40,18 @@ class _L1Gradient(torch.autograd.Function):
         return (grad + grad_output if ctx.provide_output else grad), None, None
 
 
-class GradientReversal(nn.Module):
+class IdentityWithGradient(nn.Module):
+    """Base of the modules whose forward passes the input on and whose backward changes the gradient: each
+    subclass's `with_gradient` (marked torch.jit.unused) applies its autograd function. Without autograd
+    (TorchScript, inputs that need no gradient) they are the identity."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting() or not x.requires_grad:
+            return x
+        return self.with_gradient(x)
+
+
+class GradientReversal(IdentityWithGradient):
     """nn.GradientReversal(lambda): the identity forward; its backward sends back -lambda times the gradient
     (files of its version 1 have no lambda: 1). TorchScript runs it as the identity."""
     lua_type = 'nn.GradientReversal'
@@ -49,31 +60,21 @@ class GradientReversal(nn.Module):
         super().__init__()
         self.lambda_ = float(lambda_)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting() or not x.requires_grad:
-            return x
-        return self.with_gradient(x)
-
     @torch.jit.unused
     def with_gradient(self, x: Tensor) -> Tensor:
         return _ScaleGradient.apply(x, -self.lambda_)
 
 
-class ZeroGrad(nn.Module):
+class ZeroGrad(IdentityWithGradient):
     """nn.ZeroGrad: the identity forward whose backward sends back zeros. TorchScript runs it as the identity."""
     lua_type = 'nn.ZeroGrad'
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting() or not x.requires_grad:
-            return x
-        return self.with_gradient(x)
 
     @torch.jit.unused
     def with_gradient(self, x: Tensor) -> Tensor:
         return _ScaleGradient.apply(x, 0.0)
 
 
-class L1Penalty(nn.Module):
+class L1Penalty(IdentityWithGradient):
     """nn.L1Penalty(l1weight, sizeAverage, provideOutput): the identity forward; its backward adds
     l1weight * sign(input) (divided by the number of elements with sizeAverage) to the gradient, or sends back
     only that without provideOutput. TorchScript runs it as the identity."""
@@ -82,11 +83,6 @@ class L1Penalty(nn.Module):
     def __init__(self, l1weight, sizeAverage=False, provideOutput=True):
         super().__init__()
         self.l1weight, self.sizeAverage, self.provideOutput = float(l1weight), bool(sizeAverage), bool(provideOutput)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting() or not x.requires_grad:
-            return x
-        return self.with_gradient(x)
 
     @torch.jit.unused
     def with_gradient(self, x: Tensor) -> Tensor:

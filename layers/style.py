@@ -4,6 +4,8 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from layers.misc import IdentityWithGradient
+
 
 class InstanceNormalization(nn.Module):
     """nn.InstanceNormalization(nOutput, eps[, momentum, affine]) of fast-neural-style and texture_nets: each plane
@@ -65,7 +67,7 @@ class _TotalVariationGradient(torch.autograd.Function):
         return grad_output + ctx.strength * grad, None
 
 
-class TotalVariation(nn.Module):
+class TotalVariation(IdentityWithGradient):
     """nn.TotalVariation(strength): passes its input on; in training its backward adds `strength` times the
     gradient of the total variation of the input to the gradient (the smoothness term fast-neural-style trains
     with). TorchScript runs it as the identity."""
@@ -74,11 +76,6 @@ class TotalVariation(nn.Module):
     def __init__(self, strength):
         super().__init__()
         self.strength = float(strength)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting() or not x.requires_grad:
-            return x
-        return self.with_gradient(x)
 
     @torch.jit.unused
     def with_gradient(self, x: Tensor) -> Tensor:
