@@ -205,7 +205,7 @@ _TOSTRING = {
 _INHERITS = {
     'nn.LSTM': 'nn.FastLSTM', 'nn.Sequencer': 'nn.Decorator', 'nn.Recursor': 'nn.Decorator',
     'nn.MaskZero': 'nn.Decorator', 'nn.DontCast': 'nn.Decorator', 'nn.Bottle': 'nn.Decorator',
-    'nn.WeightNorm': 'nn.Decorator',
+    'nn.WeightNorm': 'nn.Decorator', 'nn.Serial': 'nn.Decorator', 'nn.Inception': 'nn.Decorator',
     'nn.DepthConcat': 'nn.Concat', 'nn.SpatialBatchNormalization': 'nn.BatchNormalization',
     'nn.VolumetricBatchNormalization': 'nn.BatchNormalization', 'nn.SpatialLPPooling': 'nn.Sequential',
     'nn.LayerNormalization': 'nn.Sequential', 'nn.Maxout': 'nn.Sequential',

@@ -1,5 +1,5 @@
 """Torch7 nn's Decorator and the modules that forward through a saved module (DontCast, NaN, GPU, Bottle,
-WeightNorm, Convert), and LinearWeightNorm, as PyTorch modules and back."""
+WeightNorm, Convert; dpnn's Serial and Inception), and LinearWeightNorm, as PyTorch modules and back."""
 
 import torch
 from torch import nn
@@ -9,8 +9,9 @@ from t7.read import TENSOR_DTYPES, T7Error, TorchObject
 from t7.write import TENSOR_CLASSES
 from t7.registry import builds, class_of, long_storage, writes
 
-# What each decorator keeps besides its module, written back as it was read.
-_KEPT = {'Decorator': (), 'GPU': ('device', 'outdevice')}
+# What each decorator keeps besides its module, written back as it was read. dpnn's Serial (how dpnn models were
+# saved) and Inception (a DepthConcat of its towers) are Decorators whose forward is their module's.
+_KEPT = {'Decorator': (), 'GPU': ('device', 'outdevice'), 'Serial': ('tensortype',), 'Inception': ()}
 
 
 def _inner(loader, f, path):

@@ -77,6 +77,20 @@ def test_decorators_forward_through_their_module(tmp_path):
         assert written.typename == name and all(written.fields[k] == v for k, v in extra.items())
 
 
+def test_dpnn_serial_and_inception_forward_through_their_module(tmp_path):
+    # dpnn saved models inside an nn.Serial; its Inception is a Decorator around the DepthConcat of its towers.
+    from t7.__main__ import lua_string
+    x = torch.randn(2, 4, dtype=torch.float64)
+    lin = linear(4, 3)
+    for name, extra in (('nn.Serial', dict(tensortype='torch.FloatTensor')), ('nn.Inception', {})):
+        model = t7.load_model(obj('nn.Sequential', modules=[obj(name, modules=[lin], **extra)]))
+        torch.testing.assert_close(model(x), x @ lin.weight.t() + lin.bias)
+        written = roundtrip(model, tmp_path, x)
+        assert written.modules[0].typename == name and written.modules[0].modules[0].typename == 'nn.Linear'
+        assert all(written.modules[0].fields[k] == v for k, v in extra.items())
+        assert lua_string(obj(name, modules=[lin], **extra)) == f'{name} @ nn.Linear(4 -> 3)'
+
+
 def test_decorator_of_nothing_is_one_line():
     try:
         t7.load_model(obj('nn.Sequential', modules=[obj('nn.Decorator', modules=[])]))
