@@ -1,5 +1,8 @@
-"""Helper for tests that run main.py as a program with models.create replaced by a test module's tiny network."""
+"""Helpers for tests that run main.py: as a program with models.create replaced by a test module's tiny network,
+or in the test's own process."""
 import os
+
+import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +25,6 @@ if __name__ == '__main__':
 
 def run_main(argv, capsys):
     """main.main in this process: (exit code, stdout, stderr)."""
-    import main
     code = 0
     try:
         main.main(argv)
