@@ -98,15 +98,25 @@ class SpatialPadding(nn.Module):
         return x.movedim([-2, -1], dims)
 
 
-class IndexedMaxPool2d(nn.MaxPool2d):
-    """The nn.SpatialMaxPooling that an nn.SpatialMaxUnpooling is tied to: it keeps where its maxima were and the
-    size of its input, as Lua's keeps `indices`, `iheight` and `iwidth`."""
+class _KeepsIndices:
+    """What the max pooling tied to a max unpooling adds to it: it keeps where its maxima were and the size of its
+    input, as Lua's keeps `indices` and its input's sizes (`iheight`, `iwidth`, and `itime` in 3-D)."""
 
     def forward(self, x):
-        out, self.indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                         self.ceil_mode, return_indices=True)
-        self.input_size = tuple(x.shape[-2:])
+        out, self.indices = self.pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                      return_indices=True)
+        self.input_size = tuple(x.shape[-self.dims:])
         return out
+
+
+class IndexedMaxPool2d(_KeepsIndices, nn.MaxPool2d):
+    """The nn.SpatialMaxPooling that an nn.SpatialMaxUnpooling is tied to."""
+    pool, dims = staticmethod(F.max_pool2d), 2
+
+
+class IndexedMaxPool3d(_KeepsIndices, nn.MaxPool3d):
+    """The nn.VolumetricMaxPooling that an nn.VolumetricMaxUnpooling is tied to."""
+    pool, dims = staticmethod(F.max_pool3d), 3
 
 
 class SpatialMaxUnpooling(nn.Module):
@@ -114,6 +124,7 @@ class SpatialMaxUnpooling(nn.Module):
     maximum, zeros elsewhere, in a map of that pooling's input size (ENet and SegNet decoders)."""
     lua_type = 'nn.SpatialMaxUnpooling'
     not_scriptable = 'nn.SpatialMaxUnpooling reads the indices its SpatialMaxPooling kept in its last forward'
+    unpool = staticmethod(F.max_unpool2d)
 
     def __init__(self, pooling):
         super().__init__()
@@ -122,7 +133,14 @@ class SpatialMaxUnpooling(nn.Module):
 
     def forward(self, x):
         pool = self.pooling
-        return F.max_unpool2d(x, pool.indices, pool.kernel_size, pool.stride, pool.padding, pool.input_size)
+        return self.unpool(x, pool.indices, pool.kernel_size, pool.stride, pool.padding, pool.input_size)
+
+
+class VolumetricMaxUnpooling(SpatialMaxUnpooling):
+    """nn.VolumetricMaxUnpooling(pooling): the same for volumes and their tied VolumetricMaxPooling."""
+    lua_type = 'nn.VolumetricMaxUnpooling'
+    not_scriptable = 'nn.VolumetricMaxUnpooling reads the indices its VolumetricMaxPooling kept in its last forward'
+    unpool = staticmethod(F.max_unpool3d)
 
 
 class SpatialSymmetricPadding(nn.Module):
@@ -145,30 +163,3 @@ class SpatialSymmetricPadding(nn.Module):
             raise ValueError('nn.SpatialSymmetricPadding: input is too small')
         x = torch.cat([x[:, :, :top].flip(2), x, x[:, :, x.size(2) - bottom:].flip(2)], 2)
         return torch.cat([x[:, :, :, :left].flip(3), x, x[:, :, :, x.size(3) - right:].flip(3)], 3)
-
-
-class IndexedMaxPool3d(nn.MaxPool3d):
-    """The nn.VolumetricMaxPooling that an nn.VolumetricMaxUnpooling is tied to: it keeps where its maxima were and
-    the size of its input, as Lua's keeps `indices`, `itime`, `iheight` and `iwidth`."""
-
-    def forward(self, x):
-        out, self.indices = F.max_pool3d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                         self.ceil_mode, return_indices=True)
-        self.input_size = tuple(x.shape[-3:])
-        return out
-
-
-class VolumetricMaxUnpooling(nn.Module):
-    """nn.VolumetricMaxUnpooling(pooling): puts each value back where the tied volumetric pooling's last forward
-    found its maximum, zeros elsewhere, in a volume of that pooling's input size."""
-    lua_type = 'nn.VolumetricMaxUnpooling'
-    not_scriptable = 'nn.VolumetricMaxUnpooling reads the indices its VolumetricMaxPooling kept in its last forward'
-
-    def __init__(self, pooling):
-        super().__init__()
-        # Not a child: the pooling module sits where the encoder has it, and is run there.
-        self.__dict__['pooling'] = pooling
-
-    def forward(self, x):
-        pool = self.pooling
-        return F.max_unpool3d(x, pool.indices, pool.kernel_size, pool.stride, pool.padding, pool.input_size)

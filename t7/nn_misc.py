@@ -2,13 +2,13 @@
 (Maxout, LayerNormalization, CReLU), Collapse, GatedLinearUnit, Constant, Index, MaskedSelect, MixtureTable,
 TemporalSubSampling, FeatureLPPooling, UpSampling, PartialLinear, SpatialFullConvolutionMap, TemporalRowConvolution,
 TemporalDynamicKMaxPooling, SpatialFractionalMaxPooling, Kmeans, ZipTable, ZipTableOneToMany, CAddTensorTable, the
-dilated / replication-padded / unpooling volumetric classes as PyTorch modules and back, and the refusal of the
+dilated and replication-padded volumetric classes as PyTorch modules and back, and the refusal of the
 classes that cannot convert."""
 
 import torch
 from torch import nn
 
-from layers import activation, containers, misc, pooling, tables
+from layers import activation, containers, misc, tables
 from t7.nn_conv import write_parameters
 from t7.read import T7Error
 from t7.registry import VERSION_2, builds, long_storage, set_parameters, writes
@@ -280,7 +280,7 @@ def _write_volumetric_dilated_max_pooling(saver, module, fields, path):
 
 @builds('PartialLinear')
 def _partial_linear(loader, f, path):
-    n_in, n_out = f.int('inputsize'), f.int('outputsize')
+    n_out = f.int('outputsize')
     network = loader.module(f.get('network'), f'{path}.network')
     partition = f.get('partition')
     if partition is None:
@@ -318,21 +318,6 @@ def _write_full_convolution_map(saver, module, fields, path):
     fields.update(kW=module.kW, kH=module.kH, dW=module.dW, dH=module.dH, connTable=module.connTable,
                   nInputPlane=module.nInputPlane, nOutputPlane=module.nOutputPlane)
     write_parameters(saver, module, fields, 'weight', 'bias')
-
-
-@builds('VolumetricMaxUnpooling')
-def _volumetric_max_unpooling(loader, f, path):
-    pool = loader.module(f.get('pooling'), f'{path}.pooling')
-    if not isinstance(pool, nn.MaxPool3d):
-        f.fail('pooling', 'an nn.VolumetricMaxPooling')
-    if type(pool) is nn.MaxPool3d:
-        pool.__class__ = pooling.IndexedMaxPool3d
-    return pooling.VolumetricMaxUnpooling(pool)
-
-
-@writes('VolumetricMaxUnpooling', accepts=pooling.VolumetricMaxUnpooling)
-def _write_volumetric_max_unpooling(saver, module, fields, path):
-    fields['pooling'] = saver.obj(module.pooling, f'{path}.pooling')
 
 
 @builds('TemporalRowConvolution')

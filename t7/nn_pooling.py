@@ -272,17 +272,26 @@ def _write_inn_average_pooling(saver, module, fields, path):
     _write_average_pooling(saver, module, fields, path)
 
 
-@builds('SpatialMaxUnpooling')
+# Each max unpooling: the PyTorch pooling its tied pooling converts to, what that pooling becomes once tied to it
+# (it keeps its indices), and what Lua class the tied one must be.
+_UNPOOLING = {'SpatialMaxUnpooling': (nn.MaxPool2d, pooling.IndexedMaxPool2d, pooling.SpatialMaxUnpooling,
+                                      'an nn.SpatialMaxPooling'),
+              'VolumetricMaxUnpooling': (nn.MaxPool3d, pooling.IndexedMaxPool3d, pooling.VolumetricMaxUnpooling,
+                                         'an nn.VolumetricMaxPooling')}
+
+
+@builds(*_UNPOOLING)
 def _max_unpooling(loader, f, path):
+    plain, indexed, unpooling, wanted = _UNPOOLING[class_of(f.typename)]
     pool = loader.module(f.get('pooling'), f'{path}.pooling')
-    if not isinstance(pool, nn.MaxPool2d):
-        f.fail('pooling', 'an nn.SpatialMaxPooling')
-    if type(pool) is nn.MaxPool2d:
-        pool.__class__ = pooling.IndexedMaxPool2d
-    return pooling.SpatialMaxUnpooling(pool)
+    if not isinstance(pool, plain):
+        f.fail('pooling', wanted)
+    if type(pool) is plain:
+        pool.__class__ = indexed
+    return unpooling(pool)
 
 
-@writes('SpatialMaxUnpooling', accepts=pooling.SpatialMaxUnpooling)
+@writes(*_UNPOOLING, accepts=pooling.SpatialMaxUnpooling)
 def _write_max_unpooling(saver, module, fields, path):
     fields['pooling'] = saver.obj(module.pooling, f'{path}.pooling')
 
