@@ -177,11 +177,17 @@ def _write_linear_no_bias(saver, module, fields, path):
 
 # --- the project's convolution layers ----------------------------------------------------------------------------
 
-@builds('SpatialConvolutionMap')
-def _convolution_map(loader, f, path):
+def conn_table(f):
+    """The connTable of a SpatialConvolutionMap or SpatialFullConvolutionMap, checked."""
     table = f.tensor('connTable')
     if table.dim() != 2 or table.size(1) != 2 or table.numel() == 0 or table.min() < 1:
-        f.fail('connTable', 'an N x 2 table of 1-based plane numbers')
+        f.fail('connTable', 'a K x 2 table of 1-based {input plane, output plane} pairs')
+    return table
+
+
+@builds('SpatialConvolutionMap')
+def _convolution_map(loader, f, path):
+    table = conn_table(f)
     kw, kh = f.int('kW'), f.int('kH')
     module = conv.SpatialConvolutionMap(table, kw, kh, f.int('dW', 1), f.int('dH', 1), device='meta')
     module.nInputPlane = f.int('nInputPlane', module.nInputPlane)

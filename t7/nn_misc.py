@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from layers import activation, containers, misc, tables
-from t7.nn_conv import write_parameters
+from t7.nn_conv import conn_table, write_parameters
 from t7.read import T7Error
 from t7.registry import VERSION_2, builds, long_storage, set_parameters, writes
 
@@ -302,9 +302,7 @@ def _write_partial_linear(saver, module, fields, path):
 
 @builds('SpatialFullConvolutionMap')
 def _full_convolution_map(loader, f, path):
-    table = f.tensor('connTable')
-    if table.dim() != 2 or table.size(1) != 2 or table.numel() == 0 or table.min() < 1:
-        f.fail('connTable', 'a K x 2 table of 1-based {input plane, output plane} pairs')
+    table = conn_table(f)
     n_in, n_out = f.int('nInputPlane', int(table[:, 0].max())), f.int('nOutputPlane', int(table[:, 1].max()))
     kw, kh = f.int('kW'), f.int('kH')
     weight = loader.parameter(f.tensor('weight', (table.size(0), kh, kw)))

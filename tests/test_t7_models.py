@@ -526,7 +526,7 @@ def test_unconvertible_fields_name_the_class_and_its_place():
     bad = [
         (module('nn.SpatialCrossMapLRN', size=4, alpha=1e-4, beta=0.75, k=1), 'field size must be an odd positive'),
         (module('nn.SpatialConvolutionMap', connTable=torch.zeros(2, 2), kW=3, kH=3, weight=torch.ones(2, 3, 3),
-                bias=torch.ones(1)), 'field connTable must be an N x 2 table of 1-based plane numbers'),
+                bias=torch.ones(1)), r'field connTable must be a K x 2 table of 1-based \{input plane, output plane\}'),
         (module('nn.AddConstant', constant_scalar=torch.ones(3), inplace=False), 'a tensor constant_scalar'),
         (module('nn.Normalize', p=0, eps=1e-10), r'field p must be a positive number'),
         (module('nn.RReLU', lower=0.5, upper=0.1, inplace=False), 'needs 0 <= lower <= upper'),
