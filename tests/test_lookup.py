@@ -221,6 +221,28 @@ def test_threads_give_identical_results(cpp, batch):
         torch.ops.lcnn_lookup.set_min_task_work(previous)
 
 
+@pytest.mark.parametrize('size,stride', [(14, 2), (13, 2), (7, 1), (20, 3)])
+def test_strided_shortcut_at_any_thread_count(cpp, size, stride):
+    """A ResNet shortcut, 1x1 with a stride, as its dense form: the input is subsampled by our own loop and, with
+    few column blocks (7x7 outputs: 48 + 1 columns), the GEMM is split among the threads by panels. Same bits at
+    1, 2 and 3 threads, and PyTorch's convolution's values."""
+    gen = torch.Generator().manual_seed(size)
+    conv, bn = nn.Conv2d(40, 72, 1, stride), randomize_bn(nn.BatchNorm2d(72), gen)
+    model = nn.Sequential(conv, bn).eval()
+    layer = lookup.compile(model, path='dense')
+    x = torch.randn(2, 40, size, size, generator=gen)
+    previous = torch.ops.lcnn_lookup.set_min_task_work(1)
+    try:
+        for batch in (x[:1], x):
+            with torch.no_grad():
+                outs = at_threads([1, 2, 3], lambda: layer(batch))
+                ref = model(batch)
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+            close(outs[0], ref)
+    finally:
+        torch.ops.lcnn_lookup.set_min_task_work(previous)
+
+
 def test_big_dictionaries_run_in_blocks(cpp):
     """Dictionaries too big for L1 are taken in blocks of planes (convolutions, with and without pooling) or of
     responses (fully connected, batch 1 and batch): same results as the reference, identical at any thread

@@ -261,8 +261,12 @@ struct Stage {
 
 // Stages run in order, each complete before the next starts (the taps read what the dictionary wrote). With
 // several threads they share one parallel region instead of one each (a small layer at batch 1 would spend much of
-// its time starting regions): threads take chunks of a stage's items as they come, then wait until all of that
-// stage's items are done. Which thread computes an item never changes its result.
+// its time starting regions). Each stage's items are cut into one contiguous segment per thread, and thread k
+// starts on segment k of every stage: the items of one stage lie in the same order over the image as those of the
+// next (dictionary columns, then tap tiles), so a thread mostly reads what it wrote itself, from its own cache,
+// rather than lines of the other core's. A thread done with its segment takes chunks of the others', so that one
+// slow thread leaves its share to the rest; it then waits until all of that stage's items are done. Which thread
+// computes an item never changes its result.
 void run_stages(std::initializer_list<Stage> stages, bool par) {
   const int64_t threads = par ? at::get_num_threads() : 1;
   bool split = false;
@@ -273,17 +277,25 @@ void run_stages(std::initializer_list<Stage> stages, bool par) {
       if (st.items > 0) st.fn(0, st.items);
     return;
   }
-  std::vector<std::atomic<int64_t>> next(stages.size()), done(stages.size());
-  for (size_t i = 0; i < stages.size(); ++i) next[i] = done[i] = 0;
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+  const size_t n = stages.size();
+  std::vector<std::atomic<int64_t>> next(n * threads), done(n);
+  size_t i = 0;
+  for (const Stage& st : stages) {
+    for (int64_t k = 0; k < threads; ++k) next[i * threads + k] = st.items * k / threads;
+    done[i++] = 0;
+  }
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t) {
     size_t i = 0;
     for (const Stage& st : stages) {
-      // Chunks of a few tasks' worth per thread, so that one slow thread leaves its share to the others.
+      // Chunks of a few tasks' worth, so that what is left of a slow thread's segment can be shared out.
       const int64_t grain = std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work) / 4);
-      for (int64_t b; (b = next[i].fetch_add(grain)) < st.items;) {
-        const int64_t e = std::min(st.items, b + grain);
-        st.fn(b, e);
-        done[i].fetch_add(e - b);
+      for (int64_t j = 0; j < threads; ++j) {
+        const int64_t k = (first + j) % threads, end = st.items * (k + 1) / threads;
+        for (int64_t b; (b = next[i * threads + k].fetch_add(grain)) < end;) {
+          const int64_t e = std::min(end, b + grain);
+          st.fn(b, e);
+          done[i].fetch_add(e - b);
+        }
       }
       while (done[i].load(std::memory_order_acquire) < st.items) _mm_pause();
       ++i;
@@ -293,9 +305,24 @@ void run_stages(std::initializer_list<Stage> stages, bool par) {
 
 void run_gemm(const GemmArgs& g) {
   const Isa& isa = kIsas[g_isa];
-  const int64_t cb = isa.gemm_cols;
-  const int64_t items = g.images * ((g.M + kMR - 1) / kMR) * ((g.ncols + cb - 1) / cb);
-  parallel_items(items, g.K * kMR * cb / isa.lanes, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
+  const int64_t cb = isa.gemm_cols, panels = (g.M + kMR - 1) / kMR, blocks = (g.ncols + cb - 1) / cb;
+  const int64_t items = g.images * panels * blocks, work = g.K * kMR * cb / isa.lanes;
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && blocks < 4 * threads && panels >= threads && g.ncols % cb) {
+    // Few column blocks, the last one narrow (a 1x1 convolution over a 7x7 input has 48 + 1 columns): items in
+    // their own order, panel by panel, would hand one thread the full blocks and the other the narrow one. Split
+    // by panels, each thread gets a share of the panels with all their blocks.
+    parallel_items(g.images * panels, work * blocks, [&](int64_t b, int64_t e) {
+      while (b < e) {
+        const int64_t img = b / panels, p0 = b - img * panels, p1 = std::min(panels, p0 + e - b);
+        for (int64_t blk = 0; blk < blocks; ++blk)
+          isa.gemm(g, (img * blocks + blk) * panels + p0, (img * blocks + blk) * panels + p1);
+        b += p1 - p0;
+      }
+    });
+    return;
+  }
+  parallel_items(items, work, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
 }
 
 // Output size of a max pooling, with PyTorch's (= Torch7's) ceil-mode rule.
@@ -602,6 +629,24 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   return out;
 }
 
+// Every sH-th row and sW-th column of NCHW planes (the input of a strided 1x1 convolution). ATen's copy of the
+// strided view goes element by element through its iterator, at ~60 us for one ResNet shortcut at batch 1.
+at::Tensor subsample(const at::Tensor& x, int64_t sH, int64_t sW) {
+  const int64_t H = x.size(2), W = x.size(3), Ho = (H + sH - 1) / sH, Wo = (W + sW - 1) / sW;
+  at::Tensor y = at::empty({x.size(0), x.size(1), Ho, Wo}, x.options());
+  const float* src = x.data_ptr<float>();
+  float* dst = y.data_ptr<float>();
+  parallel_items(x.size(0) * x.size(1), Ho * Wo / 16 + 1, [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl)
+      for (int64_t i = 0; i < Ho; ++i) {
+        const float* row = src + (pl * H + i * sH) * W;
+        float* out = dst + (pl * Ho + i) * Wo;
+        for (int64_t j = 0; j < Wo; ++j) out[j] = row[j * sW];
+      }
+  });
+  return y;
+}
+
 // A dense convolution whose kernel is 1x1 (any stride, no padding) or covers its whole input (a fully connected
 // layer): y = W x + bias with our GEMM (or, for one input vector, the product that skips zero inputs, given the
 // transposed weight w_t), then residual, ReLU and max pooling. geom = [kH, kW, sH, sW, O].
@@ -650,7 +695,7 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
     }
   } else {
     TORCH_CHECK(kH == 1 && kW == 1, "dense conv: only 1x1 kernels or kernels covering the input are supported");
-    at::Tensor xs = (sH > 1 || sW > 1) ? x.slice(2, 0, H, sH).slice(3, 0, W, sW).contiguous() : x.contiguous();
+    at::Tensor xs = (sH > 1 || sW > 1) ? subsample(x.contiguous(), sH, sW) : x.contiguous();
     const int64_t Ho = xs.size(2), Wo = xs.size(3);
     out = at::empty({N, O, Ho, Wo}, x.options());
     at::Tensor res;
