@@ -46,7 +46,7 @@ _CSRC = Path(__file__).resolve().parent / 'csrc' / 'lookup.cpp'
 # stays valid on any x86-64 machine. -ffp-contract=fast lets GCC fuse multiply-adds in ISO C++ mode.
 _CFLAGS = ['-O3', '-fopenmp', '-ffp-contract=fast']
 _LDFLAGS = ['-fopenmp']
-_state = {'backend': None}
+_state = {'backend': None, 'generation': 0}
 
 
 class LookupInferenceError(Exception):
@@ -126,6 +126,12 @@ def _pool_params(pool):
     return (k[0], k[1], s[0], s[1], p[0], p[1], int(bool(pool.ceil_mode)))
 
 
+def _pooled_size(n, k, s, p, ceil):
+    """Output length of a max pooling over n (PyTorch's rule: with ceil_mode the last window starts inside)."""
+    out = (n + 2 * p - k + (s - 1 if ceil else 0)) // s + 1
+    return out - 1 if ceil and (out - 1) * s >= n + p else out
+
+
 def _bn_affine(bn):
     """(scale, shift) of an eval-mode batch norm, or None when it has no running statistics to fold."""
     if not bn.track_running_stats or bn.running_mean is None:
@@ -167,6 +173,29 @@ def _pack_rows(weight):
     padded = torch.zeros(rows, k, dtype=torch.float32)
     padded[:m] = weight
     return padded.view(rows // _PANEL_ROWS, _PANEL_ROWS, k).transpose(1, 2).contiguous()
+
+
+class _Kernel:
+    """One call of a compiled kernel with its fixed arguments, made once per layer, form and input shape: callable
+    as (x, residual), and readable as an instruction of a network plan (see _Plan)."""
+    __slots__ = ('kind', 'tensors', 'geom', 'relu', 'pool')
+
+    def __init__(self, kind, tensors, geom, relu, pool):
+        self.kind, self.tensors, self.geom, self.relu, self.pool = kind, tensors, geom, relu, pool
+
+    def __call__(self, x, residual):
+        if self.kind == 'conv':
+            return torch.ops.lcnn_lookup.conv(x, *self.tensors, self.geom, self.relu, self.pool, residual)
+        if self.kind == 'dense':
+            return torch.ops.lcnn_lookup.dense(x, *self.tensors, self.geom, self.relu, self.pool, residual)
+        # 'aten': PyTorch's convolution (a dense form our GEMM does not cover), then what the block fuses.
+        sh, sw, ph, pw, dh, dw, groups = self.geom
+        y = F.conv2d(x, *self.tensors, (sh, sw), (ph, pw), (dh, dw), groups)
+        if residual is not None:
+            y = y + residual
+        if not self.pool:
+            return torch.relu_(y) if self.relu else y
+        return torch.ops.lcnn_lookup.max_pool(y, self.pool, self.relu)
 
 
 class LookupConv2d(nn.Module):
@@ -270,6 +299,7 @@ class LookupConv2d(nn.Module):
             self.dense_weight = None
         self.path, self.batch_path = path, batch_path
         self._cache, self._calls = {}, {}
+        _state['generation'] += 1  # network plans built on the old forms are stale
         return self
 
     def path_for(self, batch):
@@ -344,14 +374,16 @@ class LookupConv2d(nn.Module):
                 packed, wt = None, self._cached('dense_t', lambda: weight.t().contiguous())
             else:
                 packed, wt = self._cached('dense_pack', lambda: _pack_rows(weight)), None
-            args = (packed, wt, self.bias, [*self.kernel_size, *self.stride, self.out_channels], self.relu,
-                    self._pool_list)
-            return lambda x, residual: torch.ops.lcnn_lookup.dense(x, *args, residual)
+            return _Kernel('dense', (packed, wt, self.bias), [*self.kernel_size, *self.stride, self.out_channels],
+                           self.relu, self._pool_list)
         if covers:
             # oneDNN's convolution of a kernel covering its input is ~10x slower than this product.
             weight = self.dense_weight.view(self.out_channels, -1)
             return lambda x, residual: self._post(F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(
                 x.shape[0], self.out_channels, 1, 1), residual)
+        if self.backend == 'cpp':
+            return _Kernel('aten', (self.dense_weight, self.bias),
+                           [*self.stride, *self.padding, *self.dilation, self.groups], self.relu, self._pool_list)
         return lambda x, residual: self._post(F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding,
                                                        self.dilation, self.groups), residual)
 
@@ -386,13 +418,25 @@ class LookupConv2d(nn.Module):
             raise LookupInferenceError(f'{self.source or "lookup layer"}: expected a 4-D float32 input, got '
                                        f'{x.dim()}-D {x.dtype}')
         n, _, h, w = x.shape
-        # The call for this form and input shape is built once: at batch 1 the Python around a kernel would
-        # otherwise cost a good part of a small layer's time.
+        return self._call_for(path, n, h, w)(x, residual)
+
+    def _call_for(self, path, n, h, w):
+        """The call of this form for inputs of batch n and size h x w, built once: at batch 1 the Python around a
+        kernel would otherwise cost a good part of a small layer's time."""
         key = (path, n == 1, h, w)
         call = self._calls.get(key)
         if call is None:
             call = self._calls[key] = self._dense_call(n, h, w) if path == 'dense' else self._lookup_call(n, h, w)
-        return call(x, residual)
+        return call
+
+    def output_size(self, h, w):
+        """Height and width of the output for an h x w input (after the fused pooling)."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        h, w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if self.pool is None:
+            return h, w
+        kh, kw, sh, sw, ph, pw, ceil = self.pool
+        return _pooled_size(h, kh, sh, ph, ceil), _pooled_size(w, kw, sw, pw, ceil)
 
     def _lookup_call(self, n, h, w):
         """The lookup form for inputs of batch n and size h x w, as a function of (x, residual)."""
@@ -408,9 +452,8 @@ class LookupConv2d(nn.Module):
             rowptr, offsets, values = self._cached('fc_taps', lambda: self._block_major(h, w))
         else:
             rowptr, offsets, values = self.rowptr, self._tap_offsets(h, w), self.values
-        args = (packed, dt, rowptr, offsets, values, self.bias, self._geom + [dictionary.shape[0]], self.relu,
-                self._pool_list)
-        return lambda x, residual: torch.ops.lcnn_lookup.conv(x, *args, residual)
+        return _Kernel('conv', (packed, dt, rowptr, offsets, values, self.bias), self._geom + [dictionary.shape[0]],
+                       self.relu, self._pool_list)
 
     def _block_major(self, h, w):
         """The taps of a fully connected use reordered block-major: for each block of _FC_BLOCK dictionary
@@ -457,6 +500,125 @@ class LookupResidual(nn.Module):
         for m in head:
             x = m(x)
         return last(x, residual)
+
+
+def _is_identity(m):
+    """True for modules that return their input in eval mode (a Dropout that rescales at test time does not)."""
+    if isinstance(m, activation.Dropout):
+        return not (m.training or m.stochastic_inference or (m.p > 0 and m.v1))
+    return type(m) is nn.Identity or (type(m) is nn.Dropout and not m.training)
+
+
+def _leaves(module):
+    """The modules a Sequential runs, nested Sequentials opened (running them in turn is the same forward)."""
+    for m in module._modules.values():
+        if type(m) is nn.Sequential:
+            yield from _leaves(m)
+        else:
+            yield m
+
+
+class _Plan:
+    """The longest head of a network that the kernels can run as one run_plan call, for one input shape, and the
+    modules after it (run in Python)."""
+
+    KINDS = {'conv': 1, 'dense': 2, 'aten': 3}  # run_plan's instruction numbers
+
+    def __init__(self, network, n, h, w):
+        self.tensors, self.code, self.rest, self.modules = [], [], [], []
+        slots = {}
+
+        def slot(t):
+            if t is None:
+                return -1
+            if id(t) not in slots:
+                slots[id(t)] = len(self.tensors)
+                self.tensors.append(t)
+            return slots[id(t)]
+
+        def step(layer, h, w, src=0, dst=0, res=0):
+            call = layer._call_for(layer.path_for(n), n, h, w) if isinstance(layer, LookupConv2d) else None
+            if not isinstance(call, _Kernel):
+                return None
+            self.code += [self.KINDS[call.kind], src, dst, res, int(call.relu), h, w]
+            self.code += [slot(t) for t in call.tensors]
+            self.code += [len(call.geom), *call.geom, len(call.pool), *call.pool]
+            return layer.output_size(h, w)
+
+        def block(m, h, w):
+            if isinstance(m, LookupConv2d):
+                return step(m, h, w)
+            if isinstance(m, LookupResidual):
+                body = list(m.body._modules.values()) if isinstance(m.body, nn.Sequential) else [m.body]
+                short = m.shortcut
+                if isinstance(short, nn.Sequential) and len(short) == 1:
+                    short = short[0]
+                if not body:
+                    return None
+                self.code.append(0)  # the block's input, for the shortcut and the sum
+                if type(short) is not nn.Identity and step(short, h, w, src=1, dst=1) is None:
+                    return None
+                for i, layer in enumerate(body):
+                    if (hw := step(layer, h, w, res=int(i == len(body) - 1))) is None:
+                        return None
+                    h, w = hw
+                return h, w
+            return (h, w) if _is_identity(m) else None
+
+        leaves = list(_leaves(network))
+        for i, m in enumerate(leaves):
+            code = len(self.code)
+            if (hw := block(m, h, w)) is None:
+                del self.code[code:]  # a block that cannot run whole stays in Python with all after it
+                self.rest = leaves[i:]
+                break
+            self.modules += m.modules()
+            h, w = hw
+
+    def hooked(self):
+        """True when a hook waits on a module the plan would run without calling it (layer timing, capture of
+        inputs): the forward then goes module by module."""
+        hooks = nn.modules.module
+        return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks) or any(
+            m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+
+    def __call__(self, x):
+        if self.code:
+            x = torch.ops.lcnn_lookup.run_plan(x, self.tensors, self.code)
+        for m in self.rest:
+            x = m(x)
+        return x
+
+
+class LookupNetwork(nn.Sequential):
+    """A compiled Sequential network. Its forward runs the lookup layers (and the residual blocks, dropouts and
+    nested Sequentials between them) in one call into the kernels, planned once per input shape; whatever follows
+    the first module the kernels cannot run (a pooling, a view, a Linear, ...) runs as the Sequential would."""
+
+    def forward(self, x):
+        if x.dtype != torch.float32 or x.dim() != 4 or x.device.type != 'cpu':
+            return super().forward(x)  # each layer then says what is wrong with the input
+        plans = self.__dict__.setdefault('_plans', {})
+        key = (_state['generation'], *x.shape)
+        plan = plans.get(key)
+        if plan is None:
+            plans.clear()
+            plan = plans[key] = _Plan(self, x.shape[0], x.shape[2], x.shape[3])
+        if plan.hooked():
+            return super().forward(x)
+        return plan(x.detach() if x.requires_grad else x)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop('_plans', None)  # holds the layers' tensors again; rebuilt on the next forward
+        return state
+
+
+def _as_network(model):
+    """A compiled model whose top is a plain Sequential runs as a LookupNetwork (when the kernels are built)."""
+    if type(model) is nn.Sequential and lookup_layers(model) and all(m.backend == 'cpp' for m in lookup_layers(model)):
+        model.__class__ = LookupNetwork
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -608,7 +770,7 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
         raise LookupInferenceError(f'compile: the model is on {", ".join(sorted(devices - {"cpu"}))}; the lookup '
                                    f'engine runs on CPU: pass model.cpu()')
     backend_name = resolve_backend(backend)
-    compiled = _rebuild(model, '', backend_name).eval()
+    compiled = _as_network(_rebuild(model, '', backend_name).eval())
     for p in compiled.parameters():
         p.requires_grad_(False)
     layers = [m for m in lookup_layers(compiled) if m.has_lookup]
@@ -961,4 +1123,4 @@ def load(path, backend=None):
         if int(f.attrs['version']) > _VERSION:
             raise LookupInferenceError(f'load: {path} has format version {f.attrs["version"]}, this code reads '
                                        f'up to {_VERSION}; update lcnn-torch')
-        return _read_node(f['model'], resolve_backend(backend)).eval()
+        return _as_network(_read_node(f['model'], resolve_backend(backend)).eval())

@@ -360,7 +360,84 @@ def test_compiled_model_copies(cpp):
     with torch.no_grad():
         out = compiled(x)  # prepares the calls and derived weights first
         for again in (copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled))):
-            assert torch.equal(again(x), out)
+            assert isinstance(again, lookup.LookupNetwork) and torch.equal(again(x), out)
+
+
+def module_by_module(compiled, x):
+    with torch.no_grad():
+        return nn.Sequential.forward(compiled, x)
+
+
+@pytest.mark.parametrize('maker,size,tail', [(alexnet_lcnn_small, 224, ['Dropout', 'LookupConv2d', 'LookupConv2d',
+                                                                          'View', 'LogSoftMax']),
+                                             (resnet_lcnn_small, 64, ['AvgPool2d', 'View', 'Linear', 'LogSoftMax'])])
+def test_network_runs_in_one_call(cpp, maker, size, tail, monkeypatch):
+    """A compiled Sequential runs its layers up to the first module the kernels cannot run (here alexnet's
+    test-time-scaling Dropout, resnet's average pooling) in one run_plan call, with the same bits as module by
+    module, for each form and batch, and at any thread count; the rest runs in Python."""
+    gen = torch.Generator().manual_seed(21)
+    model = maker(0.05, gen)
+    calls = []
+    conv = LookupConv2d.forward
+    monkeypatch.setattr(LookupConv2d, 'forward', lambda self, *a: calls.append(self) or conv(self, *a))
+    for path in ('lookup', 'dense'):
+        compiled = lookup.compile(model, path=path)
+        assert isinstance(compiled, lookup.LookupNetwork)
+        for batch in (1, 3):
+            x = torch.randn(batch, 3, size, size, generator=gen)
+            ref = module_by_module(compiled, x)
+            calls.clear()
+            with torch.no_grad():
+                outs = at_threads([1, 2, 3], lambda: compiled(x))
+            assert all(torch.equal(out, ref) for out in outs)
+            plan, = compiled._plans.values()
+            assert [type(m).__name__ for m in plan.rest] == tail
+            assert len(calls) == 3 * sum(isinstance(m, LookupConv2d) for m in plan.rest)
+            close(outs[0], model(x))
+
+
+def test_network_plan_follows_changes(cpp):
+    """The plan is rebuilt when a layer changes form or the input its shape; a hook on any layer it would run makes
+    the forward go module by module (layer timing relies on it); bad inputs get the layers' own errors."""
+    gen = torch.Generator().manual_seed(22)
+    model = resnet_lcnn_small(0.1, gen)
+    compiled = lookup.compile(model, path='lookup')
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    kinds = lambda: [call.kind for m in lookup.lookup_layers(compiled) for call in m._calls.values()]
+    with torch.no_grad():
+        compiled(x)
+        assert 'aten' not in kinds()
+        lookup.lookup_layers(compiled)[2].set_path('dense')  # a 3x3 convolution: PyTorch's, inside the plan
+        after = compiled(x)
+        plan, = compiled._plans.values()
+        assert 'aten' in kinds() and not plan.rest[:-4] and torch.equal(after, module_by_module(compiled, x))
+        bigger = torch.randn(2, 3, 96, 96, generator=gen)
+        assert torch.equal(compiled(bigger), module_by_module(compiled, bigger))
+        seen = []
+        hook = lookup.lookup_layers(compiled)[4].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+        assert torch.equal(compiled(x), after) and len(seen) == 1
+        hook.remove()
+        compiled(x)
+        assert len(seen) == 1
+        with pytest.raises(LookupInferenceError, match='float32'):
+            compiled(x.double())
+
+
+def test_run_plan_checks_its_instructions(cpp):
+    """A plan is checked as it runs: a step planned for another input size, or a residual without its stack
+    entry, is refused rather than computed from wrong tap offsets."""
+    gen = torch.Generator().manual_seed(23)
+    compiled = lookup.compile(resnet_lcnn_small(0.1, gen), path='lookup')
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        compiled(x)
+    plan, = compiled._plans.values()
+    with pytest.raises(RuntimeError, match='planned for 64x64'):
+        torch.ops.lcnn_lookup.run_plan(torch.randn(1, 3, 72, 72), plan.tensors, plan.code)
+    with pytest.raises(RuntimeError, match='stack is empty'):
+        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code[:3] + [1] + plan.code[4:])  # first step, res 1
+    with pytest.raises(RuntimeError, match='unknown instruction'):
+        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [7])
 
 
 def test_compile_leaves_model_untouched(cpp):
@@ -394,9 +471,9 @@ def test_compile_without_example_times_a_synthetic_input(cpp, monkeypatch):
     layers = lookup.lookup_layers(compiled)
     assert [(m.path, m.batch_path) for m in layers] == [('lookup', 'lookup'), ('dense', 'lookup'), ('lookup', 'dense')]
     used = []
-    for m in layers:
-        run = m._run
-        m._run = lambda x, residual, path, run=run: used.append(path) or run(x, residual, path)
+    for m in layers:  # the form each layer's kernel call is made for (module by module or in the network's plan)
+        call_for = m._call_for
+        m._call_for = lambda path, n, h, w, call_for=call_for: used.append(path) or call_for(path, n, h, w)
     for batch in (1, 2):
         x = torch.randn(batch, 3, 224, 224, generator=gen)
         with torch.no_grad():
@@ -578,6 +655,7 @@ def test_hdf5_round_trip(cpp, tmp_path, maker):
     lookup.lookup_layers(compiled)[2].set_path('lookup', 'dense')
     lookup.export(compiled, tmp_path / 'net.h5')
     loaded = lookup.load(tmp_path / 'net.h5')
+    assert isinstance(loaded, lookup.LookupNetwork)
     paths = lambda m: [(layer.path, layer.batch_path) for layer in lookup.lookup_layers(m)]
     assert paths(loaded) == paths(compiled)
     with torch.no_grad():

@@ -709,6 +709,77 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
   return max_pool(out, pool, relu);
 }
 
+// A chain of the kernels above in one call (layers/lookup.py's _Plan): at batch 1 the Python and the dispatch
+// around each kernel call cost as much as a small layer, and they run on one thread while the others wait.
+// `code` is a list of instructions, each [kind, src, dst, res, relu, H, W, tensor slots..., geometry count,
+// geometry..., pool count, pool...]: kind 0 pushes the current tensor on a stack (the input of a residual block),
+// 1 is lookup_conv (six tensor slots), 2 dense_conv (three), 3 ATen's convolution (weight, bias; geometry
+// [sH, sW, padH, padW, dilH, dilW, groups]) followed by the residual, ReLU and pooling; src/dst 1 read/replace the
+// top of the stack instead of the current tensor (a block's shortcut); res 1 pops the stack top as the residual.
+// H and W are the input size the step was planned for (its tap offsets depend on it). A slot is an index into
+// `tensors`, or -1 for none.
+at::Tensor run_plan(const at::Tensor& x, const std::vector<std::optional<at::Tensor>>& tensors,
+                    std::vector<int64_t> code) {
+  at::Tensor cur = x;
+  std::vector<at::Tensor> stack;
+  size_t i = 0;
+  auto next = [&]() {
+    TORCH_CHECK(i < code.size(), "run_plan: instruction list ends early");
+    return code[i++];
+  };
+  auto tensor = [&]() -> std::optional<at::Tensor> {
+    const int64_t k = next();
+    TORCH_CHECK(k >= -1 && k < static_cast<int64_t>(tensors.size()), "run_plan: tensor slot out of range");
+    return k < 0 ? std::nullopt : tensors[k];
+  };
+  auto list = [&]() {
+    const int64_t n = next();
+    TORCH_CHECK(n >= 0 && i + n <= code.size(), "run_plan: list runs past the instructions");
+    std::vector<int64_t> v(code.begin() + i, code.begin() + i + n);
+    i += n;
+    return v;
+  };
+  while (i < code.size()) {
+    const int64_t kind = next();
+    if (kind == 0) {
+      stack.push_back(cur);
+      continue;
+    }
+    TORCH_CHECK(kind >= 1 && kind <= 3, "run_plan: unknown instruction ", kind);
+    const bool from_stack = next(), to_stack = next(), pop_res = next(), relu = next();
+    const int64_t H = next(), W = next();
+    TORCH_CHECK(!(from_stack || to_stack || pop_res) || !stack.empty(), "run_plan: the stack is empty");
+    std::optional<at::Tensor> t[6];
+    for (int k = 0; k < (kind == 1 ? 6 : kind == 2 ? 3 : 2); ++k) t[k] = tensor();
+    std::vector<int64_t> geom = list(), pool = list();
+    std::optional<at::Tensor> residual;
+    if (pop_res) {
+      residual = stack.back();
+      stack.pop_back();
+    }
+    const at::Tensor& in = from_stack ? stack.back() : cur;
+    TORCH_CHECK(in.dim() == 4 && in.size(2) == H && in.size(3) == W, "run_plan: a step planned for ", H, "x", W,
+                " inputs got ", in.sizes());
+    at::Tensor out;
+    if (kind == 1) {
+      TORCH_CHECK(t[2] && t[3] && t[4] && t[5], "run_plan: a lookup step lacks its taps");
+      out = lookup_conv(in, t[0], t[1], *t[2], *t[3], *t[4], *t[5], geom, relu, pool, residual);
+    } else if (kind == 2) {
+      TORCH_CHECK(t[2], "run_plan: a dense step lacks its bias");
+      out = dense_conv(in, t[0], t[1], *t[2], geom, relu, pool, residual);
+    } else {
+      TORCH_CHECK(t[0] && geom.size() == 7, "run_plan: an ATen convolution step needs its weight and geometry");
+      out = at::conv2d(in, *t[0], t[1], {geom[0], geom[1]}, {geom[2], geom[3]}, {geom[4], geom[5]}, geom[6]);
+      if (residual) out = out + *residual;
+      if (!pool.empty()) out = max_pool(out, pool, relu);
+      else if (relu) out.relu_();
+    }
+    (to_stack ? stack.back() : cur) = out;
+  }
+  TORCH_CHECK(stack.empty(), "run_plan: ", stack.size(), " tensors left on the stack");
+  return cur;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lcnn_lookup, m) {
@@ -719,6 +790,7 @@ TORCH_LIBRARY(lcnn_lookup, m) {
         "Tensor? residual) -> Tensor",
         &dense_conv);
   m.def("max_pool(Tensor x, int[] pool, bool relu) -> Tensor", &max_pool);
+  m.def("run_plan(Tensor x, Tensor?[] tensors, int[] code) -> Tensor", &run_plan);
   m.def("isa() -> str", &isa_name);
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("set_min_task_work(int work) -> int", &set_min_task_work);
