@@ -525,7 +525,7 @@ class _Plan:
     KINDS = {'conv': 1, 'dense': 2, 'aten': 3}  # run_plan's instruction numbers
 
     def __init__(self, network, n, h, w):
-        self.tensors, self.code, self.rest, self.modules = [], [], [], []
+        self.tensors, self.code, self.rest = [], [], []
         slots = {}
 
         def slot(t):
@@ -572,12 +572,13 @@ class _Plan:
                 del self.code[code:]  # a block that cannot run whole stays in Python with all after it
                 self.rest = leaves[i:]
                 break
-            self.modules += m.modules()
             h, w = hw
+        self.modules = [m for m in network.modules() if m is not network]
 
     def hooked(self):
-        """True when a hook waits on a module the plan would run without calling it (layer timing, capture of
-        inputs): the forward then goes module by module."""
+        """True when a hook waits on a module inside the network (layer timing, capture of inputs): the plan would
+        run it without calling it, or skip the nested Sequential it sits in, so the forward goes module by
+        module."""
         hooks = nn.modules.module
         return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks) or any(
             m._forward_hooks or m._forward_pre_hooks for m in self.modules)
@@ -599,7 +600,7 @@ class LookupNetwork(nn.Sequential):
         if x.dtype != torch.float32 or x.dim() != 4 or x.device.type != 'cpu':
             return super().forward(x)  # each layer then says what is wrong with the input
         plans = self.__dict__.setdefault('_plans', {})
-        key = (_state['generation'], *x.shape)
+        key = (_state['generation'], self.training, *x.shape)  # train() would make dropouts count
         plan = plans.get(key)
         if plan is None:
             plans.clear()
