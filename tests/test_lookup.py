@@ -419,9 +419,9 @@ def test_network_plan_follows_changes(cpp):
         hook.remove()
         compiled(x)
         assert len(seen) == 1
-        hook = compiled[1].register_forward_pre_hook(lambda m, a: seen.append('last'))  # a residual block
+        hook = compiled[1].register_forward_pre_hook(lambda m, a: seen.append('block'))  # a residual block
         compiled(x)
-        assert seen[-1] == 'last'
+        assert seen[-1] == 'block'
         hook.remove()
         with pytest.raises(LookupInferenceError, match='float32'):
             compiled(x.double())
