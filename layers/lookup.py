@@ -178,24 +178,14 @@ def _pack_rows(weight):
 class _Kernel:
     """One call of a compiled kernel with its fixed arguments, made once per layer, form and input shape: callable
     as (x, residual), and readable as an instruction of a network plan (see _Plan)."""
-    __slots__ = ('kind', 'tensors', 'geom', 'relu', 'pool')
+    __slots__ = ('kind', 'op', 'tensors', 'geom', 'relu', 'pool')
 
     def __init__(self, kind, tensors, geom, relu, pool):
         self.kind, self.tensors, self.geom, self.relu, self.pool = kind, tensors, geom, relu, pool
+        self.op = getattr(torch.ops.lcnn_lookup, kind)  # conv, dense or aten_conv
 
     def __call__(self, x, residual):
-        if self.kind == 'conv':
-            return torch.ops.lcnn_lookup.conv(x, *self.tensors, self.geom, self.relu, self.pool, residual)
-        if self.kind == 'dense':
-            return torch.ops.lcnn_lookup.dense(x, *self.tensors, self.geom, self.relu, self.pool, residual)
-        # 'aten': PyTorch's convolution (a dense form our GEMM does not cover), then what the block fuses.
-        sh, sw, ph, pw, dh, dw, groups = self.geom
-        y = F.conv2d(x, *self.tensors, (sh, sw), (ph, pw), (dh, dw), groups)
-        if residual is not None:
-            y = y + residual
-        if not self.pool:
-            return torch.relu_(y) if self.relu else y
-        return torch.ops.lcnn_lookup.max_pool(y, self.pool, self.relu)
+        return self.op(x, *self.tensors, self.geom, self.relu, self.pool, residual)
 
 
 class LookupConv2d(nn.Module):
@@ -236,7 +226,8 @@ class LookupConv2d(nn.Module):
         self.set_path(path or ('lookup' if self.has_lookup else 'dense'), batch_path)
 
     def __getstate__(self):
-        # The prepared calls are closures (not picklable) and, like the derived weights, rebuilt on first use.
+        # The prepared calls (closures on the pure-torch backend, which do not pickle) and the derived weights are
+        # rebuilt on first use.
         state = self.__dict__.copy()
         state['_calls'], state['_cache'], state['_offsets'] = {}, {}, {}
         return state
@@ -382,7 +373,7 @@ class LookupConv2d(nn.Module):
             return lambda x, residual: self._post(F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(
                 x.shape[0], self.out_channels, 1, 1), residual)
         if self.backend == 'cpp':
-            return _Kernel('aten', (self.dense_weight, self.bias),
+            return _Kernel('aten_conv', (self.dense_weight, self.bias),
                            [*self.stride, *self.padding, *self.dilation, self.groups], self.relu, self._pool_list)
         return lambda x, residual: self._post(F.conv2d(x, self.dense_weight, self.bias, self.stride, self.padding,
                                                        self.dilation, self.groups), residual)
@@ -522,7 +513,7 @@ class _Plan:
     """The longest head of a network that the kernels can run as one run_plan call, for one input shape, and the
     modules after it (run in Python)."""
 
-    KINDS = {'conv': 1, 'dense': 2, 'aten': 3}  # run_plan's instruction numbers
+    KINDS = {'conv': 1, 'dense': 2, 'aten_conv': 3}  # run_plan's instruction numbers
 
     def __init__(self, network, n, h, w):
         self.tensors, self.code, self.rest = [], [], []

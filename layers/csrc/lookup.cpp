@@ -709,12 +709,24 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
   return max_pool(out, pool, relu);
 }
 
+// ATen's convolution (a dense form our GEMM does not cover: kernels over several positions), then what the block
+// fuses: the residual, and the ReLU or the max pooling (with the ReLU). geom = [sH, sW, padH, padW, dilH, dilW,
+// groups].
+at::Tensor aten_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
+                     const std::optional<at::Tensor>& residual) {
+  TORCH_CHECK(geom.size() == 7, "aten conv: geom must be [sH, sW, padH, padW, dilH, dilW, groups]");
+  at::Tensor out = at::conv2d(x, weight, bias, {geom[0], geom[1]}, {geom[2], geom[3]}, {geom[4], geom[5]}, geom[6]);
+  if (residual) out = out + *residual;
+  if (!pool.empty()) return max_pool(out, pool, relu);
+  return relu ? out.relu_() : out;
+}
+
 // A chain of the kernels above in one call (layers/lookup.py's _Plan): at batch 1 the Python and the dispatch
 // around each kernel call cost as much as a small layer, and they run on one thread while the others wait.
 // `code` is a list of instructions, each [kind, src, dst, res, relu, H, W, tensor slots..., geometry count,
 // geometry..., pool count, pool...]: kind 0 pushes the current tensor on a stack (the input of a residual block),
-// 1 is lookup_conv (six tensor slots), 2 dense_conv (three), 3 ATen's convolution (weight, bias; geometry
-// [sH, sW, padH, padW, dilH, dilW, groups]) followed by the residual, ReLU and pooling; src/dst 1 read/replace the
+// 1 is lookup_conv (six tensor slots), 2 dense_conv (three), 3 aten_conv (two); src/dst 1 read/replace the
 // top of the stack instead of the current tensor (a block's shortcut); res 1 pops the stack top as the residual.
 // H and W are the input size the step was planned for (its tap offsets depend on it). A slot is an index into
 // `tensors`, or -1 for none.
@@ -768,11 +780,8 @@ at::Tensor run_plan(const at::Tensor& x, const std::vector<std::optional<at::Ten
       TORCH_CHECK(t[2], "run_plan: a dense step lacks its bias");
       out = dense_conv(in, t[0], t[1], *t[2], geom, relu, pool, residual);
     } else {
-      TORCH_CHECK(t[0] && geom.size() == 7, "run_plan: an ATen convolution step needs its weight and geometry");
-      out = at::conv2d(in, *t[0], t[1], {geom[0], geom[1]}, {geom[2], geom[3]}, {geom[4], geom[5]}, geom[6]);
-      if (residual) out = out + *residual;
-      if (!pool.empty()) out = max_pool(out, pool, relu);
-      else if (relu) out.relu_();
+      TORCH_CHECK(t[0], "run_plan: an ATen convolution step lacks its weight");
+      out = aten_conv(in, *t[0], t[1], geom, relu, pool, residual);
     }
     (to_stack ? stack.back() : cur) = out;
   }
@@ -790,6 +799,8 @@ TORCH_LIBRARY(lcnn_lookup, m) {
         "Tensor? residual) -> Tensor",
         &dense_conv);
   m.def("max_pool(Tensor x, int[] pool, bool relu) -> Tensor", &max_pool);
+  m.def("aten_conv(Tensor x, Tensor weight, Tensor? bias, int[] geom, bool relu, int[] pool, Tensor? residual) "
+        "-> Tensor", &aten_conv);
   m.def("run_plan(Tensor x, Tensor?[] tensors, int[] code) -> Tensor", &run_plan);
   m.def("isa() -> str", &isa_name);
   m.def("set_isa(str name) -> str", &set_isa);
