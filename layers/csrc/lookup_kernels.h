@@ -106,8 +106,9 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * ldb + v * L);
     const float* ak = a + k * kMR;
-    // A long panel (a fully connected weight) streams from memory: fetch it ~1000 cycles ahead.
-    if (stream && (k & 1) == 0) __builtin_prefetch(ak + 1024, 0, 0);
+    // A long panel (a fully connected weight) streams from memory: fetch it ~1000 cycles ahead, into every cache
+    // level (on a Xeon, a non-temporal prefetch left AlexNet's fc8 at batch 16 three times slower).
+    if (stream && (k & 1) == 0) __builtin_prefetch(ak + 1024, 0, 3);
 #pragma GCC unroll 8
     for (int m = 0; m < kMR; ++m) {
       const vec am = splat(ak[m]);
@@ -738,7 +739,7 @@ void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
     auto row = [&](int64_t k) { return g.wt + g.rows[k] * g.M + m0; };
     auto fetch = [&](int64_t k) {
       if (k < g.nnz)
-        for (int64_t b = 0; b < len; b += 16) __builtin_prefetch(row(k) + b, 0, 0);
+        for (int64_t b = 0; b < len; b += 16) __builtin_prefetch(row(k) + b, 0, 3);
     };
     int64_t k = 0;
     // Four rows per pass over the accumulators (in input order, so each sum is still taken in order).
