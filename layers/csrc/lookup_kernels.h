@@ -57,8 +57,10 @@ inline vec vload_n(const float* p, int64_t n) {
 // ------------------------------------------------------------------------------------------------------------
 // GEMM (see GemmArgs): one item is one panel of kMR rows of A times one block of columns of one image.
 
-inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, int64_t j, vec v, int64_t n,
-                       float bias) {
+// Column j of the vector: with padded planes, at row h, column w of the input (h, w worked out by the caller once
+// per vector for all rows of a panel, rather than by a 64-bit division per row).
+inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, int64_t j, int64_t h, int64_t w, vec v,
+                       int64_t n, float bias) {
   if (g.bias) v += bias;
   if (g.W == 0) {
     if (res_row) v += vload_n(res_row + j, n);
@@ -67,7 +69,6 @@ inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, int6
     return;
   }
   // Padded planes: column j = h*W + w goes to row h of the plane; split the vector where it crosses input rows.
-  int64_t h = j / g.W, w = j - h * g.W;
   if (w + n <= g.W) {
     vstore_n(row + h * g.Wp + w + g.pad_off, v, n);
     return;
@@ -117,6 +118,13 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
     }
   }
   const int64_t rows = std::min<int64_t>(kMR, g.M - m0);
+  int64_t hs[NV] = {}, ws[NV] = {};
+  if (g.W)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      hs[v] = (j0 + v * L) / g.W;
+      ws[v] = j0 + v * L - hs[v] * g.W;
+    }
   for (int m = 0; m < rows; ++m) {
     float* row = g.c + img * g.c_img + (m0 + m) * g.ldc;
     const float* res_row = g.res ? g.res + img * g.c_img + (m0 + m) * g.ldc : nullptr;
@@ -124,7 +132,7 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const int64_t n = std::min<int64_t>(L, cols - v * L);
-      if (n > 0) gemm_store(g, row, res_row, j0 + v * L, acc[m][v], n, bias);
+      if (n > 0) gemm_store(g, row, res_row, j0 + v * L, hs[v], ws[v], acc[m][v], n, bias);
     }
   }
 }
