@@ -12,7 +12,8 @@
 //      tile with all channels of a tile in a row (they read the same rows of the planes); the lanes that fall on
 //      padding columns are dropped when the tile is written (AVX-512: compressed in registers), and bias (folded
 //      batch norm), a residual input (the sum ending a residual block) and ReLU are applied on the way out. A big
-//      dictionary is taken in blocks of planes whose rows under a tile fit in L1, the partial sums kept aside;
+//      dictionary whose channels have many taps is taken in blocks of planes whose rows under a tile fit in L1,
+//      the partial sums kept aside;
 //   3. a max pooling after the layer is folded into the output loop: a band of convolution rows of a group of
 //      channels is computed into a small per-thread scratch (L2) and pooled from there, so the full-size
 //      convolution output never goes to memory; bias and ReLU are applied after the max (they are monotonic).
