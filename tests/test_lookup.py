@@ -246,11 +246,12 @@ def test_strided_shortcut_at_any_thread_count(cpp, size, stride):
 def test_big_dictionaries_run_in_blocks(cpp):
     """Dictionaries too big for L1 are taken in blocks of planes (convolutions, with and without pooling) or of
     responses (fully connected, batch 1 and batch): same results as the reference, identical at any thread
-    count."""
+    count. The same dictionary with ~9 taps per channel (under 9 per block of planes) takes all planes at once."""
     gen = torch.Generator().manual_seed(17)
-    conv = psc(16, 24, 3, 1, 1, 200, 0.05, gen)
+    conv = psc(16, 24, 3, 1, 1, 200, 0.05, gen)  # ~90 taps per channel, 5 blocks of planes at 13x13
     cases = [(nn.Sequential(conv, randomize_bn(nn.BatchNorm2d(24), gen), nn.ReLU()), (3, 16, 13, 13)),
              (nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(3, 2)), (2, 16, 13, 13)),
+             (nn.Sequential(psc(16, 24, 3, 1, 1, 200, 0.005, gen), nn.ReLU(), nn.MaxPool2d(3, 2)), (2, 16, 13, 13)),
              (nn.Sequential(psc(16, 40, 6, 1, 0, 300, 0.05, gen), nn.ReLU()), (1, 16, 6, 6)),
              (nn.Sequential(psc(16, 40, 6, 1, 0, 300, 0.05, gen), nn.ReLU()), (17, 16, 6, 6))]
     previous = torch.ops.lcnn_lookup.set_min_task_work(1)

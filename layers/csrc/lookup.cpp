@@ -537,7 +537,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   // the planes pass ~32 KB (big dictionaries), the planes are taken in blocks that stay in L1, provided a
   // channel has enough taps per block: each block pass loads and stores the tile's partial sums, which costs
   // more than reading a few taps from L2. With fewer than ~9 taps per block (the first layers, AlexNet-fast's
-  // conv2) all planes at once measured 10-15% faster on a Xeon; with 10 (ResNet-18-accurate's 64 -> 64) blocks
+  // conv2) all planes at once measured 7-15% faster on a Xeon; with 10 (ResNet-18-accurate's 64 -> 64) blocks
   // were 5-10% faster.
   const int64_t reach = (std::min(TL, a.Q) + Wq - 1) / Wq + (kH - 1) / sH + 1;
   const int64_t per_block = std::max<int64_t>(1, (int64_t(32) << 10) / (reach * Wq * 4));
