@@ -139,15 +139,23 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
 
 void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
   const int64_t panels = (g.M + kMR - 1) / kMR, blocks = (g.ncols + kGemmCols - 1) / kGemmCols;
+  // The next block's columns sit in K rows far apart (an image's channels), too many streams for the hardware
+  // prefetcher: each panel of a block fetches its share of those rows into L2, so that the next block's first
+  // panel does not wait on memory (ResNet-18-accurate's 64 -> 128 dictionary at batch 16: ~8% off its layer).
+  const int64_t share = (g.K + panels - 1) / panels;
   // A block whose columns do not fill whole vectors is copied, zero-padded, so that the kernel never reads past
   // the end of B; consecutive items of one thread usually share the block, so the copy is reused.
   thread_local std::vector<float> tail;
   int64_t tail_key = -1;
+  // The item's (image, block, panel) are stepped along rather than divided out of its number each time.
+  int64_t panel = begin % panels, blk = (begin / panels) % blocks, img = begin / (panels * blocks);
   for (int64_t it = begin; it < end; ++it) {
-    const int64_t panel = it % panels, blk = (it / panels) % blocks, img = it / (panels * blocks);
     const int64_t j0 = blk * kGemmCols, cols = std::min<int64_t>(kGemmCols, g.ncols - j0), nv = (cols + L - 1) / L;
     const float* b = g.b + img * g.b_img + j0;
     int64_t ldb = g.ldb;
+    if (blk + 1 < blocks)
+      for (int64_t k = panel * share, k1 = std::min(g.K, k + share); k < k1; ++k)
+        for (int64_t c = 0; c < kGemmCols; c += 16) __builtin_prefetch(b + k * g.ldb + kGemmCols + c, 0, 2);  // a line
     if (cols % L) {
       const int64_t width = nv * L;
       if (tail_key != img * blocks + blk) {
@@ -162,6 +170,13 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
     if (nv >= kGemmVectors) gemm_tile<kGemmVectors>(g, a, b, ldb, img, panel * kMR, j0, cols);
     else if (nv == 2) gemm_tile<2>(g, a, b, ldb, img, panel * kMR, j0, cols);
     else gemm_tile<1>(g, a, b, ldb, img, panel * kMR, j0, cols);
+    if (++panel == panels) {
+      panel = 0;
+      if (++blk == blocks) {
+        blk = 0;
+        ++img;
+      }
+    }
   }
 }
 
