@@ -676,14 +676,15 @@ void gather_u16(const TapArgs& a, int64_t b, int64_t e) { gather_impl<uint16_t>(
 void gather_i32(const TapArgs& a, int64_t b, int64_t e) { gather_impl<int32_t>(a, b, e); }
 
 // Batch of N > 1: dictionary responses batch-innermost (row `offset` holds the N images), one tap is one FMA per
-// vector of images; the rows a channel's taps read jump around, so they are prefetched a few taps ahead. Taps
-// [k, k1) of one block into lanes c0 .. of output o; the partial sums are kept in the output between blocks.
-// NS > 0: the batch is NS = V * L images, known at compile time, so that a row's address is a shift of its offset
-// (a multiplication per tap and per prefetch otherwise, which costs ~8% of the layer at batch 16).
+// vector of images. The rows a channel's taps read jump around inside the block, which stays in L2; they are not
+// prefetched: independent chains keep enough loads in flight, and prefetching them 12 taps ahead made AlexNet's
+// fc6 and fc7 5-10% slower at batch 16 on a Xeon (even at batch 64). Taps [k, k1) of one block into lanes c0 ..
+// of output o; the partial sums are kept in the output between blocks. NS > 0: the batch is NS = V * L images,
+// known at compile time, so that a row's address is a shift of its offset (a multiplication per tap otherwise,
+// which cost ~8% of the layer at batch 16).
 template <int V, typename I, int64_t NS = 0>
 inline __attribute__((always_inline)) void fc_batch_chunk(const TapArgs& a, int64_t o, int64_t c0, int64_t k,
                                                           int64_t k1, bool first, bool last) {
-  constexpr int64_t kAhead = 12;
   // Independent chains over alternating taps, so that a narrow chunk does not wait on the FMA latency.
   constexpr int CH = V >= 4 ? 1 : (V >= 2 ? 2 : 4);
   const I* idx = static_cast<const I*>(a.idx);
@@ -698,9 +699,6 @@ inline __attribute__((always_inline)) void fc_batch_chunk(const TapArgs& a, int6
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[c][v] = vec{};
   for (; k + CH <= k1; k += CH) {
-    if (k + kAhead + CH <= k1)
-#pragma GCC unroll 4
-      for (int c = 0; c < CH; ++c) __builtin_prefetch(base + static_cast<int64_t>(idx[k + kAhead + c]) * N, 0, 3);
 #pragma GCC unroll 4
     for (int c = 0; c < CH; ++c) {
       const float* p = tap_address(base, static_cast<int64_t>(idx[k + c]) * N);
