@@ -150,7 +150,8 @@ inline void pool_rows(const PoolGeom& p, int64_t i, int64_t H, int64_t& h0, int6
 }
 
 // Intel cores with AVX512-FP16 (Sapphire Rapids on) gather 16 floats faster than 16 loads put together in
-// registers; AMD's Zen cores and older Intel ones (whose gathers are slowed by the Downfall mitigation) do not.
+// registers (measured on a Xeon of that kind); on AMD's Zen cores the loads were faster. Older Intel cores, whose
+// gathers the Downfall microcode slows, keep the loads too (not measured here).
 bool fast_gather() {
   __builtin_cpu_init();
   return __builtin_cpu_is("intel") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512fp16");
