@@ -667,8 +667,11 @@ template <typename I>
 inline void gather_impl(const TapArgs& a, int64_t begin, int64_t end) {
   thread_local std::vector<float> sum_buf;
   float* sum = scratch(sum_buf, end - begin);
-  if (LCNN_VB == 64 && g_fast_gather) gather_rows<I, true>(a, begin, end, sum);
-  else gather_rows<I, false>(a, begin, end, sum);
+#if LCNN_VB == 64
+  if (g_fast_gather) gather_rows<I, true>(a, begin, end, sum);
+  else
+#endif
+    gather_rows<I, false>(a, begin, end, sum);
   for (int64_t o = begin; o < end; ++o) a.out[o] = finish(a, o, sum[o - begin]);
 }
 
