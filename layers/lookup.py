@@ -517,6 +517,9 @@ class _Plan:
 
     def __init__(self, network, n, h, w):
         self.tensors, self.code, self.rest = [], [], []
+        # The instructions run image by image (see run_plan): those before the first fully connected layer or ATen
+        # convolution (oneDNN's results for one image can differ in the last bits from its results for a batch).
+        self.per_image = None
         slots = {}
 
         def slot(t):
@@ -531,6 +534,8 @@ class _Plan:
             call = layer._call_for(layer.path_for(n), n, h, w) if isinstance(layer, LookupConv2d) else None
             if not isinstance(call, _Kernel):
                 return None
+            if self.per_image is None and (call.kind == 'aten_conv' or call.geom[:2] == [h, w]):
+                self.per_image = block_start
             self.code += [self.KINDS[call.kind], src, dst, res, int(call.relu), h, w]
             self.code += [slot(t) for t in call.tensors]
             self.code += [len(call.geom), *call.geom, len(call.pool), *call.pool]
@@ -558,12 +563,16 @@ class _Plan:
 
         leaves = list(_leaves(network))
         for i, m in enumerate(leaves):
-            code = len(self.code)
+            block_start = code = len(self.code)
             if (hw := block(m, h, w)) is None:
                 del self.code[code:]  # a block that cannot run whole stays in Python with all after it
                 self.rest = leaves[i:]
+                if self.per_image is not None and self.per_image >= code:
+                    self.per_image = None
                 break
             h, w = hw
+        if self.per_image is None:
+            self.per_image = len(self.code)
         self.modules = [m for m in network.modules() if m is not network]
 
     def hooked(self):
@@ -576,7 +585,7 @@ class _Plan:
 
     def __call__(self, x):
         if self.code:
-            x = torch.ops.lcnn_lookup.run_plan(x, self.tensors, self.code)
+            x = torch.ops.lcnn_lookup.run_plan(x, self.tensors, self.code, self.per_image)
         for m in self.rest:
             x = m(x)
         return x
@@ -585,7 +594,9 @@ class _Plan:
 class LookupNetwork(nn.Sequential):
     """A compiled Sequential network. Its forward runs the lookup layers (and the residual blocks, dropouts and
     nested Sequentials between them) in one call into the kernels, planned once per input shape; whatever follows
-    the first module the kernels cannot run (a pooling, a view, a Linear, ...) runs as the Sequential would."""
+    the first module the kernels cannot run (a pooling, a view, a Linear, ...) runs as the Sequential would. A
+    batch goes image by image through the layers before the first fully connected one (or PyTorch convolution),
+    one image per thread at a time, and on the whole batch after it."""
 
     def forward(self, x):
         if x.dtype != torch.float32 or x.dim() != 4 or x.device.type != 'cpu':

@@ -393,6 +393,14 @@ def test_network_runs_in_one_call(cpp, maker, size, tail, monkeypatch):
             assert all(torch.equal(out, ref) for out in outs)
             plan, = compiled._plans.values()
             assert [type(m).__name__ for m in plan.rest] == tail
+            # A batch goes image by image up to alexnet's fc6 (6x6 on 6x6), through the whole of resnet's plan, and
+            # not at all in the dense form, whose first layer is PyTorch's convolution.
+            if path == 'dense':
+                assert plan.per_image == 0
+            elif maker is alexnet_lcnn_small:
+                assert plan.code[plan.per_image + 5:plan.per_image + 7] == [6, 6]
+            else:
+                assert plan.per_image == len(plan.code)
             assert len(calls) == 3 * sum(isinstance(m, LookupConv2d) for m in plan.rest)
             close(outs[0], model(x))
 
@@ -414,6 +422,32 @@ def test_network_plan_sizes_with_ceil_mode_pooling(cpp, size):
     assert plan.rest == [] and len(lookup.lookup_layers(compiled)) == 3
     assert torch.equal(out, module_by_module(compiled, x))
     close(out, model(x))
+
+
+def test_batch_goes_image_by_image_up_to_the_fully_connected_layers(cpp):
+    """A batch runs image by image through the layers before the first fully connected one (each thread keeps an
+    image's activations in its cache), and the rest on the whole batch: same bits as module by module at any thread
+    count, including batches the threads cannot share evenly."""
+    gen = torch.Generator().manual_seed(24)
+    model = nn.Sequential(psc(3, 8, 3, 1, 1, 4, 0.2, gen), randomize_bn(nn.BatchNorm2d(8), gen), nn.ReLU(),
+                          nn.MaxPool2d(2, 2), psc(8, 16, 6, 1, 0, 4, 0.2, gen), nn.ReLU(),
+                          psc(16, 5, 1, 1, 0, 4, 0.5, gen)).eval()
+    compiled = lookup.compile(model, path='lookup')
+    previous = torch.ops.lcnn_lookup.set_min_task_work(1)
+    try:
+        for batch in (1, 4, 5):
+            x = torch.randn(batch, 3, 12, 12, generator=gen)
+            with torch.no_grad():
+                outs = at_threads([1, 2, 3], lambda: compiled(x))
+            plan, = compiled._plans.values()
+            assert plan.rest == [] and 0 < plan.per_image < len(plan.code)
+            first_fc = plan.code[plan.per_image:plan.per_image + 7]
+            assert first_fc[0] == plan.KINDS['conv'] and first_fc[5:] == [6, 6]  # the 6x6 layer on 6x6 inputs
+            ref = module_by_module(compiled, x)
+            assert all(torch.equal(out, ref) for out in outs)
+            close(outs[0], model(x))
+    finally:
+        torch.ops.lcnn_lookup.set_min_task_work(previous)
 
 
 def test_network_plan_follows_changes(cpp):
@@ -457,11 +491,13 @@ def test_run_plan_checks_its_instructions(cpp):
         compiled(x)
     plan, = compiled._plans.values()
     with pytest.raises(RuntimeError, match='planned for 64x64'):
-        torch.ops.lcnn_lookup.run_plan(torch.randn(1, 3, 72, 72), plan.tensors, plan.code)
+        torch.ops.lcnn_lookup.run_plan(torch.randn(1, 3, 72, 72), plan.tensors, plan.code, 0)
     with pytest.raises(RuntimeError, match='stack is empty'):
-        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code[:3] + [1] + plan.code[4:])  # first step, res 1
+        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code[:3] + [1] + plan.code[4:], 0)  # first step, res 1
     with pytest.raises(RuntimeError, match='unknown instruction'):
-        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [7])
+        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [7], 0)
+    with pytest.raises(RuntimeError, match='per_image'):
+        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code, len(plan.code) + 1)
 
 
 def test_compile_leaves_model_untouched(cpp):
