@@ -517,9 +517,9 @@ class _Plan:
 
     def __init__(self, network, n, h, w):
         self.tensors, self.code, self.rest = [], [], []
-        # The instructions run image by image (see run_plan): those before the first fully connected layer or ATen
-        # convolution (oneDNN's results for one image can differ in the last bits from its results for a batch).
-        self.per_image = None
+        # The instructions run image by image (see run_plan): the blocks before the first fully connected layer or
+        # ATen convolution (oneDNN's results for one image can differ in the last bits from its results for a batch).
+        self.per_image, batched = 0, False
         slots = {}
 
         def slot(t):
@@ -531,11 +531,11 @@ class _Plan:
             return slots[id(t)]
 
         def step(layer, h, w, src=0, dst=0, res=0):
+            nonlocal batched
             call = layer._call_for(layer.path_for(n), n, h, w) if isinstance(layer, LookupConv2d) else None
             if not isinstance(call, _Kernel):
                 return None
-            if self.per_image is None and (call.kind == 'aten_conv' or call.geom[:2] == [h, w]):
-                self.per_image = block_start
+            batched = batched or call.kind == 'aten_conv' or call.geom[:2] == [h, w]
             self.code += [self.KINDS[call.kind], src, dst, res, int(call.relu), h, w]
             self.code += [slot(t) for t in call.tensors]
             self.code += [len(call.geom), *call.geom, len(call.pool), *call.pool]
@@ -563,16 +563,14 @@ class _Plan:
 
         leaves = list(_leaves(network))
         for i, m in enumerate(leaves):
-            block_start = code = len(self.code)
+            code = len(self.code)
             if (hw := block(m, h, w)) is None:
                 del self.code[code:]  # a block that cannot run whole stays in Python with all after it
                 self.rest = leaves[i:]
-                if self.per_image is not None and self.per_image >= code:
-                    self.per_image = None
                 break
             h, w = hw
-        if self.per_image is None:
-            self.per_image = len(self.code)
+            if not batched:
+                self.per_image = len(self.code)
         self.modules = [m for m in network.modules() if m is not network]
 
     def hooked(self):

@@ -632,9 +632,9 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
       run_stages({{gemm_items, gemm_work, gemm}, {P * S * Hq, Wq, split}, {per_image, work, run_taps}}, par);
     }
   };
-  // The planes and responses live in buffers each thread keeps from call to call. Taken image by image (see
-  // run_plan), ResNet-18-accurate's 64 -> 64 layer (1.7 MB of planes) took 14% longer than on the whole batch with
-  // a fresh allocation per call, 8% with these buffers.
+  // The planes and responses live in buffers each thread keeps from call to call. Called on one image at a time (16
+  // calls from Python against one for the batch), ResNet-18-accurate's 64 -> 64 layer (1.7 MB of planes) took 14%
+  // longer than on the batch with a fresh allocation per call, 8% with these buffers.
   thread_local std::vector<float> planes_buf, resp_buf;
   auto buffers = [&](float*& B, float*& D) {
     B = scratch(planes_buf, img + pad);
