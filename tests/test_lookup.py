@@ -264,8 +264,17 @@ def test_big_dictionaries_run_in_blocks(cpp):
                 outs = at_threads([1, 2, 3], lambda: compiled(x))
                 close(outs[0], model(x))
             assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+            if shape[2:] == (6, 6):  # 300 x 36 responses: two blocks of 8192, at batch 1 as for the batch
+                assert lookup.lookup_layers(compiled)[0]._cache['fc_taps'][0].shape == (2, 41)
     finally:
         torch.ops.lcnn_lookup.set_min_task_work(previous)
+    # Responses that fit one block keep the layer's CSR taps (no reordered copy).
+    small = nn.Sequential(psc(16, 40, 6, 1, 0, 30, 0.05, gen), nn.ReLU()).eval()
+    compiled = lookup.compile(small, path='lookup')
+    with torch.no_grad():
+        close(compiled(torch.ones(1, 16, 6, 6)), small(torch.ones(1, 16, 6, 6)))
+    layer = lookup.lookup_layers(compiled)[0]
+    assert layer._cache['fc_taps'][0] is layer.rowptr
 
 
 def test_max_pool_kernel_matches_torch(cpp):

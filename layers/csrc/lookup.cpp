@@ -20,10 +20,9 @@
 // With a batch, each thread takes whole images (its planes stay in its caches); one image is split over threads.
 // Fully connected layers (the kernel covers the whole input) have a single output position: at batch 1 each
 // output is a gathered dot product of its taps; for a batch the dictionary responses are kept batch-innermost so
-// that one tap is one FMA over the whole batch. For a batch their taps come block-major from lookup.py (for each
-// block of responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory
-// while the block's responses stay in L2; at batch 1 they stay in CSR order (all responses fit in L2, and one
-// dot product per output saves the block passes' partial sums). A fully connected dictionary (or dense layer) at
+// that one tap is one FMA over the whole batch. Their taps come block-major from lookup.py (for each block of
+// responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory while the
+// block's responses stay in cache (L1 at batch 1, L2 for a batch). A fully connected dictionary (or dense layer) at
 // batch 1 is a matrix-vector product that skips zero inputs; dense 1x1 and fully connected layers otherwise use
 // the GEMM.
 //
