@@ -74,9 +74,10 @@ def cpp():
 # ----------------------------------------------------------------------------------------------------------------
 # single layers
 
-# (kernel, stride, pad, input size): every geometry the alexnet-lcnn / resnet-lcnn models use.
+# (kernel, stride, pad, input size): every geometry the alexnet-lcnn / resnet-lcnn models use, and a stride 2 whose
+# GEMM stores end on a part of a vector inside an input row (27 x 27 = 15 blocks of 48 columns and 9).
 GEOMETRIES = [(11, 4, 2, 35), (5, 1, 2, 13), (3, 1, 1, 9), (6, 1, 0, 6), (1, 1, 0, 5), (7, 2, 3, 20), (3, 2, 1, 14),
-              (1, 2, 0, 14)]
+              (1, 2, 0, 14), (3, 2, 1, 27)]
 
 
 @pytest.mark.parametrize('density', [0.005, 0.05, 0.5])
@@ -145,7 +146,8 @@ def test_instruction_set_variants(cpp, isa):
     try:
         # strided with few and with many input channels, padded, fully connected at batch 1, 2, 8 and 16 (batches
         # of whole vectors take their own path)
-        for (c, k, s, p, size), batch in [((5, 11, 4, 2, 35), 1), ((3, 7, 2, 3, 30), 2), ((5, 3, 1, 1, 9), 5),
+        for (c, k, s, p, size), batch in [((5, 11, 4, 2, 35), 1), ((3, 7, 2, 3, 30), 2), ((5, 3, 2, 1, 27), 1),
+                                          ((5, 3, 1, 1, 9), 5),
                                           ((5, 6, 1, 0, 6), 1), ((5, 6, 1, 0, 6), 2), ((5, 6, 1, 0, 6), 8),
                                           ((5, 6, 1, 0, 6), 16)]:
             layer = psc(c, 29, k, s, p, 40, 0.1, gen).eval()

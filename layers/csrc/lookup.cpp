@@ -4,9 +4,9 @@
 // `align` a very sparse kH x kW convolution with stride (sH, sW). Inference runs it per image, in NCHW:
 //   1. the dictionary is a small GEMM of our own (register-blocked: 8 dictionary rows x up to 3 vectors of pixels,
 //      about the machine's peak); for stride 1 it writes straight into zero-bordered planes, for larger strides
-//      into a temporary that is then split into sH*sW stride phases, so that every tap of a strided convolution
+//      it stores each response into one of sH*sW stride phases, so that every tap of a strided convolution
 //      becomes a stride-1 shift inside one phase plane (over 3 input channels, the first layer's, the dictionary
-//      is computed straight into the phases);
+//      is computed straight into the phases by a kernel of its own);
 //   2. per output channel a CSR list of (flat plane offset, weight) taps; a tile of up to 8 SIMD vectors of
 //      adjacent positions of the padded plane is accumulated in registers, one broadcast-FMA per tap, tile by
 //      tile with all channels of a tile in a row (they read the same rows of the planes); the lanes that fall on
@@ -70,6 +70,10 @@ struct GemmArgs {
   const float* bias;       // per row, or null
   const float* res;        // laid out like c (W == 0 only), or null
   bool relu;
+  // Stride phases (a dictionary only: no bias, residual or ReLU): column j goes to c + m * ldc + scatter[j]; W is
+  // then the input's width and sW its stride across.
+  const int32_t* scatter;
+  int64_t sW;
 };
 
 // Max pooling geometry; Ho, Wo: the pooled size.
@@ -118,16 +122,16 @@ struct GemvArgs {
   bool relu;
 };
 
-// The dictionary responses D of one image (P planes of H x W) written into zero-padded stride-phase planes:
-// plane (p, a, b) holds D[p, hq*sH + a - pH, wq*sW + b - pW] at [hq][wq], zero outside the input.
-struct PhaseArgs {
-  const float* D;
-  float* B;
-  int64_t P, H, W, sH, sW, pH, pW, Hq, Wq;
-};
+// Stride-phase planes of a strided convolution's dictionary responses D (P planes of H x W): plane (p, a, b)
+// holds D[p, hq*sH + a - pH, wq*sW + b - pW] at [hq][wq], zero outside the input. Columns wq in [wlo, whi) of
+// phase b map inside an input row.
+inline void phase_columns(int64_t b, int64_t W, int64_t sW, int64_t pW, int64_t Wq, int64_t& wlo, int64_t& whi) {
+  wlo = std::min(Wq, std::max<int64_t>(0, (pW - b + sW - 1) / sW));
+  whi = std::max(wlo, std::min(Wq, (W + pW - b + sW - 1) / sW));
+}
 
 // A dictionary over C <= kPhaseDictMaxC input channels with a stride: computed straight into the phase planes
-// (same layout as PhaseArgs) from the input x (C planes of H x W) and the packed dictionary w (see GemmArgs).
+// from the input x (C planes of H x W) and the packed dictionary w (see GemmArgs).
 constexpr int64_t kPhaseDictMaxC = 4;
 struct PhaseDictArgs {
   const float* x;
@@ -188,7 +192,6 @@ typedef void (*GemmFn)(const GemmArgs&, int64_t, int64_t);
 typedef void (*TapFn)(const TapArgs&, int64_t, int64_t);
 typedef void (*PoolFn)(const PoolArgs&, int64_t, int64_t);
 typedef void (*GemvFn)(const GemvArgs&, int64_t, int64_t);
-typedef void (*PhaseFn)(const PhaseArgs&, int64_t, int64_t);
 typedef void (*PhaseDictFn)(const PhaseDictArgs&, int64_t, int64_t);
 
 struct Isa {
@@ -199,13 +202,12 @@ struct Isa {
   TapFn taps_u16, taps_i32, pooled_u16, pooled_i32, fc_batch_u16, fc_batch_i32, gather_u16, gather_i32;
   PoolFn pool;
   GemvFn gemv;
-  PhaseFn phases;
   PhaseDictFn phase_dict;
 };
 
 #define LCNN_ISA_ENTRY(NS)                                                                                      \
   {#NS, NS::L, NS::kGemmCols, NS::gemm, NS::taps_u16, NS::taps_i32, NS::pooled_u16, NS::pooled_i32,            \
-   NS::fc_batch_u16, NS::fc_batch_i32, NS::gather_u16, NS::gather_i32, NS::pool, NS::gemv, NS::phases, NS::phase_dict}
+   NS::fc_batch_u16, NS::fc_batch_i32, NS::gather_u16, NS::gather_i32, NS::pool, NS::gemv, NS::phase_dict}
 
 const Isa kIsas[] = {LCNN_ISA_ENTRY(avx512), LCNN_ISA_ENTRY(avx2), LCNN_ISA_ENTRY(base)};
 
@@ -409,6 +411,29 @@ void zero_borders(float* B, int64_t count, int64_t Hp, int64_t Wp, int64_t H, in
   }
 }
 
+// Zero what the input does not cover in the stride-phase planes of P dictionary channels (see phase_columns).
+void zero_phase_borders(float* B, int64_t P, int64_t H, int64_t W, int64_t sH, int64_t sW, int64_t pH, int64_t pW,
+                        int64_t Hq, int64_t Wq) {
+  for (int64_t a = 0; a < sH; ++a)
+    for (int64_t b = 0; b < sW; ++b) {
+      int64_t wlo, whi;
+      phase_columns(b, W, sW, pW, Wq, wlo, whi);
+      for (int64_t p = 0; p < P; ++p) {
+        float* plane = B + ((p * sH + a) * sW + b) * Hq * Wq;
+        for (int64_t hq = 0; hq < Hq; ++hq) {
+          const int64_t h = hq * sH + a - pH;
+          float* row = plane + hq * Wq;
+          if (h < 0 || h >= H) {
+            std::memset(row, 0, sizeof(float) * Wq);
+          } else {
+            std::memset(row, 0, sizeof(float) * wlo);
+            std::memset(row + whi, 0, sizeof(float) * (Wq - whi));
+          }
+        }
+      }
+    }
+}
+
 void check_float(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(), "lookup kernels: ", what,
               " must be a contiguous float32 CPU tensor");
@@ -605,10 +630,26 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   const bool padded = pH || pW;
   const int64_t gemm_items = ((P + kMR - 1) / kMR) * ((H * W + isa.gemm_cols - 1) / isa.gemm_cols);
   const int64_t gemm_work = C * kMR * isa.gemm_cols / isa.lanes;
+  // A strided layer's GEMM (over more than kPhaseDictMaxC channels) stores each response straight into its phase
+  // plane: input (h, w) goes to plane (a, b) = ((h + pH) % sH, (w + pW) % sW) of its dictionary channel, at
+  // ((h + pH) / sH, (w + pW) / sW). With a GEMM into a temporary and a second pass that split it into the phases,
+  // ResNet-18-accurate's strided layers took 13-26% longer at batch 1 (64 -> 128 at 56x56 13-21%, 128 -> 256
+  // 25-26%, 256 -> 512 13-19%; each measured alone, two runs).
+  std::vector<int32_t> scatter;
+  if (S > 1 && C > kPhaseDictMaxC) {
+    std::vector<int32_t> col(W);
+    for (int64_t w = 0; w < W; ++w) col[w] = static_cast<int32_t>((w + pW) % sW * Hq * Wq + (w + pW) / sW);
+    scatter.resize(H * W);
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t row = ((h + pH) % sH * sW * Hq + (h + pH) / sH) * Wq;
+      for (int64_t w = 0; w < W; ++w) scatter[h * W + w] = static_cast<int32_t>(row + col[w]);
+    }
+  }
   // One image; `par`: spread it over the threads (else the calling thread does all of it).
-  auto image = [&](int64_t n, float* B, float* D, bool par) {
+  auto image = [&](int64_t n, float* B, bool par) {
     const float* xn = xc.data_ptr<float>() + n * C * H * W;
     if (S == 1 && padded) zero_borders(B, P, Hp, Wp, H, W, pH, pW);
+    if (!scatter.empty()) zero_phase_borders(B, P, H, W, sH, sW, pH, pW, Hq, Wq);
     std::memset(B + img, 0, sizeof(float) * pad);
     TapArgs t = a;
     t.buf = B;
@@ -624,33 +665,26 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
       auto dict = [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); };
       run_stages({{sH * Hq, P * Wq * C, dict}, {per_image, work, run_taps}}, par);
     } else {
-      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, D, H * W, 0, 0, 0, 0, nullptr, nullptr, false};
-      const PhaseArgs f{D, B, P, H, W, sH, sW, pH, pW, Hq, Wq};
+      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, B, S * Hq * Wq, 0, W, 0, 0, nullptr, nullptr, false,
+                       scatter.data(), sW};
       auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
-      auto split = [&](int64_t b, int64_t e) { isa.phases(f, b, e); };
-      run_stages({{gemm_items, gemm_work, gemm}, {P * S * Hq, Wq, split}, {per_image, work, run_taps}}, par);
+      run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
     }
   };
-  // The planes and responses live in buffers each thread keeps from call to call. Called on one image at a time (16
-  // calls from Python against one for the batch), ResNet-18-accurate's 64 -> 64 layer (1.7 MB of planes) took 14%
-  // longer than on the batch with a fresh allocation per call, 8% with these buffers.
-  thread_local std::vector<float> planes_buf, resp_buf;
-  auto buffers = [&](float*& B, float*& D) {
-    B = scratch(planes_buf, img + pad);
-    D = S == 1 || C <= kPhaseDictMaxC ? nullptr : scratch(resp_buf, P * H * W);
-  };
+  // The planes live in a buffer each thread keeps from call to call. Called on one image at a time (16 calls from
+  // Python against one for the batch), ResNet-18-accurate's 64 -> 64 layer (1.7 MB of planes) took 14% longer than
+  // on the batch with a fresh allocation per call, 8% with these buffers.
+  thread_local std::vector<float> planes_buf;
   const int64_t threads = usable_threads();
   if (N > 1 && (N % threads == 0 || N >= 4 * threads)) {
     // Whole images per thread: each keeps its planes in its own cache, and no stage waits for the others.
     at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-      float *B, *D;
-      buffers(B, D);
-      for (int64_t n = b; n < e; ++n) image(n, B, D, false);
+      float* B = scratch(planes_buf, img + pad);
+      for (int64_t n = b; n < e; ++n) image(n, B, false);
     });
   } else {
-    float *B, *D;
-    buffers(B, D);
-    for (int64_t n = 0; n < N; ++n) image(n, B, D, true);
+    float* B = scratch(planes_buf, img + pad);
+    for (int64_t n = 0; n < N; ++n) image(n, B, true);
   }
   return out;
 }
