@@ -160,9 +160,9 @@ def _time_ms(fn, repeats, warmup=2):
 # Rows per panel of a GEMM operand, as layers/csrc/lookup.cpp reads it.
 _PANEL_ROWS = 8
 # Dictionary responses per block pass of a fully connected lookup layer: 32 KB at batch 1, so that the gathers
-# of a block pass hit L1 (AlexNet-accurate's fc6, 36864 responses, took the network 8-10% less time at batch 1
-# than one pass over all responses from L2; AlexNet-fast's, 18432, the same); at batch 16 each response is a
-# row of the batch, 512 KB (in L2; blocks of 4096 gave the same times).
+# of a block pass hit L1 (with AlexNet-accurate's fc6, 36864 responses, the network took 8% less time at batch 1
+# on one thread and 10% on two than with one pass over all responses from L2; with AlexNet-fast's, 18432, the
+# same); at batch 16 each response is a row of the batch, 512 KB (in L2; blocks of 4096 gave the same times).
 _FC_BLOCK = 8192
 
 
