@@ -46,6 +46,9 @@ _CSRC = Path(__file__).resolve().parent / 'csrc' / 'lookup.cpp'
 # stays valid on any x86-64 machine. -ffp-contract=fast lets GCC fuse multiply-adds in ISO C++ mode.
 _CFLAGS = ['-O3', '-fopenmp', '-ffp-contract=fast']
 _LDFLAGS = ['-fopenmp']
+# A build of the kernels takes 1-2 minutes on 2 cores; a lock file much older than that was left by a build that
+# was killed (torch removes it on errors and Ctrl-C, not on SIGTERM or SIGKILL).
+_STALE_LOCK_SECONDS = 600
 _state = {'backend': None, 'generation': 0}
 
 
@@ -66,8 +69,35 @@ def _build_extension():
         if (venv_bin / 'ninja').exists():
             os.environ['PATH'] = f'{venv_bin}{os.pathsep}{os.environ.get("PATH", "")}'
     tag = ''.join(c if c.isalnum() else '_' for c in torch.__version__)
-    cpp_extension.load(name=f'lcnn_lookup_{tag}', sources=[str(_CSRC)], extra_cflags=_CFLAGS,
-                       extra_ldflags=_LDFLAGS, is_python_module=False, verbose=False)
+    name = f'lcnn_lookup_{tag}'
+    # The build directory is named here (in the place torch would pick) so that its lock can be checked: torch
+    # waits on an existing lock forever, without a word.
+    root = os.environ.get('TORCH_EXTENSIONS_DIR') or cpp_extension.get_default_build_root()
+    build = Path(root) / f'py{sys.version_info.major}{sys.version_info.minor}_cpu' / name
+    build.mkdir(parents=True, exist_ok=True)
+    _wait_for_lock(build / 'lock')
+    cpp_extension.load(name=name, sources=[str(_CSRC)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                       is_python_module=False, verbose=False, build_directory=str(build))
+
+
+def _wait_for_lock(lock):
+    """Wait while another process builds the kernels (it holds `lock`); a lock older than _STALE_LOCK_SECONDS was
+    left by a killed build and ends in a LookupInferenceError that names the file to delete."""
+    told = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > _STALE_LOCK_SECONDS:
+            raise LookupInferenceError(f'lookup kernels: {lock} is {age / 60:.0f} minutes old, left by a build that '
+                                       f'was killed; delete that file and run again')
+        if not told:
+            print(f'lookup kernels: waiting for another process to finish building them (lock {lock}, '
+                  f'{age:.0f} s old; if no other process is building them, delete that file)', file=sys.stderr,
+                  flush=True)
+            told = True
+        time.sleep(1)
 
 
 def _ops_loaded():
@@ -94,7 +124,9 @@ def resolve_backend(requested=None):
             if not _ops_loaded():
                 _build_extension()
             _state['backend'] = 'cpp'
-        except Exception as e:  # any failure to compile or load means: no usable compiler here
+        except LookupInferenceError:
+            raise
+        except Exception as e:  # any other failure to compile or load means: no usable compiler here
             _state['backend'] = 'torch'
             _state['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'
             if requested == 'auto':

@@ -1,8 +1,12 @@
 """Tests of layers/lookup.py and layers/csrc/lookup.cpp: the fast lookup inference engine (issues 7, 13)."""
 import copy
 import lzma
+import os
 import pickle
 import random
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -681,6 +685,44 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
         close(second(x), model(x))
     with pytest.raises(LookupInferenceError, match='could not be built'):
         lookup.resolve_backend('cpp')
+
+
+def _extension_dir(monkeypatch, tmp_path, calls):
+    """A fresh extension root, with cpp_extension.load replaced by a recorder; returns the kernels' build folder."""
+    from torch.utils import cpp_extension
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    monkeypatch.setattr(cpp_extension, 'load', lambda **kw: calls.append(kw))
+    tag = ''.join(c if c.isalnum() else '_' for c in torch.__version__)
+    build = tmp_path / f'py{sys.version_info.major}{sys.version_info.minor}_cpu' / f'lcnn_lookup_{tag}'
+    build.mkdir(parents=True)
+    return build
+
+
+def test_a_killed_build_s_lock_is_named_not_waited_on(monkeypatch, tmp_path):
+    calls = []
+    lock = _extension_dir(monkeypatch, tmp_path, calls) / 'lock'
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    monkeypatch.setattr(lookup, '_ops_loaded', lambda: False)
+    monkeypatch.setitem(lookup._state, 'backend', None)
+    with pytest.raises(LookupInferenceError, match=f'{lock} is 60 minutes old.*delete that file'):
+        lookup.resolve_backend('auto')  # not the pure-torch fallback: deleting the file is all it takes
+    assert calls == [] and lookup._state['backend'] is None
+
+
+def test_the_build_waits_for_another_process_s_lock(monkeypatch, tmp_path, capsys):
+    calls = []
+    build = _extension_dir(monkeypatch, tmp_path, calls)
+    (build / 'lock').touch()
+    release = threading.Timer(0.5, (build / 'lock').unlink)
+    release.start()
+    start = time.monotonic()
+    lookup._build_extension()
+    assert time.monotonic() - start >= 0.5
+    assert [c['build_directory'] for c in calls] == [str(build)]
+    assert 'waiting for another process to finish building them' in capsys.readouterr().err
+    lookup._build_extension()  # no lock: no wait, no word
+    assert len(calls) == 2 and capsys.readouterr().err == ''
 
 
 def test_bad_arguments():
