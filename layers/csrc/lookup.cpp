@@ -401,8 +401,8 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
 
 // A thread's buffer of dictionary planes, and the layout (data pointer, P, Hp, Wp, H, W, pH, pW) of padded planes
 // whose borders it holds zero: the GEMM writes only their interiors, so the next layer with that layout (a ResNet
-// stage's layers but its first) need not zero them again. At batch 1 that zeroing, on the calling thread alone,
-// took ~7% of that thread's time in ResNet-18-accurate with 2 threads (the border lines are cache misses).
+// stage's layers but its first) need not zero them again. At batch 1 that zeroing runs on the calling thread alone:
+// in ResNet-18-accurate with 2 threads it took ~7% of that thread's time (half of it left with this record).
 struct Planes {
   std::vector<float> buf;
   std::array<int64_t, 8> zeroed{};
