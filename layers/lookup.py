@@ -68,16 +68,23 @@ def _build_extension():
         venv_bin = Path(sys.executable).parent
         if (venv_bin / 'ninja').exists():
             os.environ['PATH'] = f'{venv_bin}{os.pathsep}{os.environ.get("PATH", "")}'
-    tag = ''.join(c if c.isalnum() else '_' for c in torch.__version__)
-    name = f'lcnn_lookup_{tag}'
-    # The build directory is named here (in the place torch would pick) so that its lock can be checked: torch
-    # waits on an existing lock forever, without a word.
-    root = os.environ.get('TORCH_EXTENSIONS_DIR') or cpp_extension.get_default_build_root()
-    build = Path(root) / f'py{sys.version_info.major}{sys.version_info.minor}_cpu' / name
+    build = _build_directory()
+    # torch takes its lock before it creates a build directory that it was given.
     build.mkdir(parents=True, exist_ok=True)
     _wait_for_lock(build / 'lock')
-    cpp_extension.load(name=name, sources=[str(_CSRC)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+    cpp_extension.load(name=build.name, sources=[str(_CSRC)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
                        is_python_module=False, verbose=False, build_directory=str(build))
+
+
+def _build_directory():
+    """Where the kernels are built: the folder torch would pick for them (for a CPU build of torch), named here so
+    that its lock can be checked (torch waits on an existing lock forever, without a word)."""
+    from torch.utils import cpp_extension
+    name = 'lcnn_lookup_' + ''.join(c if c.isalnum() else '_' for c in torch.__version__)
+    if os.environ.get('TORCH_EXTENSIONS_DIR'):
+        return Path(os.environ['TORCH_EXTENSIONS_DIR']) / name
+    python = f'py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, "abiflags", "")}'
+    return Path(cpp_extension.get_default_build_root()) / f'{python}_cpu' / name
 
 
 def _wait_for_lock(lock):

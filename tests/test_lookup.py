@@ -5,7 +5,6 @@ import os
 import pickle
 import random
 import re
-import sys
 import threading
 import time
 import warnings
@@ -710,9 +709,9 @@ def _extension_dir(monkeypatch, tmp_path, calls):
     from torch.utils import cpp_extension
     monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
     monkeypatch.setattr(cpp_extension, 'load', lambda **kw: calls.append(kw))
-    tag = ''.join(c if c.isalnum() else '_' for c in torch.__version__)
-    build = tmp_path / f'py{sys.version_info.major}{sys.version_info.minor}_cpu' / f'lcnn_lookup_{tag}'
-    build.mkdir(parents=True)
+    build = lookup._build_directory()
+    assert build.parent == tmp_path  # as torch puts extensions under TORCH_EXTENSIONS_DIR
+    build.mkdir()
     return build
 
 

@@ -435,9 +435,9 @@ void zero_phase_borders(float* B, int64_t P, int64_t H, int64_t W, int64_t sH, i
           float* row = plane + hq * Wq;
           if (h < 0 || h >= H) {
             std::memset(row, 0, sizeof(float) * Wq);
-          } else {  // a column or two at either end: stores, not a call to memset each
-            for (int64_t c = 0; c < wlo; ++c) row[c] = 0.f;
-            for (int64_t c = whi; c < Wq; ++c) row[c] = 0.f;
+          } else {
+            std::memset(row, 0, sizeof(float) * wlo);
+            std::memset(row + whi, 0, sizeof(float) * (Wq - whi));
           }
         }
       }
