@@ -303,6 +303,9 @@ def print_file(path):
 def convert(source, target, place=None):
     """Writes the model in `source` as TorchScript: the file's module tree, or, in a file holding a table (a training
     checkpoint), the one nn module inside it that is not a criterion, or the module at `place` ('protos.rnn')."""
+    if os.path.exists(target) and os.path.exists(source) and os.path.samefile(source, target):
+        raise UserError(f'{target} is the file being converted: writing there would replace the Torch7 model; '
+                        'give another name for the TorchScript file (such as model.pt)')
     lua = load(source)
     if place is not None:
         lua = find(lua, place)

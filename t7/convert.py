@@ -3,6 +3,7 @@ tree walk; the per-class converters live in t7/nn_<family>.py and register in t7
 
 import bisect
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -28,7 +29,9 @@ class _Loader:
         self.modules = {}     # id(TorchObject) -> nn.Module, so that a module shared in Lua stays shared
         self.parameters = {}  # view_key -> nn.Parameter, so that a tensor shared in Lua stays shared
         self.extents = []     # sorted, disjoint (first byte, end byte) of the parameters left on the file's memory
+        self.owners = {}      # extent -> place of the module whose parameter it is
         self.building = set()  # ids of the modules being built, to refuse a module that contains itself
+        self.place = 'model'  # of the module being built, for the parameters it takes
 
     def module(self, obj, path):
         if not isinstance(obj, TorchObject):
@@ -46,13 +49,17 @@ class _Loader:
             raise T7Error(f'unsupported module {obj.typename} at {path}: t7.load_model has no converter for this '
                           f'class (it knows {len(BUILDERS)} nn/cudnn classes); add one in t7/nn_<family>.py')
         self.building.add(id(obj))
+        outer, self.place = self.place, path
         try:
             module = builder(self, Fields(obj, path), path)
         except (RuntimeError, ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as e:
-            # A field of a shape or kind the builder did not expect: the file, not the builder, is at fault.
-            raise T7Error(f'{obj.typename} at {path} cannot be built: {e}') from None
+            # A field of a shape or kind the builder did not expect: the file, not the builder, is at fault. torch's
+            # message is cut at its first line: what follows is a C++ stack.
+            first = str(e).strip().split('\n', 1)[0] or type(e).__name__
+            raise T7Error(f'{obj.typename} at {path} cannot be built: {first}') from None
         finally:
             self.building.discard(id(obj))
+            self.place = outer
         named(module, obj.typename)
         for key, value in obj.fields.items():
             # Functions such as resnet's LRregime are model data with no PyTorch meaning: kept to be written back.
@@ -86,10 +93,19 @@ class _Loader:
         span = byte_span(tensor)
         extents = self.extents
         i = bisect.bisect_left(extents, span)
-        if (i > 0 and extents[i - 1][1] > span[0]) or (i < len(extents) and extents[i][0] < span[1]):
+        overlap = (extents[i - 1] if i > 0 and extents[i - 1][1] > span[0] else
+                   extents[i] if i < len(extents) and extents[i][0] < span[1] else None)
+        if overlap is not None:
+            # Lua trained such views as one (a decoder's weight as the encoder's transposed, say); here they train
+            # apart, which the user must hear of.
+            warnings.warn(f'{self.place}: a {"x".join(map(str, tensor.shape))} parameter shares memory with one of '
+                          f'{self.owners[overlap]} without being the same view (a transposed or narrowed weight, '
+                          f'say); it gets a copy of its own, so training no longer keeps the two tied',
+                          stacklevel=2)
             data = tensor.detach().clone()
         else:
             extents.insert(i, span)
+            self.owners[span] = self.place
             data = storage_view(tensor)
         # The memory of every key stays alive while loading (the file's tree holds it, or the Parameter made on it
         # does), so no other tensor can take its address and match a key by accident.

@@ -264,6 +264,18 @@ def test_convert_of_a_file_holding_several_networks_or_none(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['enc.pt', 'none.t7', 'tensor.t7', 'two.t7']
 
 
+def test_convert_onto_its_own_source_is_refused_and_leaves_it(capsys, tmp_path):
+    t7.save_model(tmp_path / 'model.t7', torch.nn.Sequential(torch.nn.Linear(3, 2)))
+    before = (tmp_path / 'model.t7').read_bytes()
+    (tmp_path / 'link.t7').symlink_to(tmp_path / 'model.t7')
+    for target in ('model.t7', 'link.t7'):
+        status, out, err = run(capsys, 'convert', tmp_path / 'model.t7', tmp_path / target)
+        assert status == 1 and out == '' and err.count('\n') == 1, err
+        assert f'{tmp_path / target} is the file being converted' in err and 'give another name' in err
+    assert (tmp_path / 'model.t7').read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['link.t7', 'model.t7']
+
+
 def test_load_model_of_a_checkpoint_names_the_modules_inside(tmp_path):
     ckpt = checkpoint(rnn=t7.to_lua(torch.nn.Linear(3, 2)))
     with pytest.raises(t7.T7Error, match=r"^t7.load_model got a Lua table, not an nn module; the nn modules in it: "

@@ -96,6 +96,47 @@ def test_damaged_model_files_convert_or_fail_with_t7error():
     assert 0 < converted < 1500
 
 
+def _modules_of(obj):
+    """Every TorchObject module of a loaded Lua tree (containers, nngraph nodes and their children)."""
+    seen, stack, found = set(), [obj], []
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, t7.TorchObject):
+            found.append(value)
+            stack.extend(v for v in value.fields.values() if isinstance(v, (t7.TorchObject, list, dict)))
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+    return found
+
+
+@pytest.mark.parametrize('huge', [2.95e20, float(2 ** 63)])
+def test_huge_whole_number_fields_of_every_zoo_module_fail_in_one_short_line(huge):
+    # A damaged size (a flipped exponent bit) once reached torch.empty, whose overflow message carries its C++ stack.
+    cases = sorted(p.name[:-len('.module.t7')] for p in (FIXTURES / 'nn_zoo').glob('*.module.t7'))
+    refused = 0
+    for case in cases:
+        tree = t7.load(FIXTURES / 'nn_zoo' / f'{case}.module.t7')
+        for module in _modules_of(tree):
+            for name, value in list(module.fields.items()):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+                    continue
+                module.fields[name] = huge
+                try:
+                    t7.load_model(tree)
+                except t7.T7Error as e:
+                    message = str(e)
+                    assert '\n' not in message and 'frame #' not in message and len(message) < 400, (case, name)
+                    refused += 1
+                finally:
+                    module.fields[name] = value
+    assert refused > 100
+
+
 def test_every_truncation_fails_cleanly(allocation_guard):
     raw = (FIXTURES / 'serialization_zoo.t7').read_bytes()
     allocation_guard['bytes'] = len(raw)

@@ -115,7 +115,10 @@ def test_identical_views_become_one_parameter():
     net = module('nn.Sequential', modules=[linear(weight, bias_a), linear(other_view, bias_b),
                                            module('nn.Linear', weight=col, bias=bias_b),
                                            module('nn.Linear', weight=col_other)])
-    built = t7.load_model(saved(net))
+    # col lies on bias_a's memory (a weight over another module's bias): copied, with a warning
+    with pytest.warns(UserWarning, match=r'^model.modules\[2\]: a 2x1 parameter shares memory with one of '
+                                         r'model.modules\[0\] without'):
+        built = t7.load_model(saved(net))
     assert built[0].weight is built[1].weight and built[0].bias is not built[1].bias
     assert built[2].weight is built[3].weight and built[1].bias is built[2].bias
     assert built[3].bias is None
@@ -130,7 +133,13 @@ def test_overlapping_views_get_their_own_copies():
     b = flat[3:9].view(2, 3)       # shares its first row with a's second
     c = flat[0:6].view(3, 2)       # a's elements under another shape
     net = module('nn.Sequential', modules=[linear(a), linear(b), linear(c)])
-    built = t7.load_model(saved(net))
+    with pytest.warns(UserWarning) as caught:
+        built = t7.load_model(saved(net))
+    # Lua trained them as one: the user hears that they are untied, and where
+    assert [str(w.message) for w in caught] == [
+        f'model.modules[{i}]: a {shape} parameter shares memory with one of model.modules[0] without being the same '
+        'view (a transposed or narrowed weight, say); it gets a copy of its own, so training no longer keeps the two '
+        'tied' for i, shape in ((1, '2x3'), (2, '3x2'))]
     weights = [m.weight for m in built]
     for w, v in zip(weights, (a, b, c)):
         assert torch.equal(w.detach(), v)
