@@ -34,7 +34,8 @@ def check_inputs(opt):
     epoch is left to run."""
     if opt.dataset != 'digits' and not opt.benchmark:
         if not os.path.isdir(opt.data):
-            raise UserError(f'-data {opt.data}: no such folder; give the dataset folder that holds train/ and val/')
+            what = 'that is a file, not a folder' if os.path.exists(opt.data) else 'no such folder'
+            raise UserError(f'-data {opt.data}: {what}; give the dataset folder that holds train/ and val/')
         if not os.path.isdir(os.path.join(opt.data, 'train')):
             raise UserError(f'-data {opt.data}: it has no train/ folder; give the dataset folder that holds '
                             'train/ and val/')
@@ -104,6 +105,7 @@ def run_lcnn(opt, dist, train_loader, test_loader, n_classes):
     """lcnn's main.lua after data.lua: model.lua, train.lua, test.lua, then the epoch loop."""
     model, criterion = model_setup.setup(opt, dist)
     warn_output_size(unwrap(model), opt, n_classes)
+    model_setup.check_input_size(unwrap(model), opt)
     if opt.testOnly:
         if opt.lookup:
             test_lookup(unwrap(model), criterion, opt, dist, test_loader)
@@ -126,6 +128,7 @@ def run_clcnet(opt, dist, train_loader, val_loader, n_classes):
     checkpoint, optim_state = checkpoints.latest(opt)
     model, criterion = model_setup.setup_clcnet(opt, checkpoint, dist)
     warn_output_size(unwrap(model), opt, n_classes)
+    model_setup.check_input_size(unwrap(model), opt)
     trainer = train.ClcTrainer(model, criterion, opt, optim_state, dist)
     if opt.testOnly:
         top1_err, top5_err = trainer.test(0, val_loader)

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 import models
+from models import resnet
 import t7
 import util
 from errors import UserError, lua_print
 from layers.legacy import lua_type
+from t7.convert import is_module, modules_inside, not_a_module
 from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
 
@@ -34,11 +36,22 @@ def select_device(opt, local_rank=0):
 
 
 def load_model(path, flag):
-    """torch.load of a saved network (Lua's or ours) as a module."""
+    """torch.load of a saved network (Lua's or ours) as a module; from a file holding a table (a training
+    checkpoint such as {model=..., criterion=..., epoch=...}), the one network in it, as `python -m t7 convert`
+    takes it."""
     if not os.path.isfile(path):
         raise UserError(f'{flag} {path}: file not found')
     try:
-        return t7.load_model(path)
+        lua = t7.load(path)
+        if not is_module(lua):
+            inside = modules_inside(lua)
+            if len(inside) != 1:
+                how = (lambda place: 'save the one to use as a file of its own: python -c "import t7; t7.save_model('
+                       f"'net.t7', t7.load_model(t7.find(t7.load('{path}'), '{place}')))\"")
+                raise UserError(f'{flag} {path}: cannot read it as a Torch7 model: it holds {not_a_module(lua, how)}')
+            place, lua = inside[0]
+            lua_print(f'{flag} {path}: using the network at {place} of the table the file holds')
+        return t7.load_model(lua)
     except t7.T7Error as e:
         raise UserError(f'{flag} {path}: cannot read it as a Torch7 model ({e})') from None
 
@@ -61,6 +74,38 @@ def output_size(net):
     return None
 
 
+def check_input_size(net, opt):
+    """One forward of two blank -cropSize images in evaluate mode (no statistics move, nothing random is drawn), so
+    that a network made for other images stops here, in one line, instead of in its first batch with torch's
+    traceback: a convolution left with no pixels, or a View sized for another input (which makes other rows)."""
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device('cpu')
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    size = f'3x{opt.cropSize}x{opt.cropSize}'
+    modes = {m: m.training for m in net.modules()}
+    logging = [m for m in net.modules() if getattr(m, 'log_sparsity', False)]
+    try:
+        for m in logging:
+            m.log_sparsity = False  # -logSparsity prints once per training forward, as Lua did, and not for this one
+        net.eval()
+        with torch.no_grad():
+            out = net(torch.zeros(2, 3, opt.cropSize, opt.cropSize, device=device, dtype=dtype))
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().split('\n', 1)[0] or type(e).__name__
+        raise UserError(f'-cropSize {opt.cropSize}: the network cannot take {size} images ({first}); give the '
+                        '-cropSize (and -imageSize) it was made for') from None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for m in logging:
+            m.log_sparsity = True
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != 2:
+        rows = 'no tensor' if not isinstance(out, torch.Tensor) else f'an output of size {"x".join(map(str, out.shape))}'
+        raise UserError(f'-cropSize {opt.cropSize}: the network makes {rows} from a batch of 2 {size} images, not '
+                        'one row per image (a View sized for other images); give the -cropSize (and -imageSize) '
+                        'it was made for')
+
+
 def file_regime(opt):
     """The LRregime the -netType model file defines, or None. Lua only ran the file's definitions; the network
     built here to read it lives on the meta device (nothing allocated) and what its builder prints is dropped."""
@@ -68,6 +113,24 @@ def file_regime(opt):
         net = create(opt)
     regime = getattr(net, 'LRregime', None)
     return regime if callable(regime) else None
+
+
+def _own_regime(net, opt):
+    """The regime of a -retrain file that carries one (Lua ran it: model.LRregime wins over everything; t7 keeps
+    the bytecode as lua_LRregime) when -netType, not given, names a model file without one: the residual networks'
+    (models/resnet.lua and resnet-lcnn.lua define the same), else None with a warning that the default regime runs
+    instead."""
+    if getattr(net, 'lua_LRregime', None) is None or 'netType' in opt.command['given']:
+        return None
+    kinds = {type(m).__name__ for m in net.modules()}
+    if {'ConcatTable', 'CAddTable'} <= kinds:
+        lua_print(f'=> {opt.retrain} carries its own LRregime (Lua code, which does not run here) and holds a '
+                  'residual network: using the regime of models/resnet-lcnn.lua (give -netType to choose another)')
+        return resnet.lr_regime
+    lua_print(f'WARNING: {opt.retrain} carries its own LRregime (Lua code, which does not run here) and -netType '
+              f'{opt.netType} defines none: the default regime runs; give the -netType the file was made with to '
+              'use its regime')
+    return None
 
 
 def _classifier(net):
@@ -155,7 +218,7 @@ def setup(opt, dist):
         # A saved LRregime is Lua bytecode that t7 cannot run (it drops it): it was the regime of the -netType
         # model file, which is also what -updateLRregime asks for.
         if opt.updateLRregime or not callable(saved):
-            net.LRregime = file_regime(opt) or saved
+            net.LRregime = file_regime(opt) or _own_regime(net, opt) or saved
         # The Lua layer reads -logSparsity from the global opt on every forward, but keeps its own lambda and
         # sparseTh: the saved ones drive the L1 term and the threshold, whatever -lambda says now.
         for m in net.modules():

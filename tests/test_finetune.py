@@ -1,6 +1,8 @@
 """Fine-tuning Lua-trained models whose parameters are views of one flat storage (as getParameters leaves them):
 one real train.lua step reproduced through -retrain and -loadParams, and main.py runs with -retrain / -resume."""
+import lzma
 import os
+import re
 import pathlib
 
 import pytest
@@ -16,6 +18,7 @@ import train
 from layers.activation import Dropout, LogSoftMax
 from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
+from errors import UserError
 from tests.drivers import run_main
 
 ZOO = pathlib.Path(__file__).parent / 'fixtures' / 'nn_zoo'
@@ -148,3 +151,78 @@ def test_main_load_params_from_a_flat_lua_model(tmp_path, capsys, monkeypatch):
                                         '-save', str(save)], capsys)
     assert code == 0, err
     assert 'Epoch: [1][3/3]\t' in out and os.path.isfile(save / 'model_1.t7')
+
+
+@pytest.mark.parametrize('crop, message', [
+    ('48', r'-cropSize 48: the network makes an output of size \d+x10 from a batch of 2 3x48x48 images, not one row '
+           r'per image \(a View sized for other images\)'),
+    ('4', r'-cropSize 4: the network cannot take 3x4x4 images \(.*\); give the -cropSize \(and -imageSize\) it was '
+          r'made for$')])
+@pytest.mark.parametrize('test_only', [False, True])
+def test_a_crop_the_lua_model_cannot_take_stops_before_the_first_batch(tmp_path, capsys, crop, message, test_only):
+    save = tmp_path / 'run'
+    argv = DIGITS[:2] + ['-imageSize', crop, '-cropSize', crop] + DIGITS[6:] + ['-epochSize', '2', '-retrain', FLAT,
+                                                                               '-save', str(save)]
+    code, out, err = run_main(argv + (['-testOnly'] if test_only else []), capsys)
+    assert code == 1 and err.count('\n') == 1 and err.startswith('main.py: '), err
+    assert re.search(message, err.strip()), err
+    assert 'Epoch: [1]' not in out and not any(p.name.startswith('model_') for p in save.iterdir())
+
+
+def test_the_input_size_check_leaves_modes_and_sparsity_logging_as_they_were(capsys):
+    net = model_setup.load_model(FLAT, '-retrain').train()
+    layers = [m for m in net.modules() if isinstance(m, PooledSpatialConvolution)]
+    for m in layers:
+        m.log_sparsity = True
+    layers[0].eval()
+    modes = {m: m.training for m in net.modules()}
+    model_setup.check_input_size(net, opts.parse(DIGITS))
+    assert capsys.readouterr().out == ''
+    assert {m: m.training for m in net.modules()} == modes and all(m.log_sparsity for m in layers)
+
+
+@pytest.mark.parametrize('argv, first_lr, says', [
+    ([], 0.1, '=> {path} carries its own LRregime (Lua code, which does not run here) and holds a residual network: '
+              'using the regime of models/resnet-lcnn.lua'),
+    (['-netType', 'alexnet-lcnn'], 0.01, None),  # given: that file's regime (none: the default), as asked
+])
+def test_a_lua_resnet_s_own_regime_runs_without_net_type(tmp_path, capsys, argv, first_lr, says):
+    # train.lua takes model.LRregime, the bytecode the file carries, over any -netType: for a ResNet file that is
+    # models/resnet-lcnn.lua's regime (10x the default rate at epoch 1).
+    path = tmp_path / 'resnet8-lcnn.t7'
+    path.write_bytes(lzma.decompress((ZOO.parent / 'resnet8-lcnn.t7.xz').read_bytes()))
+    opt = make_opt(tmp_path, '-retrain', str(path), *argv)
+    net, _ = model_setup.setup(opt, runtime.Dist())
+    out = capsys.readouterr().out
+    regime = train.model_regime(net, opt)(1, 'sgd', opt)
+    if says:
+        assert regime[0]['learningRate'] == first_lr and says.format(path=path) in out
+    else:
+        assert regime[0]['learningRate'] == first_lr and 'carries its own LRregime' not in out
+
+
+def test_a_plain_lua_model_with_a_regime_warns_that_the_default_runs(tmp_path, capsys):
+    lua = t7.load(FLAT)
+    lua.fields['LRregime'] = t7.LuaFunction(b'\x1bLJ\x02')
+    path = tmp_path / 'with_regime.t7'
+    t7.save(path, lua)
+    model_setup.setup(make_opt(tmp_path, '-retrain', str(path)), runtime.Dist())
+    assert (f'WARNING: {path} carries its own LRregime (Lua code, which does not run here) and -netType alexnet-lcnn '
+            'defines none: the default regime runs') in capsys.readouterr().out
+
+
+def test_retrain_of_a_checkpoint_table_takes_its_one_network(tmp_path, capsys):
+    net, criterion = t7.load(FLAT), t7.TorchObject('nn.ClassNLLCriterion', {'sizeAverage': True})
+    t7.save(tmp_path / 'one.t7', {'model': net, 'criterion': criterion, 'epoch': 3})
+    t7.save(tmp_path / 'two.t7', {'model': net, 'ema': t7.load(FLAT)})
+    loaded = model_setup.load_model(str(tmp_path / 'one.t7'), '-retrain')
+    assert capsys.readouterr().out == f'-retrain {tmp_path / "one.t7"}: using the network at model of the table the ' \
+                                      'file holds\n'
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), t7.load_model(FLAT)(x))
+    with pytest.raises(UserError, match=re.escape(
+            f'-retrain {tmp_path / "two.t7"}: cannot read it as a Torch7 model: it holds a Lua table, not an nn module; the nn modules in it: ema '
+            f'(nn.Sequential), model (nn.Sequential); save the one to use as a file of its own: python -c "import t7; '
+            f"t7.save_model('net.t7', t7.load_model(t7.find(t7.load('{tmp_path / 'two.t7'}'), 'ema')))\"")):
+        model_setup.load_model(str(tmp_path / 'two.t7'), '-retrain')

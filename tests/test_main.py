@@ -112,6 +112,8 @@ def test_lookup_engine_for_test_only_and_benchmark(tmp_path, capsys, tiny_models
 @pytest.mark.parametrize('argv, code, message', [
     (['-dataset', 'imagenet', '-data', '/no/such/folder'], 1, '-data /no/such/folder: no such folder'),
     (['-dataset', 'imagenet', '-data', '{tmp}'], 1, 'it has no train/ folder'),
+    (['-dataset', 'imagenet', '-data', '{tmp}/garbage.t7'], 1, '-data {tmp}/garbage.t7: that is a file, not a folder; '
+                                                               'give the dataset folder'),
     (['-nClasses', '5'], 1, '-nClasses is 5'),
     (['-retrain', '{tmp}/garbage.t7'], 1, 'cannot read it as a Torch7 model'),
     (['-optimState', '{tmp}/missing.t7'], 1, '-optimState {tmp}/missing.t7: file not found'),
