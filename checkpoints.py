@@ -22,11 +22,13 @@ def _fsync(path):
 
 
 def _atomic(path, write):
-    """write(tmp) fills a temporary file next to `path`, which then replaces `path` in one rename."""
+    """write(f) fills a temporary binary file next to `path`, which then replaces `path` in one rename. It gets a
+    file object, not the temporary name: a failure to write it (a full disk) is then reported for `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f'{_TMP_PREFIX}{os.getpid()}-{next(_counter)}')
     try:
-        write(tmp)
+        with open(tmp, 'wb', buffering=1 << 20) as f:
+            write(f)
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(directory)
@@ -47,22 +49,19 @@ def remove_incomplete(directory):
 
 def save_object(path, obj):
     """torch.save(path, obj) of a plain Lua value (tables, numbers, tensors)."""
-    _atomic(path, lambda tmp: t7.save(tmp, obj))
+    _atomic(path, lambda f: t7.save(f, obj))
 
 
 def save_text(path, text):
     """A small text file (the run's options.json)."""
-    def write(tmp):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-    _atomic(path, write)
+    _atomic(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def save_model(path, net):
     """torch.save of the network as its nn/cudnn module tree, from a float32 CPU copy (the training network is
     left untouched, as clcNet's deepCopy(model):float() does)."""
     clean = copy.deepcopy(net).float().cpu()
-    _atomic(path, lambda tmp: t7.save_model(tmp, clean))
+    _atomic(path, lambda f: t7.save_model(f, clean))
 
 
 def save_epoch(opt, epoch, net, optim_state):

@@ -79,7 +79,8 @@ class LuaOptim:
         total = sum(p.numel() for p in self.params)
         if flat.numel() != total:
             raise UserError(f"the optimState's '{name}' has {flat.numel()} values but this network has {total} "
-                            'parameters; give the optimState saved with this network')
+                            'parameters that train; give the optimState saved with this network, and the flags '
+                            'that choose what trains (-freezeDictionary) as they were then')
         pieces, offset = [], 0
         for p in self.params:
             pieces.append(flat[offset:offset + p.numel()].reshape(p.shape).to(p.device, p.dtype).clone())

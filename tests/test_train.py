@@ -265,7 +265,9 @@ def test_lua_optim_state_round_trip(tmp_path, name):
 
 def test_optim_state_of_another_network_is_refused():
     fixture = t7.load(os.path.join(FIXTURES, 'optimState_sgd2.t7'))
-    with pytest.raises(UserError, match="'dfdx' has 10 values but this network has 11"):
+    with pytest.raises(UserError, match="'dfdx' has 10 values but this network has 11 parameters that train; give the "
+                                        r'optimState saved with this network, and the flags that choose what trains '
+                                        r'\(-freezeDictionary\) as they were then'):
         lua_optim.LuaOptim('sgd', [nn.Parameter(torch.zeros(11))], fixture)
 
 
@@ -384,6 +386,22 @@ def test_failed_save_leaves_nothing(tmp_path):
     (tmp_path / '.incomplete-123-0').write_bytes(b'half')
     checkpoints.remove_incomplete(str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_write_names_the_checkpoint_not_its_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import t7.write
+
+    def full_disk(f, obj):
+        f.write(b'T7')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(t7.write, '_write', full_disk)
+    for save in (lambda p: checkpoints.save_object(p, {'a': 1}), lambda p: checkpoints.save_model(p, nn.Linear(2, 3))):
+        with pytest.raises(UserError, match=rf'^cannot write {tmp_path}/model_1.t7: No space left on device; check the '
+                                            rf'space and permissions of {tmp_path}$'):
+            save(str(tmp_path / 'model_1.t7'))
+        assert os.listdir(tmp_path) == []
 
 
 def _unxz(name, tmp_path):
