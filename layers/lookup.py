@@ -13,6 +13,7 @@ over torch's intra-op threads (torch.set_num_threads) and give bit-identical res
 """
 import collections
 import copy
+import hashlib
 import os
 import shutil
 import statistics
@@ -72,6 +73,11 @@ def _build_extension():
     # torch takes its lock before it creates a build directory that it was given.
     build.mkdir(parents=True, exist_ok=True)
     _wait_for_lock(build / 'lock')
+    library = build / f'{build.name}.so'
+    newest = max(f.stat().st_mtime for f in _CSRC.parent.iterdir())
+    if not library.exists() or library.stat().st_mtime < newest:
+        print(f'lookup kernels: compiling them into {build} (once per checkout, torch version and change of '
+              f'layers/csrc; about a minute)', file=sys.stderr, flush=True)
     cpp_extension.load(name=build.name, sources=[str(_CSRC)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
                        is_python_module=False, verbose=False, build_directory=str(build))
 
@@ -80,7 +86,10 @@ def _build_directory():
     """Where the kernels are built: the folder torch would pick for them (for a CPU build of torch), named here so
     that its lock can be checked (torch waits on an existing lock forever, without a word)."""
     from torch.utils import cpp_extension
-    name = 'lcnn_lookup_' + ''.join(c if c.isalnum() else '_' for c in torch.__version__)
+    # One folder per checkout: torch writes the source's absolute path into the build's ninja file, so two
+    # checkouts sharing a folder would rebuild (and wait on each other's lock) every time they take turns.
+    checkout = hashlib.sha1(str(_CSRC).encode()).hexdigest()[:8]
+    name = 'lcnn_lookup_' + ''.join(c if c.isalnum() else '_' for c in torch.__version__) + '_' + checkout
     if os.environ.get('TORCH_EXTENSIONS_DIR'):
         return Path(os.environ['TORCH_EXTENSIONS_DIR']) / name
     python = f'py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, "abiflags", "")}'
@@ -250,6 +259,10 @@ class LookupConv2d(nn.Module):
         self.source, self.fused = source, tuple(fused)
         self.register_buffer('bias', bias.detach().float().contiguous())
         self.has_lookup = dict_weight is not None
+        if self.has_lookup and any(t is None for t in (rowptr, taps, values)):
+            raise LookupInferenceError(f'{source or "LookupConv2d"}: a dictionary needs its row pointers, taps and '
+                                       f'values (they go together); the layer (or the export it was read from) is '
+                                       f'damaged')
         if self.has_lookup:
             self.register_buffer('dict_weight', dict_weight.detach().float().contiguous())
             self.register_buffer('rowptr', rowptr.to(torch.int64).contiguous())
@@ -258,6 +271,7 @@ class LookupConv2d(nn.Module):
         if dense_weight is None and not self.has_lookup:
             raise LookupInferenceError('LookupConv2d needs a dense weight or a dictionary with align taps')
         self.register_buffer('dense_weight', None if dense_weight is None else dense_weight.detach().float())
+        self._check_form()
         self.backend = resolve_backend(backend_name)
         self._offsets = {}
         self._cache, self._calls = {}, {}
@@ -272,7 +286,58 @@ class LookupConv2d(nn.Module):
         state['_calls'], state['_cache'], state['_offsets'] = {}, {}, {}
         return state
 
+    def __setstate__(self, state):
+        # In a new process the kernels are not loaded yet: build or load them now (or fall back to pure torch, with
+        # the warning, where they cannot be built), as a newly compiled layer would.
+        if state.get('backend') == 'cpp':
+            state['backend'] = resolve_backend()
+        self.__dict__.update(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # The derived forms (packed and transposed weights, tap offsets, prepared calls, network plans) were made
+        # from the weights just replaced; a dense kernel folded from the old sparse form is folded again.
+        if self.has_lookup and prefix + 'dense_weight' not in state_dict:
+            self.dense_weight = None
+        self._offsets = {}
+        self.set_path(self.path, self.batch_path)
+
     # -- construction -------------------------------------------------------------------------------------------
+
+    def _check_form(self):
+        """Sizes and taps that fit together: the kernels index memory with them unchecked, so a damaged export (or a
+        hand-made layer) must stop here and not read past a buffer."""
+        where = self.source or 'LookupConv2d'
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+
+        def fail(what):
+            raise LookupInferenceError(f'{where}: {what}; the layer (or the export it was read from) is damaged')
+
+        if min(self.in_channels, self.out_channels, kh, kw, sh, sw, dh, dw, self.groups) < 1 or min(ph, pw) < 0:
+            fail('channels, kernel, stride, dilation and groups must be positive and padding not negative')
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            fail(f'{self.groups} groups do not divide {self.in_channels} -> {self.out_channels} channels')
+        if tuple(self.bias.shape) != (self.out_channels,):
+            fail(f'bias of size {tuple(self.bias.shape)} for {self.out_channels} output channels')
+        dense = self.dense_weight
+        if dense is not None and tuple(dense.shape) != (self.out_channels, self.in_channels // self.groups, kh, kw):
+            fail(f'dense weight of size {tuple(dense.shape)} for {self.in_channels} -> {self.out_channels} {kh}x{kw}')
+        if not self.has_lookup:
+            return
+        if self.groups != 1 or (dh, dw) != (1, 1):
+            fail('a lookup form has no groups or dilation')
+        if self.dict_weight.dim() != 2 or self.dict_weight.shape[1] != self.in_channels or not self.dict_weight.numel():
+            fail(f'dictionary of size {tuple(self.dict_weight.shape)} for {self.in_channels} input channels')
+        nnz = self.values.numel()
+        rowptr, taps = self.rowptr, self.taps
+        if self.values.dim() != 1 or tuple(taps.shape) != (3, nnz):
+            fail(f'{tuple(taps.shape)} taps for {tuple(self.values.shape)} values')
+        if (rowptr.dim() != 1 or rowptr.numel() != self.out_channels + 1 or rowptr[0] != 0 or rowptr[-1] != nnz
+                or bool((rowptr.diff() < 0).any())):
+            fail(f'row pointers must rise from 0 to the {nnz} taps over {self.out_channels} rows')
+        if nnz and not all(0 <= int(t.min()) and int(t.max()) < n
+                           for t, n in zip(taps, (self.dict_weight.shape[0], kh, kw))):
+            fail(f'taps outside the {self.dict_weight.shape[0]} dictionary entries or the {kh}x{kw} kernel')
 
     @classmethod
     def from_pooled(cls, psc, bn=None, relu=False, pool=None, **kw):
@@ -448,7 +513,13 @@ class LookupConv2d(nn.Module):
         if x.dtype != torch.float32 or x.dim() != 4:
             raise LookupInferenceError(f'{self.source or "lookup layer"}: expected a 4-D float32 input, got '
                                        f'{x.dim()}-D {x.dtype}')
-        n, _, h, w = x.shape
+        if x.device.type != 'cpu':
+            raise LookupInferenceError(f'{self.source or "lookup layer"}: the input is on {x.device}; the lookup '
+                                       f'engine runs on CPU: pass x.cpu()')
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise LookupInferenceError(f'{self.source or "lookup layer"}: expected an input of {self.in_channels} '
+                                       f'channels, got {c}')
         return self._call_for(path, n, h, w)(x, residual)
 
     def _call_for(self, path, n, h, w):
@@ -557,7 +628,7 @@ class _Plan:
 
     KINDS = {'conv': 1, 'dense': 2, 'aten_conv': 3}  # run_plan's instruction numbers
 
-    def __init__(self, network, n, h, w):
+    def __init__(self, network, n, c, h, w):
         self.tensors, self.code, self.rest = [], [], []
         # The instructions run image by image (see run_plan): the blocks before the first fully connected layer or
         # ATen convolution (oneDNN's results for one image can differ in the last bits from its results for a batch).
@@ -572,11 +643,17 @@ class _Plan:
                 self.tensors.append(t)
             return slots[id(t)]
 
+        first = True
+
         def step(layer, h, w, src=0, dst=0, res=0):
-            nonlocal batched
+            nonlocal batched, first
             call = layer._call_for(layer.path_for(n), n, h, w) if isinstance(layer, LookupConv2d) else None
             if not isinstance(call, _Kernel):
                 return None
+            if first and c != layer.in_channels:  # the kernels take the network's input unchecked
+                raise LookupInferenceError(f'{layer.source or "lookup layer"}: expected an input of '
+                                           f'{layer.in_channels} channels, got {c}')
+            first = False
             batched = batched or call.kind == 'aten_conv' or call.geom[:2] == [h, w]
             self.code += [self.KINDS[call.kind], src, dst, res, int(call.relu), h, w]
             self.code += [slot(t) for t in call.tensors]
@@ -646,7 +723,7 @@ class LookupNetwork(nn.Sequential):
         plan = plans.get(key)
         if plan is None:
             plans.clear()
-            plan = plans[key] = _Plan(self, x.shape[0], x.shape[2], x.shape[3])
+            plan = plans[key] = _Plan(self, *x.shape)
         if plan.hooked():
             return super().forward(x)
         return plan(x.detach() if x.requires_grad else x)
@@ -808,7 +885,16 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
     equal the eval-mode model up to float rounding (batch norm is folded)."""
     if path not in ('auto', 'lookup', 'dense'):
         raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
+    if not isinstance(model, nn.Module):
+        raise LookupInferenceError(f'compile: expected a torch.nn.Module, got {type(model).__name__} (for a Torch7 '
+                                   f'file, t7.load_model(path) makes one)')
+    _check_example('compile', example_input, optional=True)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise LookupInferenceError(f'compile: repeats must be a positive integer, got {repeats!r}')
     devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
+    if 'meta' in devices:
+        raise LookupInferenceError('compile: the model is on the meta device, which holds shapes but no weights; '
+                                   'load its weights first')
     if devices - {'cpu'}:
         raise LookupInferenceError(f'compile: the model is on {", ".join(sorted(devices - {"cpu"}))}; the lookup '
                                    f'engine runs on CPU: pass model.cpu()')
@@ -841,6 +927,14 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
             # One example decides both; the synthetic batch of one decides `path`, the batch `batch_path`.
             layer.set_path(faster[0], faster[-1])
     return compiled
+
+
+def _check_example(where, example_input, optional=False):
+    if example_input is None and optional:
+        return
+    if not isinstance(example_input, torch.Tensor):
+        raise LookupInferenceError(f'{where}: the example input must be a tensor (a batch of images, N x C x H x W), '
+                                   f'got {type(example_input).__name__}')
 
 
 # A layer takes its lookup form only when that timed at most this share of its dense form: on a near tie the two
@@ -897,6 +991,7 @@ def time_layers(model, example_input, repeats=20):
     `model` is a compiled model, or any model (compiled here with `example_input`). Each layer is timed on the
     input it gets inside the network (median of `repeats` after warm-up). The last row times the whole network:
     dense = every lookup-capable layer on its folded dense kernel, lookup = the network as compiled."""
+    _check_example('time_layers', example_input)
     compiled = model if lookup_layers(model) else compile(model, example_input, repeats=max(3, repeats // 4))
     compiled.eval()
     inputs = _capture_inputs(compiled, example_input)

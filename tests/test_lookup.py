@@ -5,6 +5,8 @@ import os
 import pickle
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -384,6 +386,51 @@ def test_resnet_lcnn_shaped(cpp, density):
         close(lookup.compile(model)(x[:1]), model(x[:1]))
 
 
+def test_loading_weights_into_a_compiled_network_replaces_its_derived_forms(cpp):
+    gen = torch.Generator().manual_seed(19)
+    model = alexnet_lcnn_small(0.05, gen)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in other.modules():
+            if isinstance(m, PooledSpatialConvolution):
+                m.alignconv.weight.neg_()  # the same taps (|w| as before), other values
+                m.poolconv.weight.mul_(1.5)
+            elif isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) and m.bias is not None:
+                m.bias.add_(0.1)
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    for path in ('lookup', 'dense'):
+        want = lookup.compile(other, path=path)
+        compiled = lookup.compile(model, path=path)
+        with torch.no_grad():
+            compiled(x), compiled(x[:1]), module_by_module(compiled, x)  # plans, calls and derived weights made
+            compiled.load_state_dict(want.state_dict())
+            assert torch.equal(compiled(x), want(x)) and torch.equal(compiled(x[:1]), want(x[:1]))
+            assert torch.equal(module_by_module(compiled, x), want(x))
+
+
+def test_a_saved_compiled_network_runs_in_a_new_process(cpp, tmp_path):
+    gen = torch.Generator().manual_seed(20)
+    compiled = lookup.compile(resnet_lcnn_small(0.1, gen), path='lookup')
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        torch.save({'model': compiled, 'x': x, 'out': compiled(x)}, tmp_path / 'compiled.pt')
+    script = (f'import torch; from layers import lookup; saved = torch.load({str(tmp_path / "compiled.pt")!r}, '
+              'weights_only=False); assert torch.equal(saved["model"](saved["x"]), saved["out"]); print("same")')
+    done = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).parent.parent, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout == 'same\n', done.stderr
+
+
+def test_each_checkout_builds_in_its_own_folder(monkeypatch, tmp_path):
+    # torch writes the source's absolute path into the build's ninja file: checkouts sharing a folder rebuild in turn.
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    here = lookup._build_directory()
+    assert here == lookup._build_directory() and here.parent == tmp_path
+    monkeypatch.setattr(lookup, '_CSRC', tmp_path / 'clone' / 'layers' / 'csrc' / 'lookup.cpp')
+    there = lookup._build_directory()
+    assert there != here and there.parent == tmp_path and there.name.startswith('lcnn_lookup_')
+
+
 def test_compiled_model_copies(cpp):
     """Prepared per-shape calls are closures: copies (deepcopy, pickling, as multiprocessing does) rebuild them."""
     gen = torch.Generator().manual_seed(18)
@@ -737,8 +784,11 @@ def test_the_build_waits_for_another_process_s_lock(monkeypatch, tmp_path, capsy
     lookup._build_extension()
     assert time.monotonic() - start >= 0.5
     assert [c['build_directory'] for c in calls] == [str(build)]
-    assert 'waiting for another process to finish building them' in capsys.readouterr().err
-    lookup._build_extension()  # no lock: no wait, no word
+    err = capsys.readouterr().err
+    assert 'waiting for another process to finish building them' in err
+    assert f'lookup kernels: compiling them into {build} (once per checkout' in err  # no library built there yet
+    (build / f'{build.name}.so').touch()
+    lookup._build_extension()  # no lock, a library built: no wait, no word
     assert len(calls) == 2 and capsys.readouterr().err == ''
 
 
@@ -747,13 +797,59 @@ def test_bad_arguments():
         lookup.resolve_backend('gpu')
     with pytest.raises(LookupInferenceError, match="path 'fast'"):
         lookup.compile(nn.Sequential(), path='fast')
-    with pytest.raises(LookupInferenceError, match='runs on CPU'):
+    with pytest.raises(LookupInferenceError, match='meta device, which holds shapes but no weights'):
         lookup.compile(nn.Sequential(nn.Conv2d(2, 3, 3, device='meta')))
+    model = nn.Sequential(nn.Conv2d(2, 3, 3))
+    for call, message in [(lambda: lookup.compile('model.t7'), 'expected a torch.nn.Module, got str'),
+                          (lambda: lookup.compile(model, [torch.zeros(1, 2, 5, 5)]), 'must be a tensor .* got list'),
+                          (lambda: lookup.compile(model, repeats=0), 'repeats must be a positive integer, got 0'),
+                          (lambda: lookup.time_layers(model, None), 'time_layers: the example input must be a tensor')]:
+        with pytest.raises(LookupInferenceError, match=message):
+            call()
     conv = LookupConv2d.from_conv(nn.Conv2d(2, 3, 3))
     with pytest.raises(LookupInferenceError, match='no lookup form'):
         conv.set_path('lookup')
     with pytest.raises(LookupInferenceError, match='float32'):
         conv(torch.zeros(1, 2, 5, 5, dtype=torch.float64))
+    with pytest.raises(LookupInferenceError, match='the input is on meta; the lookup engine runs on CPU'):
+        conv(torch.zeros(1, 2, 5, 5, device='meta'))
+
+
+def test_an_input_of_other_channels_is_named(cpp):
+    gen = torch.Generator().manual_seed(21)
+    for model in (alexnet_lcnn_small(0.1, gen), resnet_lcnn_small(0.1, gen)):
+        compiled = lookup.compile(model, path='lookup')
+        with torch.no_grad():
+            compiled(torch.randn(1, 3, 64 if len(model) > 2 else 224, 64 if len(model) > 2 else 224))
+            for x in (torch.randn(1, 4, 224, 224), torch.randn(2, 1, 64, 64)):
+                with pytest.raises(LookupInferenceError, match=f'expected an input of 3 channels, got {x.shape[1]}'):
+                    compiled(x)
+                with pytest.raises(LookupInferenceError, match='expected an input of 3 channels'):
+                    module_by_module(compiled, x)
+
+
+def test_damaged_sparse_forms_are_refused_before_the_kernels_read_them():
+    gen = torch.Generator().manual_seed(22)
+    good = LookupConv2d.from_pooled(psc(4, 6, 3, 1, 1, 5, 0.3, gen))
+    parts = dict(bias=good.bias, dict_weight=good.dict_weight, rowptr=good.rowptr, taps=good.taps,
+                 values=good.values)
+    make = lambda **changed: LookupConv2d(4, 6, 3, 1, 1, **{**parts, **changed})
+    make()
+    far = good.taps.clone()
+    far[0, -1] = 5
+    falling = good.rowptr.clone()
+    falling[2] = falling[3] + 1
+    for changed, message in [(dict(taps=far), 'taps outside the 5 dictionary entries or the 3x3 kernel'),
+                             (dict(taps=good.taps - 1), 'taps outside'),
+                             (dict(rowptr=falling), 'row pointers must rise from 0'),
+                             (dict(rowptr=good.rowptr[:-1]), 'row pointers'),
+                             (dict(values=good.values[:-1]), 'taps for'),
+                             (dict(dict_weight=good.dict_weight[:, :3]), r'dictionary of size \(5, 3\) for 4 input'),
+                             (dict(bias=good.bias[:5]), 'bias of size')]:
+        with pytest.raises(LookupInferenceError, match=message + '.*damaged'):
+            make(**changed)
+    with pytest.raises(LookupInferenceError, match='must be positive'):
+        LookupConv2d(4, 6, 3, 0, 1, **parts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -804,6 +900,26 @@ def test_hdf5_holds_no_training_graph(cpp, tmp_path):
         assert layer.attrs['type'] == 'LookupConv2d'
         assert sorted(layer) == ['bias', 'col', 'dict_weight', 'rowptr', 'values']
         assert layer['rowptr'][-1] == layer['values'].shape[0] == layer['col'].shape[0]
+
+
+def test_a_damaged_export_is_refused_not_run(cpp, tmp_path):
+    import h5py
+    gen = torch.Generator().manual_seed(23)
+    compiled = lookup.compile(alexnet_lcnn_small(0.05, gen), path='lookup')
+    lookup.export(compiled, tmp_path / 'net.h5')
+    for name, damage, message in [('col', lambda v: v + 25 * 5000000, 'taps outside'),
+                                  ('dict_weight', lambda v: v[:2], 'taps outside the 2 dictionary entries'),
+                                  ('values', None, 'row pointers, taps and values .they go together')]:
+        path = tmp_path / f'{name}.h5'
+        path.write_bytes((tmp_path / 'net.h5').read_bytes())
+        with h5py.File(path, 'a') as f:
+            group = f['model/children/0000/children/0001']
+            value = group[name][()]
+            del group[name]
+            if damage is not None:
+                group[name] = damage(value)
+        with pytest.raises(LookupInferenceError, match=message):
+            lookup.load(path)
 
 
 def test_export_and_load_errors(tmp_path):
