@@ -24,7 +24,20 @@ inline vec splat(float x) {
   return __builtin_shuffle(v, ivec{});
 }
 
-inline vec vmax0(vec v) { return v > 0 ? v : 0; }
+// ReLU that keeps NaN, as torch.relu does (`v > 0 ? v : 0` gives 0 for it).
+inline vec vmax0(vec v) { return v < 0 ? 0 : v; }
+
+// max(a, b), NaN when either is NaN (as PyTorch's max pooling: a window holding a NaN gives NaN); std::max and
+// MAXPS return one given operand when the comparison is unordered.
+inline float nan_max(float a, float b) { return a > b || a != a ? a : b; }
+
+#if LCNN_VB == 64
+// The same for 16 lanes: MAXPS(x, a) keeps a NaN of a, then VFIXUPIMMPS puts NaN where x is one (its table: a
+// quiet NaN x gives x, a signalling one x made quiet, any other x leaves the max); two instructions, no masks.
+inline __m512 nan_max16(__m512 a, __m512 x) {
+  return _mm512_fixupimm_ps(_mm512_max_ps(x, a), x, _mm512_set1_epi32(0x21), 0);
+}
+#endif
 
 // Store the first n lanes (all of them when n >= L).
 inline void vstore_n(float* p, vec v, int64_t n) {
@@ -297,7 +310,7 @@ inline __attribute__((always_inline)) void store_tile(const TapArgs& a, float* p
     __m512 x = _mm512_maskz_compress_ps(static_cast<__mmask16>(mask), (__m512)acc[v]);
     x = _mm512_add_ps(x, _mm512_set1_ps(bias));
     if (res_plane) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(packed, res_plane + off));
-    if (a.relu) x = _mm512_max_ps(x, _mm512_setzero_ps());
+    if (a.relu) x = _mm512_max_ps(_mm512_setzero_ps(), x);  // MAXPS returns its second operand for NaN
     _mm512_mask_storeu_ps(plane + off, packed, x);
   }
 #else
@@ -456,14 +469,14 @@ inline void pool_row(const PoolGeom& p, const float* src, int64_t ld, int64_t W,
       __m512 a = ninf, b = ninf, a2 = ninf, b2 = ninf;
       for (int64_t h = h0; h < h1; ++h) {
         const float* r = src + h * ld + c0;
-        a = _mm512_max_ps(a, _mm512_mask_loadu_ps(ninf, m0, r));
-        b = _mm512_max_ps(b, _mm512_mask_loadu_ps(ninf, m1, r + 16));
-        a2 = _mm512_max_ps(a2, _mm512_mask_loadu_ps(ninf, m2, r + 2));
-        b2 = _mm512_max_ps(b2, _mm512_mask_loadu_ps(ninf, m3, r + 18));
+        a = nan_max16(a, _mm512_mask_loadu_ps(ninf, m0, r));
+        b = nan_max16(b, _mm512_mask_loadu_ps(ninf, m1, r + 16));
+        a2 = nan_max16(a2, _mm512_mask_loadu_ps(ninf, m2, r + 2));
+        b2 = nan_max16(b2, _mm512_mask_loadu_ps(ninf, m3, r + 18));
       }
-      const __m512 pair = _mm512_max_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
-      __m512 m = _mm512_add_ps(_mm512_max_ps(pair, _mm512_permutex2var_ps(a2, even, b2)), _mm512_set1_ps(bias));
-      if (relu) m = _mm512_max_ps(m, _mm512_setzero_ps());
+      const __m512 pair = nan_max16(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+      __m512 m = _mm512_add_ps(nan_max16(pair, _mm512_permutex2var_ps(a2, even, b2)), _mm512_set1_ps(bias));
+      if (relu) m = _mm512_max_ps(_mm512_setzero_ps(), m);
       const int64_t n = std::min<int64_t>(16, Wo - j);
       _mm512_mask_storeu_ps(o + j, static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1), m);
     }
@@ -477,24 +490,24 @@ inline void pool_row(const PoolGeom& p, const float* src, int64_t ld, int64_t W,
   std::memcpy(col, src + h0 * ld, sizeof(float) * W);
   for (int64_t h = h0 + 1; h < h1; ++h) {
     const float* r = src + h * ld;
-    for (int64_t w = 0; w < W; ++w) col[w] = std::max(col[w], r[w]);
+    for (int64_t w = 0; w < W; ++w) col[w] = nan_max(col[w], r[w]);
   }
   const float* cc = col - pW;
   if (kW == 3 && sW == 2) {
-    for (int64_t j = jlo; j < jhi; ++j) o[j] = std::max(std::max(cc[2 * j], cc[2 * j + 1]), cc[2 * j + 2]);
+    for (int64_t j = jlo; j < jhi; ++j) o[j] = nan_max(nan_max(cc[2 * j], cc[2 * j + 1]), cc[2 * j + 2]);
   } else if (kW == 3 && sW == 1) {
-    for (int64_t j = jlo; j < jhi; ++j) o[j] = std::max(std::max(cc[j], cc[j + 1]), cc[j + 2]);
+    for (int64_t j = jlo; j < jhi; ++j) o[j] = nan_max(nan_max(cc[j], cc[j + 1]), cc[j + 2]);
   } else {
     for (int64_t j = jlo; j < jhi; ++j) {
       float m = cc[j * sW];
-      for (int64_t dw = 1; dw < kW; ++dw) m = std::max(m, cc[j * sW + dw]);
+      for (int64_t dw = 1; dw < kW; ++dw) m = nan_max(m, cc[j * sW + dw]);
       o[j] = m;
     }
   }
   auto edge = [&](int64_t j) {
     const int64_t w0 = std::max<int64_t>(j * sW - pW, 0), w1 = std::min(j * sW - pW + kW, W);
     float m = -std::numeric_limits<float>::infinity();
-    for (int64_t w = w0; w < w1; ++w) m = std::max(m, col[w]);
+    for (int64_t w = w0; w < w1; ++w) m = nan_max(m, col[w]);
     o[j] = m;
   };
   for (int64_t j = 0; j < jlo; ++j) edge(j);
