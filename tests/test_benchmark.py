@@ -111,6 +111,12 @@ def test_benchmark_prints_tree_summary_and_dense_ratio():
     assert not model.training  # benchmark.lua evaluates the model first
 
 
+def test_a_network_that_counts_more_than_its_dense_form_says_more():
+    perf = SimpleNamespace(computation=747631399.0, dense_computation=714188480.0)
+    assert benchmark.dense_ratio_line(perf) == ('Counted multiplications vs dense equivalent: 747631399 vs 714188480 '
+                                                '(1.05x more; counted, not timed)')
+
+
 def test_benchmark_unwraps_data_parallel():
     lines = []
     benchmark.benchmark(nn.DataParallel(hand_model()), SimpleNamespace(cropSize=6), out=lines.append)

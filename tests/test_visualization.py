@@ -190,6 +190,21 @@ def test_plot_cli_errors_are_one_line(tmp_path, args, message):
     assert err.splitlines() == [message]
 
 
+def test_plot_cli_output_errors_are_one_line_and_leave_nothing(tmp_path):
+    log = tmp_path / 'log.txt'
+    log.write_text(lua_log(EPOCHS))
+    (tmp_path / 'taken').mkdir()
+    for target, message in [(tmp_path / 'c.xyz', f'-o {tmp_path}/c.xyz: matplotlib cannot write .xyz files; end the '
+                                                 'name in one of '),
+                            (tmp_path / 'taken', f'-o {tmp_path}/taken: cannot write it (Is a directory); give a file '
+                                                 'in a folder you can write to')]:
+        code, out, err = run_script(['visualization/plot.py', str(log), '-o', str(target)])
+        if not has_matplotlib():
+            message = 'matplotlib is not installed'
+        assert code == 1 and len(err.splitlines()) == 1 and err.startswith('plot.py: ') and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['log.txt', 'taken'] and not any((tmp_path / 'taken').iterdir())
+
+
 # --- tradeoff.py ------------------------------------------------------------------------------------------------
 
 def test_parse_count_reads_the_benchmark_line_main_py_prints():

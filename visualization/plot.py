@@ -148,7 +148,21 @@ def save_figure(fig, output):
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise PlotError(f'-o {output}: the folder {folder} does not exist; create it or write elsewhere')
-    fig.savefig(output, dpi=120)
+    kind = os.path.splitext(output)[1][1:].lower() or 'png'
+    if kind not in fig.canvas.get_supported_filetypes():
+        raise PlotError(f'-o {output}: matplotlib cannot write .{kind} files; end the name in one of '
+                        f'{", ".join("." + k for k in sorted(fig.canvas.get_supported_filetypes()))}')
+    # a temporary name, renamed once complete: an interrupted or failed write leaves no half figure at -o
+    tmp = os.path.join(folder, f'.{os.path.basename(output)}.{os.getpid()}.{kind}')
+    try:
+        fig.savefig(tmp, dpi=120, format=kind)
+        os.replace(tmp, output)
+    except OSError as e:
+        raise PlotError(f'-o {output}: cannot write it ({e.strerror}); give a file in a folder you can write '
+                        'to') from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _summary_text(run):
