@@ -291,7 +291,7 @@ class LookupConv2d(nn.Module):
         # the warning, where they cannot be built), as a newly compiled layer would.
         if state.get('backend') == 'cpp':
             state['backend'] = resolve_backend()
-        self.__dict__.update(state)
+        super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

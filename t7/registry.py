@@ -75,8 +75,8 @@ class Fields:
 
     def int(self, name, default=None):
         value = self.number(name, default)
-        # Lua numbers are doubles: past 2^53 they are not whole numbers any more, and no size or index gets there
-        # (a damaged file does, and torch's overflow error would bring its C++ stack into the message).
+        # Lua numbers are doubles, exact for whole numbers up to 2^53; no size or index gets past that (a damaged
+        # file does, and torch's overflow error would bring its C++ stack into the message).
         if not (math.isfinite(value) and value == int(value)):
             self.fail(name, 'an integer')
         if abs(value) > 2 ** 53:
