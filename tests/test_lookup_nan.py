@@ -90,6 +90,18 @@ def same_specials(out, ref, tol=1e-4):
         assert err <= tol * ref[finite].abs().max().item()
 
 
+def check_compiled(model, path, shape, gen):
+    """The model compiled into one fused layer on `path` against its eval forward, for each special value."""
+    compiled = lookup.compile(model, path=path)
+    assert len(compiled) == 1, 'the ReLU and the pooling are fused into the layer'
+    for value in SPECIAL:
+        x = poisoned(shape, value, gen)
+        with torch.no_grad():
+            ref = model(x)
+            assert not math.isnan(value) or torch.isnan(ref).any()
+            same_specials(compiled(x), ref)
+
+
 @pytest.mark.parametrize('threads', [1, 2])
 @pytest.mark.parametrize('isa', ISAS)
 @pytest.mark.parametrize('path', ['lookup', 'dense'])
@@ -100,15 +112,7 @@ def test_convolution(c, k, s, p, size, batch, tail, path, isa, threads):
     use(isa, threads)
     gen = torch.Generator().manual_seed(c * 100 + k * 10 + s + batch)
     layer = dense_align(PooledSpatialConvolution(c, 8, k, k, s, s, p, p, poolSize=dictionary_size(path)), gen)
-    model = nn.Sequential(layer, *TAILS[tail]()).eval()
-    compiled = lookup.compile(model, path=path)
-    assert len(compiled) == 1, 'the ReLU and the pooling are fused into the layer'
-    for value in SPECIAL:
-        x = poisoned((batch, c, size, size), value, gen)
-        with torch.no_grad():
-            ref = model(x)
-            assert not math.isnan(value) or torch.isnan(ref).any()
-            same_specials(compiled(x), ref)
+    check_compiled(nn.Sequential(layer, *TAILS[tail]()).eval(), path, (batch, c, size, size), gen)
 
 
 # Fully connected: the kernel covers the input (a gathered dot product per output at batch 1, one FMA per tap over
@@ -125,15 +129,7 @@ def test_fully_connected(c, size, batch, relu, path, isa, threads):
     gen = torch.Generator().manual_seed(c + size + batch)
     layer = dense_align(PooledSpatialConvolution(c, 37, size, size, 1, 1, 0, 0,
                                                   poolSize=dictionary_size(path)), gen)
-    model = nn.Sequential(layer, *([nn.ReLU()] if relu else [])).eval()
-    compiled = lookup.compile(model, path=path)
-    assert len(compiled) == 1
-    for value in SPECIAL:
-        x = poisoned((batch, c, size, size), value, gen)
-        with torch.no_grad():
-            ref = model(x)
-            assert not math.isnan(value) or torch.isnan(ref).any()
-            same_specials(compiled(x), ref)
+    check_compiled(nn.Sequential(layer, *([nn.ReLU()] if relu else [])).eval(), path, (batch, c, size, size), gen)
 
 
 def test_max_pool_kernel():
