@@ -5,6 +5,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
 
@@ -101,11 +102,16 @@ def batch_norm_hint(opt):
                         '(-testOnly works with 1)') from None
 
 
-def run_lcnn(opt, dist, train_loader, test_loader, n_classes):
-    """lcnn's main.lua after data.lua: model.lua, train.lua, test.lua, then the epoch loop."""
+def setup_lcnn(opt, dist, n_classes):
+    """lcnn's model.lua: (model, criterion), checked against the data and the crop size."""
     model, criterion = model_setup.setup(opt, dist)
     warn_output_size(unwrap(model), opt, n_classes)
     model_setup.check_input_size(unwrap(model), opt)
+    return model, criterion
+
+
+def run_lcnn(opt, dist, train_loader, test_loader, model, criterion):
+    """lcnn's main.lua after model.lua: train.lua, test.lua, then the epoch loop."""
     if opt.testOnly:
         if opt.lookup:
             test_lookup(unwrap(model), criterion, opt, dist, test_loader)
@@ -123,12 +129,17 @@ def run_lcnn(opt, dist, train_loader, test_loader, n_classes):
             bar.update(1)
 
 
-def run_clcnet(opt, dist, train_loader, val_loader, n_classes):
-    """clcNet's main.lua: checkpoint, model, Trainer, epochs with model_best / latest checkpoints."""
+def setup_clcnet(opt, dist, n_classes):
+    """clcNet's main.lua up to its Trainer: checkpoint, model (checked against the data and the crop size)."""
     checkpoint, optim_state = checkpoints.latest(opt)
     model, criterion = model_setup.setup_clcnet(opt, checkpoint, dist)
     warn_output_size(unwrap(model), opt, n_classes)
     model_setup.check_input_size(unwrap(model), opt)
+    return model, criterion, checkpoint, optim_state
+
+
+def run_clcnet(opt, dist, train_loader, val_loader, model, criterion, checkpoint, optim_state):
+    """clcNet's main.lua from its Trainer: epochs with model_best / latest checkpoints."""
     trainer = train.ClcTrainer(model, criterion, opt, optim_state, dist)
     if opt.testOnly:
         top1_err, top5_err = trainer.test(0, val_loader)
@@ -225,12 +236,35 @@ def run(opt, dist):
         loaders = data.setup(data_opt)
         return loaders + (len(loaders[0].classes),)
 
-    train_loader, test_loader, n_classes = first_on_rank0(dist, prepare, join)
-    if opt.netType.startswith('clcnet'):
-        run_clcnet(opt, dist, train_loader, test_loader, n_classes)
-    else:
-        run_lcnn(opt, dist, train_loader, test_loader, n_classes)
+    made = _new_folders(opt.save) if opt.resume == 'none' else []
+    clcnet = opt.netType.startswith('clcnet')
+    try:
+        train_loader, test_loader, n_classes = first_on_rank0(dist, prepare, join)
+        parts = (setup_clcnet if clcnet else setup_lcnn)(opt, dist, n_classes)
+    except USER_ERRORS:
+        if made and dist.main:
+            # A start that failed (a bad -retrain, data or crop size) leaves no run folder holding only its log;
+            # one that failed later keeps the log of what it ran.
+            console.close()
+            shutil.rmtree(made[0], ignore_errors=True)
+            for folder in made[1:]:
+                try:
+                    os.rmdir(folder)  # only while empty: another run may have put its folder there meanwhile
+                except OSError:
+                    break
+        raise
+    (run_clcnet if clcnet else run_lcnn)(opt, dist, train_loader, test_loader, *parts)
     lua_print('Saved everything to: ' + opt.save)
+
+
+def _new_folders(path):
+    """`path` and those of its parent folders that do not exist yet, deepest first (what the run will create)."""
+    made = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        made.append(path)
+        path = os.path.dirname(path)
+    return made
 
 
 def _one_line(error):

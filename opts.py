@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 
 import models
+from models import resnet
 
 PROG = 'main.py'
 
@@ -25,6 +26,10 @@ CLCNET_DEFAULT_EPOCHS = 100
 # A run folder's record of its options (RUN_OPTIONS, JSON), which -resume DIR restores: every option but these.
 RUN_OPTIONS = 'options.json'
 NOT_RESTORED = frozenset({'resume', 'save', 'epochNumber'})
+# Options that only shape the network a run creates: a resumed run loads the one it saved, so changing them does
+# nothing but make the record false.
+NETWORK_OPTIONS = frozenset({'netType', 'depth', 'shortcutType', 'dropout', 'poolSize', 'pool1', 'pool2', 'pool3',
+                             'pool4', 'firstPool', 'fcPool', 'classifierPool', 'a', 'b', 'c', 'd'})
 
 # Numeric options outside the values their code can take: (name, lowest value, whole numbers only, why).
 # Checked as given, before -breakBatch divides the batch.
@@ -447,12 +452,27 @@ def _resume(opt):
     if opt.epochNumber > 1:
         opt.retrain = '%s/model_%d.t7' % (opt.save, opt.epochNumber - 1)
         opt.optimState = '%s/optimState_%d.t7' % (opt.save, opt.epochNumber - 1)
+    saved = opt.epochNumber > 1 or 'latest.t7' in names
+    changed = [(name, old, new) for name, old, new in (opt.restored or (None, []))[1] if name in NETWORK_OPTIONS]
+    if saved and changed:
+        name, old, new = changed[0]
+        _fail(f'-resume {opt.resume}: -{name} {lua_tostring(new)} differs from the run\'s {lua_tostring(old)}, but a '
+              f'resumed run goes on with the network it saved; leave -{name} out (or start a new run)')
 
 
 def _net_type(opt):
-    # Checked here, before anything is written, so a typo costs one line instead of a run folder.
+    # Checked here, before anything is written, so a typo costs one line instead of a run folder (the model
+    # files, train.lua and optim check these again for callers that build opt themselves).
     if opt.netType not in models.NET_TYPES:
         _fail(f"unknown -netType {opt.netType!r} (use one of {', '.join(models.NET_TYPES)})")
+    if opt.optimType not in ('sgd', 'adam'):
+        _fail(f'-optimType {opt.optimType}: use sgd or adam')
+    if opt.criterion != 'classnll':
+        _fail(f'-criterion {opt.criterion}: only classnll is available (nn.ClassRankingLoss was never part of nn)')
+    if opt.shortcutType not in ('', 'A', 'B', 'C'):
+        _fail(f"-shortcutType {opt.shortcutType}: use A, B or C")
+    if opt.netType in ('resnet', 'resnet-lcnn') and opt.depth not in resnet.CONFIGS:
+        _fail(f"-depth {lua_tostring(opt.depth)} for {opt.netType}: use one of {', '.join(map(str, resnet.CONFIGS))}")
 
 
 def _clcnet(opt, given):

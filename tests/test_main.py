@@ -141,6 +141,21 @@ def test_user_errors_are_one_line(tmp_path, capsys, tiny_models, argv, code, mes
     assert not save.exists() or not [n for n in os.listdir(save) if n.startswith(('model_', 'optimState_'))]
 
 
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys, tiny_models):
+    (tmp_path / 'garbage.t7').write_bytes(b'this is not a torch file')
+    bad = ['-testOnly', '-retrain', str(tmp_path / 'garbage.t7')]
+    code, out, err = run_main(SMALL + bad + ['-save', str(tmp_path / 'new' / 'run')], capsys)
+    assert code == 1 and 'cannot read it as a Torch7 model' in err and 'Saving everything to' in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['garbage.t7']  # its parent folder went too
+    # a folder that was there before the run is the user's: kept, with the log of the failed start
+    (tmp_path / 'mine').mkdir()
+    code, out, err = run_main(SMALL + bad + ['-save', str(tmp_path / 'mine')], capsys)
+    assert code == 1 and sorted(p.name for p in (tmp_path / 'mine').iterdir()) == ['classes.t7', 'log.txt', 'options.json']
+    # a crop size the network cannot take fails after the data and the model are set up, still before training
+    code, out, err = run_main(SMALL + ['-imageSize', '12', '-cropSize', '12', '-save', str(tmp_path / 'crop')], capsys)
+    assert code == 1 and '-cropSize 12' in err and not (tmp_path / 'crop').exists()
+
+
 def test_nan_loss_stops_without_checkpoint(tmp_path, capsys, tiny_models):
     save = tmp_path / 'run'
     code, out, err = run_main(SMALL + ['-nEpochs', '2', '-epochSize', '5', '-constantLR', '1e30',

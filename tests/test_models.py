@@ -311,13 +311,16 @@ def test_resnet_shortcut_types():
     assert not any(isinstance(m, nn.Identity) for m in c.modules())
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['-depth', '20'], r'invalid -depth 20 for resnet: use one of 8, 18, 34, 50, 101, 152'),
-    (['-shortcutType', 'D'], r"invalid -shortcutType 'D': use A, B or C"),
+@pytest.mark.parametrize('name, value, message', [
+    ('depth', 20, r'invalid -depth 20 for resnet: use one of 8, 18, 34, 50, 101, 152'),
+    ('shortcutType', 'D', r"invalid -shortcutType 'D': use A, B or C"),
 ])
-def test_resnet_option_errors(argv, message):
+def test_resnet_option_errors(name, value, message):
+    # opts.parse refuses these first (test_opts.py); the model file still does for an opt built another way
+    opt = opts.parse(['-netType', 'resnet'])
+    setattr(opt, name, value)
     with pytest.raises(ValueError, match=message):
-        create('-netType', 'resnet', *argv)
+        models.create(opt)
 
 
 def test_resnet_lr_regime():

@@ -426,3 +426,34 @@ def test_unreadable_recorded_options(frozen, capsys):
     assert '-LR' in line and 'number' in line
     (run / 'options.json').write_text('{"values": {"LR": 0.25, "gone": 1}, "given": ["LR"]}')
     assert opts.parse(['-resume', str(run)]).LR == 0.25
+
+
+@pytest.mark.parametrize('argv, line', [
+    (['-optimType', 'foo'], '-optimType foo: use sgd or adam'),
+    (['-criterion', 'ranking'], '-criterion ranking: only classnll is available'),
+    (['-shortcutType', 'D'], '-shortcutType D: use A, B or C'),
+    (['-netType', 'resnet', '-depth', '19'], '-depth 19 for resnet: use one of 8, 18, 34, 50, 101, 152'),
+    (['-netType', 'resnet-lcnn', '-depth', '0'], '-depth 0 for resnet-lcnn: use one of'),
+])
+def test_values_no_code_takes_are_refused_at_parse_time(frozen, capsys, argv, line):
+    assert line in fails(capsys, argv)
+
+
+def test_values_the_code_takes_pass(frozen):
+    for argv in (['-optimType', 'adam'], ['-shortcutType', 'A'], ['-netType', 'resnet-lcnn', '-depth', '50'],
+                 ['-netType', 'alexnet-lcnn', '-depth', '19']):  # -depth is ResNet's alone
+        opts.parse(argv)
+
+
+def test_resume_refuses_a_change_of_the_saved_network(frozen, capsys):
+    run = frozen / 'run'
+    _record(run, ['-netType', 'alexnet-lcnn', '-poolSize', '30', '-nEpochs', '2'])
+    # before any epoch is saved the run can still be started over with another network
+    assert opts.parse(['-resume', str(run), '-poolSize', '20']).poolSize == 20
+    (run / 'optimState_2.t7').touch()
+    (run / 'model_2.t7').touch()
+    for argv, line in [(['-netType', 'alexnet'], "-netType alexnet differs from the run's alexnet-lcnn"),
+                       (['-poolSize', '20'], "-poolSize 20 differs from the run's 30")]:
+        assert (f'-resume {run}: {line}, but a resumed run goes on with the network it saved; leave -'
+                in fails(capsys, ['-resume', str(run), '-nEpochs', '4'] + argv))
+    assert opts.parse(['-resume', str(run), '-nEpochs', '4', '-poolSize', '30', '-LR', '0.5']).LR == 0.5
