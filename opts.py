@@ -461,8 +461,8 @@ def _resume(opt):
 
 
 def _net_type(opt):
-    # Checked here, before anything is written, so a typo costs one line instead of a run folder (the model
-    # files, train.lua and optim check these again for callers that build opt themselves).
+    # Checked here, before anything is written, so a typo costs one line instead of a run folder (model.py, the
+    # ResNet model file and optim.py check these again for callers that build opt themselves).
     if opt.netType not in models.NET_TYPES:
         _fail(f"unknown -netType {opt.netType!r} (use one of {', '.join(models.NET_TYPES)})")
     if opt.optimType not in ('sgd', 'adam'):
