@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from errors import first_line
 from layers.legacy import lua_type
 
 
@@ -207,9 +208,8 @@ def benchmark(model, opt, out=print):
     try:
         forward(single, input)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BenchmarkError(f'benchmark: forward of a 1x3x{opt.cropSize}x{opt.cropSize} input failed ({first}); '
-                             f'check -cropSize for this network') from None
+        raise BenchmarkError(f'benchmark: forward of a 1x3x{opt.cropSize}x{opt.cropSize} input failed '
+                             f'({first_line(e)}); check -cropSize for this network') from None
     perf = Performance(single)
     out(str(perf))
     out('Benchmark Summary: memory %s computation %s' % (lua_d(perf.memory), lua_d(perf.computation)))

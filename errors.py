@@ -7,6 +7,11 @@ class UserError(Exception):
     """A problem the user can fix. main.py prints the message as one line on stderr and exits non-zero."""
 
 
+def first_line(error):
+    """The first line of an exception's message (torch's go on with a C++ stack), or its type's name."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def lua_tostring(value):
     """tostring() of LuaJIT: numbers with %.14g, nil/true/false spelled as Lua does."""
     if value is None:

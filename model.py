@@ -13,8 +13,10 @@ import models
 from models import resnet
 import t7
 import util
-from errors import UserError, lua_print
+from errors import UserError, first_line, lua_print
+from layers.containers import ConcatTable
 from layers.legacy import lua_type
+from layers.tables import CAddTable
 from t7.convert import is_module, modules_inside, not_a_module
 from layers.shape import View
 from layers.PooledSpatialConvolution import PooledSpatialConvolution
@@ -91,9 +93,8 @@ def check_input_size(net, opt):
         with torch.no_grad():
             out = net(torch.zeros(2, 3, opt.cropSize, opt.cropSize, device=device, dtype=dtype))
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().split('\n', 1)[0] or type(e).__name__
-        raise UserError(f'-cropSize {opt.cropSize}: the network cannot take {size} images ({first}); give the '
-                        '-cropSize (and -imageSize) it was made for') from None
+        raise UserError(f'-cropSize {opt.cropSize}: the network cannot take {size} images ({first_line(e)}); '
+                        'give the -cropSize (and -imageSize) it was made for') from None
     finally:
         for m, training in modes.items():
             m.training = training
@@ -122,8 +123,8 @@ def _own_regime(net, opt):
     instead."""
     if getattr(net, 'lua_LRregime', None) is None or 'netType' in opt.command['given']:
         return None
-    kinds = {type(m).__name__ for m in net.modules()}
-    if {'ConcatTable', 'CAddTable'} <= kinds:
+    modules = list(net.modules())
+    if any(isinstance(m, ConcatTable) for m in modules) and any(isinstance(m, CAddTable) for m in modules):
         lua_print(f'=> {opt.retrain} carries its own LRregime (Lua code, which does not run here) and holds a '
                   'residual network: using the regime of models/resnet-lcnn.lua (give -netType to choose another)')
         return resnet.lr_regime

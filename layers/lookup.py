@@ -517,10 +517,14 @@ class LookupConv2d(nn.Module):
             raise LookupInferenceError(f'{self.source or "lookup layer"}: the input is on {x.device}; the lookup '
                                        f'engine runs on CPU: pass x.cpu()')
         n, c, h, w = x.shape
+        self._check_channels(c)
+        return self._call_for(path, n, h, w)(x, residual)
+
+    def _check_channels(self, c):
+        """The kernels read the input's planes unchecked: an input of other channels is refused here."""
         if c != self.in_channels:
             raise LookupInferenceError(f'{self.source or "lookup layer"}: expected an input of {self.in_channels} '
                                        f'channels, got {c}')
-        return self._call_for(path, n, h, w)(x, residual)
 
     def _call_for(self, path, n, h, w):
         """The call of this form for inputs of batch n and size h x w, built once: at batch 1 the Python around a
@@ -650,9 +654,8 @@ class _Plan:
             call = layer._call_for(layer.path_for(n), n, h, w) if isinstance(layer, LookupConv2d) else None
             if not isinstance(call, _Kernel):
                 return None
-            if first and c != layer.in_channels:  # the kernels take the network's input unchecked
-                raise LookupInferenceError(f'{layer.source or "lookup layer"}: expected an input of '
-                                           f'{layer.in_channels} channels, got {c}')
+            if first:
+                layer._check_channels(c)  # the network's input, which no layer after the first could be handed
             first = False
             batched = batched or call.kind == 'aten_conv' or call.geom[:2] == [h, w]
             self.code += [self.KINDS[call.kind], src, dst, res, int(call.relu), h, w]

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from errors import UserError, lua_tostring
+from errors import UserError, first_line, lua_tostring
 from layers.containers import unscriptable
 from t7.convert import find, is_module, load_model, modules_inside, not_a_module
 from t7.read import _MAX_DEPTH, LuaFunction, Storage, T7Error, TableKey, TorchObject, load
@@ -333,8 +333,7 @@ def convert(source, target, place=None):
         try:
             scripted = torch.jit.script(model)
         except RuntimeError as e:
-            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise UserError(f'cannot convert {source} to TorchScript: {first}') from None
+            raise UserError(f'cannot convert {source} to TorchScript: {first_line(e)}') from None
     partial = target + '.partial'
     try:
         torch.jit.save(scripted, partial)

@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from errors import first_line
 from layers.containers import input_kind, specialize
 from layers.legacy import lua_type, named
 # importing the family modules fills the registry
@@ -53,10 +54,8 @@ class _Loader:
         try:
             module = builder(self, Fields(obj, path), path)
         except (RuntimeError, ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as e:
-            # A field of a shape or kind the builder did not expect: the file, not the builder, is at fault. torch's
-            # message is cut at its first line: what follows is a C++ stack.
-            first = str(e).strip().split('\n', 1)[0] or type(e).__name__
-            raise T7Error(f'{obj.typename} at {path} cannot be built: {first}') from None
+            # A field of a shape or kind the builder did not expect: the file, not the builder, is at fault.
+            raise T7Error(f'{obj.typename} at {path} cannot be built: {first_line(e)}') from None
         finally:
             self.building.discard(id(obj))
             self.place = outer
