@@ -151,16 +151,21 @@ _IN_PROGRESS = _InProgress()
 
 
 class _BinaryStream:
-    """Sequential little-endian reads from a file object of known length, with every size checked first."""
+    """Sequential little-endian reads from a file object of known length, with every size checked first.
+
+    long_size: bytes of a Torch7 long (tensor sizes, strides and offsets, storage sizes, LongStorage elements): 8
+    where torch.save ran on 64-bit Linux or macOS, 4 on Windows and 32-bit builds (their C long).
+    """
 
     _INT = struct.Struct('<i')
-    _LONG = struct.Struct('<q')
     _DOUBLE = struct.Struct('<d')
 
-    def __init__(self, f, length):
+    def __init__(self, f, length, long_size=8):
         self.f = f
         self.pos = 0
         self.length = length
+        self.long_size = long_size
+        self._long_code = 'q' if long_size == 8 else 'i'
 
     def remaining(self):
         return self.length - self.pos
@@ -182,13 +187,13 @@ class _BinaryStream:
         return self._INT.unpack(self.raw(4, what))[0]
 
     def long(self, what='a long'):
-        return self._LONG.unpack(self.raw(8, what))[0]
+        return self.longs(1, what)[0]
 
     def double(self, what='a number'):
         return self._DOUBLE.unpack(self.raw(8, what))[0]
 
     def longs(self, n, what):
-        return list(struct.unpack(f'<{n}q', self.raw(8 * n, what)))
+        return list(struct.unpack(f'<{n}{self._long_code}', self.raw(self.long_size * n, what)))
 
     def chars(self, n, what):
         return self.raw(n, what)
@@ -214,7 +219,7 @@ class _BinaryStream:
 
     def min_bytes(self, kind):
         """Smallest encoding of one element of a storage of this dtype."""
-        return kind.itemsize
+        return self.long_size if kind == torch.int64 else kind.itemsize
 
 
 class _AsciiStream:
@@ -506,6 +511,11 @@ class _Reader(torchfile.T7Reader):
         if size < 0 or size * self.s.min_bytes(dtype) > self.s.remaining():
             raise T7Error(f'corrupt t7 file: {class_name} at byte {start} declares {size} elements, '
                           f'more than the {self.s.remaining()} bytes left can hold')
+        if dtype == torch.int64 and getattr(self.s, 'long_size', 8) == 4:
+            # Torch7 reads 4-byte longs into its C long, sign-extended.
+            narrow = torch.empty(size, dtype=torch.int32)
+            self.s.fill(narrow, f'{class_name} data')
+            return Storage(class_name, narrow.to(torch.int64))
         data = torch.empty(size, dtype=dtype)
         self.s.fill(data, f'{class_name} data')
         return Storage(class_name, data)
@@ -609,8 +619,9 @@ def _refuse_other_formats(head):
 def load(source, mode=None):
     """Reads one Lua value from a Torch7 file (a path, bytes, or a binary file object such as io.BytesIO).
 
-    mode: 'binary', 'ascii' or None to detect it from the first byte. Only little-endian files with 8-byte longs
-    (what torch.save writes on x86-64 and ARM64) are read.
+    mode: 'binary', 'ascii' or None to detect it from the first byte. Binary files are little-endian, with 8-byte
+    longs (torch.save on 64-bit Linux and macOS) or 4-byte longs (Torch7 on Windows or a 32-bit system): a binary
+    file that does not read with 8-byte longs is read again with 4-byte ones.
     """
     if mode not in (None, 'binary', 'ascii'):
         raise T7Error(f"t7.load mode must be 'binary', 'ascii' or None, not {mode!r}")
@@ -653,10 +664,29 @@ def _load_file(f, mode):
     if mode is None:
         mode = 'ascii' if _looks_ascii(head) else 'binary'
     if mode == 'ascii':
-        stream = _AsciiStream(f.read())
-    else:
-        stream = _BinaryStream(f, length)
-    return _Reader(stream).read_root()
+        return _Reader(_AsciiStream(f.read())).read_root()
+    start = f.tell()
+    eight = _BinaryStream(f, length)
+    try:
+        return _Reader(eight).read_root()
+    except T7Error as error:
+        # Read as 8-byte longs, a file with 4-byte ones pairs each size with the next (or a storage size with its
+        # first element): absurd sizes that fail the checks at the first tensor or storage. The 4-byte reading is
+        # kept only when it ends on the file's last byte, as torch.save's one object does: a damaged 8-byte file
+        # can also read with 4-byte longs, stopping early. When both fail, the error of the reading that went
+        # further is the one that describes the damage.
+        f.seek(start)
+        four = _BinaryStream(f, length, long_size=4)
+        try:
+            value = _Reader(four).read_root()
+        except T7Error as error_four:
+            if four.pos > eight.pos:
+                raise T7Error(f'{error_four} (read with 4-byte longs, as Torch7 writes them on Windows and 32-bit '
+                              f'systems)') from None
+            raise error from None
+        if four.remaining():
+            raise error from None
+        return value
 
 
 def equal(a, b):

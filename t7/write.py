@@ -41,8 +41,9 @@ def _format_version(version):
 
 
 class _Writer:
-    def __init__(self, f):
+    def __init__(self, f, long_size=8):
         self.f = f
+        self.long_size = long_size
         self.indices = {}     # id(object) or storage key -> object index
         self.alive = []       # keeps every memoized object alive so that its id is not reused while writing
         self.count = 0
@@ -58,8 +59,13 @@ class _Writer:
         self._int(len(data))
         self.f.write(data)
 
+    def _check_longs(self, values):
+        if self.long_size == 4 and any(not -2 ** 31 <= v < 2 ** 31 for v in values):
+            raise T7Error(f'cannot write {self._where()} with 4-byte longs: {max(values, key=abs)} does not fit in one')
+
     def _longs(self, values):
-        self.f.write(struct.pack(f'<{len(values)}q', *values))
+        self._check_longs(values)
+        self.f.write(struct.pack(f'<{len(values)}{"q" if self.long_size == 8 else "i"}', *values))
 
     def _reference(self, key, obj):
         """Writes the index of an object; returns True when it was written before (only the index is needed)."""
@@ -159,14 +165,14 @@ class _Writer:
         if t.numel() == 0:
             # Torch7 has no zero-sized dimensions: an empty tensor has no dimensions and no storage.
             self._int(0)
-            self.f.write(struct.pack('<q', 1))
+            self._longs([1])
             self._int(torchfile.TYPE_NIL)
             return
         size, stride = (list(t.shape), list(t.stride())) if t.dim() else ([1], [1])
         self._int(len(size))
         self._longs(size)
         self._longs(stride)
-        self.f.write(struct.pack('<q', t.storage_offset() + 1))
+        self._longs([t.storage_offset() + 1])
         self._int(torchfile.TYPE_TORCH)
         key = ('storage', t.untyped_storage().data_ptr(), t.dtype, str(t.device))
         if not self._reference(key, t):
@@ -183,7 +189,10 @@ class _Writer:
 
     def _storage_payload(self, data):
         data = data.detach().cpu().contiguous()
-        self.f.write(struct.pack('<q', data.numel()))
+        self._longs([data.numel()])
+        if data.dtype == torch.int64 and self.long_size == 4 and data.numel():
+            self._check_longs([int(data.min()), int(data.max())])
+            data = data.to(torch.int32)
         if data.numel():
             array = data.view(torch.uint8).numpy() if data.dtype != torch.uint8 else data.numpy()
             if sys.byteorder != 'little':
@@ -206,15 +215,19 @@ class _Writer:
             self.path.pop()
 
 
-def save(target, obj):
+def save(target, obj, long_size=8):
     """Writes obj as a binary Torch7 file (little-endian, 8-byte longs) that Lua's torch.load reads.
+
+    long_size=4 writes longs in 4 bytes, for Torch7 on Windows or a 32-bit system (whose C long it is).
 
     target: a path (written to a temporary name then renamed, so a failed save leaves no partial file) or a
     binary file object. Lists and tuples become tables with keys 1..n, dicts tables, tensors typed CPU tensors
     (views of one storage keep sharing it), Storage/TorchObject/LuaFunction their Torch7 originals.
     """
+    if long_size not in (4, 8):
+        raise T7Error(f't7.save long_size must be 4 or 8, not {long_size!r}')
     if hasattr(target, 'write'):
-        _write(target, obj)
+        _write(target, obj, long_size)
         return
     if not isinstance(target, (str, os.PathLike)):
         raise T7Error(f't7.save expects a path or a binary file object, not {type(target).__name__}')
@@ -222,7 +235,7 @@ def save(target, obj):
     partial = path + '.partial'
     try:
         with open(partial, 'wb', buffering=1 << 20) as f:
-            _write(f, obj)
+            _write(f, obj, long_size)
         os.replace(partial, path)
     except OSError as e:
         raise T7Error(f'cannot write t7 file {path}: {e.strerror}') from None
@@ -231,8 +244,8 @@ def save(target, obj):
             os.remove(partial)
 
 
-def _write(f, obj):
-    writer = _Writer(f)
+def _write(f, obj, long_size=8):
+    writer = _Writer(f, long_size)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 8 * _MAX_DEPTH + 500))
     try:
