@@ -505,6 +505,9 @@ def _clcnet(opt, given):
 def _dataset(opt, given):
     if opt.dataset not in DATASET_CLASSES:
         _fail(f'unknown -dataset {opt.dataset!r} (use {" or ".join(DATASET_CLASSES)})')
+    if opt.tenCrop and opt.dataset == 'digits':
+        _fail('-tenCrop: ten-crop testing cuts ImageNet-style images (-dataset imagenet); the digits set is tested '
+              'on its centre crop: leave -tenCrop out')
     if opt.nClasses == 0 or 'nClasses' not in given:
         opt.nClasses = DATASET_CLASSES[opt.dataset]
 
@@ -546,6 +549,9 @@ def parse(argv):
     if opt.resume != 'none':
         _resume(opt)
     _net_type(opt)
+    if opt.lookup and not (opt.testOnly or opt.benchmark):
+        _fail('-lookup: the compiled lookup engine only infers, for -testOnly and -benchmark; training runs the '
+              'trainable layers: leave -lookup out, and test the trained model with -resume RUN -testOnly -lookup')
     _clcnet(opt, given)
     _dataset(opt, given)
     _subset(opt, given)

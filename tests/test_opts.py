@@ -64,7 +64,7 @@ def test_every_default(frozen):
 
 @pytest.mark.parametrize('name', BOOLEANS)
 def test_boolean_alone_flips_its_default(frozen, name):
-    extra = ['-nClasses', '5'] if name == 'resetClassifier' else []
+    extra = {'resetClassifier': ['-nClasses', '5'], 'lookup': ['-testOnly']}.get(name, [])
     assert getattr(opts.parse(['-' + name] + extra), name) is (not DEFAULTS[name])
 
 
@@ -232,11 +232,20 @@ def test_os_date_is_c_percent_c():
     (['-resetClassifier'], ['-resetClassifier', '-nClasses']),
     (['-resetClassifier', '-nClasses', '0'], ['-resetClassifier', '-nClasses']),
     (['-optnet', '-shareGradInput', 'true'], ['-shareGradInput', '-optnet']),
+    # flags that would otherwise be ignored without a word
+    (['-lookup'], ['-lookup', '-testOnly', '-benchmark', 'leave -lookup out']),
+    (['-lookup', '-dataset', 'digits', '-nEpochs', '1'], ['-lookup', '-resume RUN -testOnly -lookup']),
+    (['-dataset', 'digits', '-tenCrop', '-testOnly'], ['-tenCrop', 'digits', 'centre crop', 'leave -tenCrop out']),
 ])
 def test_errors_are_one_line_and_exit_2(frozen, capsys, argv, words):
     line = fails(capsys, argv)
     for word in words:
         assert word in line
+
+
+def test_lookup_and_ten_crop_where_they_apply(frozen):
+    assert opts.parse(['-lookup', '-testOnly']).lookup and opts.parse(['-lookup', '-benchmark']).lookup
+    assert opts.parse(['-tenCrop', '-testOnly']).tenCrop
 
 
 def test_clcnet_named_networks_expand(frozen):
