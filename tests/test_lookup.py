@@ -447,6 +447,39 @@ def module_by_module(compiled, x):
     with torch.no_grad():
         return nn.Sequential.forward(compiled, x)
 
+def plan_for(compiled, x):
+    """The plan the compiled network made for inputs shaped like x (at the current kernel generation)."""
+    return compiled._plans[(lookup._state['generation'], compiled.training, *x.shape)]
+
+
+def test_plans_are_kept_for_the_shapes_used_last(cpp, monkeypatch):
+    gen = torch.Generator().manual_seed(24)
+    compiled = lookup.compile(resnet_lcnn_small(0.1, gen), path='lookup')
+    built = []
+    make = lookup._Plan.__init__
+    monkeypatch.setattr(lookup._Plan, '__init__', lambda self, *a: built.append(a[1:]) or make(self, *a))
+    full, last = torch.randn(4, 3, 64, 64, generator=gen), torch.randn(1, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        outs = [compiled(x) for x in (full, last, full, last, full)]
+        assert built == [(4, 3, 64, 64), (1, 3, 64, 64)]  # a dataset's full batches and its last short one
+        assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+        for n in range(2, 2 + lookup._PLANS_KEPT):
+            compiled(torch.randn(n, 3, 64, 64, generator=gen))
+    assert len(compiled._plans) == lookup._PLANS_KEPT
+    assert [key[2:] for key in compiled._plans][0] == (1, 3, 64, 64)  # the batch of 4 was made first: dropped
+
+
+def test_a_compiled_model_refuses_to_train(cpp):
+    gen = torch.Generator().manual_seed(25)
+    compiled = lookup.compile(alexnet_lcnn_small(0.05, gen), path='lookup')
+    for model in (compiled, nn.Sequential(compiled), lookup.lookup_layers(compiled)[0]):
+        with pytest.raises(lookup.LookupInferenceError, match=r'only infers .* train the original model, then '
+                                                              r'compile it again$'):
+            model.train()
+    # nothing was switched, dropouts included
+    assert not any(m.training for m in compiled.modules())
+    assert compiled.eval() is compiled and compiled.train(False) is compiled
+
 
 @pytest.mark.parametrize('maker,size,tail', [(alexnet_lcnn_small, 224, ['Dropout', 'LookupConv2d', 'LookupConv2d',
                                                                           'View', 'LogSoftMax']),
@@ -470,7 +503,7 @@ def test_network_runs_in_one_call(cpp, maker, size, tail, monkeypatch):
             with torch.no_grad():
                 outs = at_threads([1, 2, 3], lambda: compiled(x))
             assert all(torch.equal(out, ref) for out in outs)
-            plan, = compiled._plans.values()
+            plan = plan_for(compiled, x)
             assert [type(m).__name__ for m in plan.rest] == tail
             # A batch goes image by image up to alexnet's fc6 (6x6 on 6x6), through the whole of resnet's plan, and
             # not at all in the dense form, whose first layer is PyTorch's convolution.
@@ -497,7 +530,7 @@ def test_network_plan_sizes_with_ceil_mode_pooling(cpp, size):
     x = torch.randn(2, 3, size, size, generator=gen)
     with torch.no_grad():
         out = compiled(x)
-    plan, = compiled._plans.values()
+    plan = plan_for(compiled, x)
     assert plan.rest == [] and len(lookup.lookup_layers(compiled)) == 3
     assert torch.equal(out, module_by_module(compiled, x))
     close(out, model(x))
@@ -518,7 +551,7 @@ def test_batch_goes_image_by_image_up_to_the_fully_connected_layers(cpp):
             x = torch.randn(batch, 3, 12, 12, generator=gen)
             with torch.no_grad():
                 outs = at_threads([1, 2, 3], lambda: compiled(x))
-            plan, = compiled._plans.values()
+            plan = plan_for(compiled, x)
             assert plan.rest == [] and 0 < plan.per_image < len(plan.code)
             first_fc = plan.code[plan.per_image:plan.per_image + 7]
             assert first_fc[0] == plan.KINDS['conv'] and first_fc[5:] == [6, 6]  # the 6x6 layer on 6x6 inputs
@@ -542,7 +575,7 @@ def test_network_plan_follows_changes(cpp):
         assert 'aten_conv' not in kinds()
         lookup.lookup_layers(compiled)[2].set_path('dense')  # a 3x3 convolution: PyTorch's, inside the plan
         after = compiled(x)
-        plan, = compiled._plans.values()
+        plan = plan_for(compiled, x)
         assert 'aten_conv' in kinds() and not plan.rest[:-4] and torch.equal(after, module_by_module(compiled, x))
         bigger = torch.randn(2, 3, 96, 96, generator=gen)
         assert torch.equal(compiled(bigger), module_by_module(compiled, bigger))
@@ -568,7 +601,7 @@ def test_run_plan_checks_its_instructions(cpp):
     x = torch.randn(1, 3, 64, 64, generator=gen)
     with torch.no_grad():
         compiled(x)
-    plan, = compiled._plans.values()
+    plan = plan_for(compiled, x)
     with pytest.raises(RuntimeError, match='planned for 64x64'):
         torch.ops.lcnn_lookup.run_plan(torch.randn(1, 3, 72, 72), plan.tensors, plan.code, 0)
     with pytest.raises(RuntimeError, match='stack is empty'):
