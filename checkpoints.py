@@ -3,6 +3,7 @@ optimState_N.t7 saving, every file written whole under a temporary name and then
 import copy
 import itertools
 import os
+import re
 
 import t7
 from errors import UserError, lua_print
@@ -68,6 +69,30 @@ def save_epoch(opt, epoch, net, optim_state):
     """lcnn's end of train(): model_N.t7, then optimState_N.t7, whose presence marks epoch N as complete."""
     save_model(os.path.join(opt.save, f'model_{epoch}.t7'), net)
     save_object(os.path.join(opt.save, f'optimState_{epoch}.t7'), optim_state)
+
+
+def saved_epochs(folder):
+    """The epochs N whose optimState_N.t7 (written after model_N.t7) is in `folder`: lcnn's finished epochs."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    # Whole names only (Lua's pattern also took 'optimState_7.t7.bak' and the like for a finished epoch).
+    return sorted(int(m[1]) for name in names if (m := re.fullmatch(r'optimState_([0-9]+)\.t7', name))
+                  and os.path.isfile(os.path.join(folder, name)))
+
+
+def interrupted_line(opt):
+    """What a run stopped by Ctrl-C says in its log: what it leaves to resume."""
+    if opt.testOnly:
+        return 'Interrupted (Ctrl-C) while testing'
+    epochs = saved_epochs(opt.save)
+    if epochs:
+        return (f'Interrupted (Ctrl-C): epoch {epochs[-1]} is the last one saved; python main.py -resume {opt.save} '
+                f'goes on from epoch {epochs[-1] + 1}')
+    if os.path.isfile(os.path.join(opt.save, 'latest.t7')):
+        return f'Interrupted (Ctrl-C): python main.py -resume {opt.save} goes on from its latest.t7'
+    return f'Interrupted (Ctrl-C) before any epoch was saved: {opt.save} holds nothing to resume'
 
 
 def latest(opt):

@@ -241,10 +241,10 @@ def run(opt, dist):
     try:
         train_loader, test_loader, n_classes = first_on_rank0(dist, prepare, join)
         parts = (setup_clcnet if clcnet else setup_lcnn)(opt, dist, n_classes)
-    except USER_ERRORS:
+    except USER_ERRORS + (KeyboardInterrupt,):
         if made and dist.main:
-            # A start that failed (a bad -retrain, data or crop size) leaves no run folder holding only its log;
-            # one that failed later keeps the log of what it ran.
+            # A start that failed (a bad -retrain, data or crop size) or was interrupted leaves no run folder
+            # holding only its log; one that failed later keeps the log of what it ran.
             console.close()
             shutil.rmtree(made[0], ignore_errors=True)
             for folder in made[1:]:
@@ -253,7 +253,12 @@ def run(opt, dist):
                 except OSError:
                     break
         raise
-    (run_clcnet if clcnet else run_lcnn)(opt, dist, train_loader, test_loader, *parts)
+    try:
+        (run_clcnet if clcnet else run_lcnn)(opt, dist, train_loader, test_loader, *parts)
+    except KeyboardInterrupt:
+        if dist.main:
+            lua_print(checkpoints.interrupted_line(opt))
+        raise
     lua_print('Saved everything to: ' + opt.save)
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import checkpoints
 import models
 from models import resnet
 
@@ -443,12 +444,7 @@ def _resume(opt):
         names = os.listdir(opt.resume)
     except OSError as e:
         _fail(f'-resume {opt.resume!r}: cannot read that folder ({e.strerror}); give the run folder to resume')
-    opt.epochNumber = 1
-    for name in names:
-        # Whole names only (Lua's pattern also took 'optimState_7.t7.bak' and the like for a finished epoch).
-        m = re.fullmatch(r'optimState_([0-9]+)\.t7', name)
-        if m and os.path.isfile(os.path.join(opt.resume, name)) and int(m[1]) + 1 > opt.epochNumber:
-            opt.epochNumber = int(m[1]) + 1
+    opt.epochNumber = max(checkpoints.saved_epochs(opt.resume), default=0) + 1
     if opt.epochNumber > 1:
         opt.retrain = '%s/model_%d.t7' % (opt.save, opt.epochNumber - 1)
         opt.optimState = '%s/optimState_%d.t7' % (opt.save, opt.epochNumber - 1)

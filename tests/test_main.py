@@ -210,6 +210,39 @@ def test_resume_after_kill(tmp_path):
     assert log.count('[program started on ') == 2
 
 
+def test_ctrl_c_says_what_there_is_to_resume(tmp_path):
+    save = tmp_path / 'run'
+    argv = [PYTHON, driver(tmp_path), *SMALL, '-epochSize', '4', '-nEpochs', '1000', '-save', str(save)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (save / 'optimState_2.t7').exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and b'Traceback' not in err, err.decode()
+    done = max(int(n[len('optimState_'):-len('.t7')]) for n in os.listdir(save)
+               if n.startswith('optimState_') and n.endswith('.t7'))
+    last = (save / 'log.txt').read_text().splitlines()[-1]
+    # CmdLine:log's log.txt ends each printed line with a space, as Lua's did
+    assert last == (f'Interrupted (Ctrl-C): epoch {done} is the last one saved; python main.py -resume {save} goes '
+                    f'on from epoch {done + 1} ')
+
+
+def test_ctrl_c_before_training_leaves_no_run_folder(tmp_path, capsys, tiny_models, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(main.model_setup, 'check_input_size', interrupted)
+    code, out, err = run_main(SMALL + ['-save', str(tmp_path / 'new' / 'run')], capsys)
+    assert code == 130 and not (tmp_path / 'new').exists()
+
+
 def test_two_cpu_workers_from_the_command_line(tmp_path):
     save = tmp_path / 'run'
     result = subprocess.run([PYTHON, driver(tmp_path), *SMALL, '-nGPU', '2', '-nEpochs', '1', '-epochSize', '3',
