@@ -323,6 +323,12 @@ def main(argv=None):
             _worker(local_rank, opt, world, int(os.environ['RANK']) - local_rank,
                     int(os.environ.get('LOCAL_WORLD_SIZE', world)))
         elif opt.nGPU > 1:
+            if not torch.cuda.is_available():
+                # Lua needed a GPU per -nGPU; here the workers run on the CPU (see _worker), which deserves a word.
+                cores = os.cpu_count() or 1
+                print(f'-nGPU {opt.nGPU}: no CUDA device here, so {opt.nGPU} worker processes train on the CPU '
+                      f'(torch.distributed with gloo), {max(1, cores // int(opt.nGPU))} of its {cores} cores each',
+                      flush=True)
             os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
             os.environ['MASTER_PORT'] = str(_free_port())
             # the worker that ends first has printed why; mp.spawn's note that it stops the others is noise

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 import main
@@ -248,6 +249,9 @@ def test_two_cpu_workers_from_the_command_line(tmp_path):
     result = subprocess.run([PYTHON, driver(tmp_path), *SMALL, '-nGPU', '2', '-nEpochs', '1', '-epochSize', '3',
                              '-save', str(save)], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
+    cores = os.cpu_count()
+    assert torch.cuda.is_available() or result.stdout.startswith(f'-nGPU 2: no CUDA device here, so 2 worker processes train on the CPU '
+                                    f'(torch.distributed with gloo), {max(1, cores // 2)} of its {cores} cores each\n')
     # rank 0 alone prints, logs and saves
     for text in (result.stdout, (save / 'log.txt').read_text()):
         assert text.count('Epoch: [1][3/3]') == 1 and text.count('[TESTING SUMMARY]') == 1
