@@ -392,7 +392,7 @@ def test_a_failed_write_names_the_checkpoint_not_its_temporary_file(tmp_path, mo
     import errno
     import t7.write
 
-    def full_disk(f, obj):
+    def full_disk(f, obj, *rest):
         f.write(b'T7')
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
