@@ -501,6 +501,10 @@ def _clcnet(opt, given):
 def _dataset(opt, given):
     if opt.dataset not in DATASET_CLASSES:
         _fail(f'unknown -dataset {opt.dataset!r} (use {" or ".join(DATASET_CLASSES)})')
+    if opt.cropSize > opt.imageSize and not opt.benchmark:
+        # Both datasets cut the crop from the image scaled to -imageSize; -benchmark reads no image.
+        _fail(f'-cropSize {lua_tostring(opt.cropSize)} is larger than -imageSize {lua_tostring(opt.imageSize)}; '
+              f'give an -imageSize at least as large')
     if opt.tenCrop and opt.dataset == 'digits':
         _fail('-tenCrop: ten-crop testing cuts ImageNet-style images (-dataset imagenet); the digits set is tested '
               'on its centre crop: leave -tenCrop out')

@@ -392,7 +392,7 @@ def test_fewshot_reports_a_failed_run_in_one_line(tmp_path):
     budget = fewshot.Budget(flags=['-imageSize', '8', '-cropSize', '30', '-batchSize', '16', '-LR', '5'],
                             scratch_iterations=1, test_every=1, pretrain_iterations=1, transfer_iterations=1,
                             seeds=[1], scratch_k=[1], transfer_k=[1])
-    with pytest.raises(fewshot.FewshotError, match=r'^pretrain CNN K=all seed 1: main.py failed \(main.py: digits: '
+    with pytest.raises(fewshot.FewshotError, match=r'^pretrain CNN K=all seed 1: main.py failed \(main.py: '
                        r'-cropSize 30 is larger than -imageSize 8; give an -imageSize at least as large\); its flags: '
                        r'-dataset digits'):
         fewshot.run_sweep(budget, str(tmp_path / 'w'), out=lambda m: None, progress=False)

@@ -235,6 +235,7 @@ def test_os_date_is_c_percent_c():
     # flags that would otherwise be ignored without a word
     (['-lookup'], ['-lookup', '-testOnly', '-benchmark', 'leave -lookup out']),
     (['-lookup', '-dataset', 'digits', '-nEpochs', '1'], ['-lookup', '-resume RUN -testOnly -lookup']),
+    (['-imageSize', '8', '-cropSize', '30'], ['-cropSize 30 is larger than -imageSize 8']),
     (['-dataset', 'digits', '-tenCrop', '-testOnly'], ['-tenCrop', 'digits', 'centre crop', 'leave -tenCrop out']),
 ])
 def test_errors_are_one_line_and_exit_2(frozen, capsys, argv, words):
@@ -246,6 +247,7 @@ def test_errors_are_one_line_and_exit_2(frozen, capsys, argv, words):
 def test_lookup_and_ten_crop_where_they_apply(frozen):
     assert opts.parse(['-lookup', '-testOnly']).lookup and opts.parse(['-lookup', '-benchmark']).lookup
     assert opts.parse(['-tenCrop', '-testOnly']).tenCrop
+    assert opts.parse(['-benchmark', '-imageSize', '8', '-cropSize', '30']).cropSize == 30  # no image is read
 
 
 def test_clcnet_named_networks_expand(frozen):

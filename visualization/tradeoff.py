@@ -7,8 +7,10 @@ the CNN, as in the paper: counted = CNN multiplications / run's multiplications,
 Writes tradeoff.csv and tradeoff.png; `-fromCSV` redraws the figure from a CSV without training.
 """
 import argparse
+import contextlib
 import csv
 import glob
+import io
 import os
 import re
 import shutil
@@ -174,7 +176,14 @@ def example_input(train_flags):
     """One centre-cropped validation digit, normalised as main.py's test loader does, as a batch of 1."""
     import opts
     from data import DataError, digits
-    opt = opts.parse(COMMON_FLAGS + train_flags)
+    refusal = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(refusal):
+            opt = opts.parse(COMMON_FLAGS + train_flags)
+    except SystemExit:
+        # opts.parse printed its one line and exited, as main.py would: that line is the reason
+        raise TradeoffError(f'training flags {" ".join(train_flags)}: '
+                            f'{refusal.getvalue().strip().removeprefix("main.py: ")}') from None
     try:
         _, test_loader = digits.setup(opt)
     except DataError as e:
