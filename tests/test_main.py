@@ -176,24 +176,34 @@ def test_program_error_has_no_traceback(tmp_path):
     assert result.stderr.startswith(f'main.py: -retrain {tmp_path}/garbage.t7: cannot read it')
 
 
-def test_resume_after_kill(tmp_path):
-    save = tmp_path / 'run'
-    argv = [PYTHON, driver(tmp_path), *SMALL, '-epochSize', '4', '-save', str(save)]
-    proc = subprocess.Popen(argv + ['-nEpochs', '1000'], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def signal_after_epoch_2(argv, save, sig):
+    """Runs argv (a long training into `save`) until epoch 2 is saved, then sends it `sig`: (exit code, stderr)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         while not (save / 'optimState_2.t7').exists():
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.time() < deadline
             time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    done = max(int(n[len('optimState_'):-len('.t7')]) for n in os.listdir(save)
+    return proc.returncode, err.decode()
+
+
+def saved_epochs(save):
+    return max(int(n[len('optimState_'):-len('.t7')]) for n in os.listdir(save)
                if n.startswith('optimState_') and n.endswith('.t7'))
+
+
+def test_resume_after_kill(tmp_path):
+    save = tmp_path / 'run'
+    argv = [PYTHON, driver(tmp_path), *SMALL, '-epochSize', '4', '-save', str(save)]
+    signal_after_epoch_2(argv + ['-nEpochs', '1000'], save, signal.SIGKILL)
+    done = saved_epochs(save)
     assert done >= 2
     for n in range(1, done + 1):
         # every finished epoch left whole files
@@ -214,22 +224,9 @@ def test_resume_after_kill(tmp_path):
 def test_ctrl_c_says_what_there_is_to_resume(tmp_path):
     save = tmp_path / 'run'
     argv = [PYTHON, driver(tmp_path), *SMALL, '-epochSize', '4', '-nEpochs', '1000', '-save', str(save)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 120
-        while not (save / 'optimState_2.t7').exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130 and b'Traceback' not in err, err.decode()
-    done = max(int(n[len('optimState_'):-len('.t7')]) for n in os.listdir(save)
-               if n.startswith('optimState_') and n.endswith('.t7'))
+    code, err = signal_after_epoch_2(argv, save, signal.SIGINT)
+    assert code == 130 and 'Traceback' not in err, err
+    done = saved_epochs(save)
     last = (save / 'log.txt').read_text().splitlines()[-1]
     # CmdLine:log's log.txt ends each printed line with a space, as Lua's did
     assert last == (f'Interrupted (Ctrl-C): epoch {done} is the last one saved; python main.py -resume {save} goes '
