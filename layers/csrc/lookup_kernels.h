@@ -673,6 +673,20 @@ inline float gather_dot(const TapArgs& a, int64_t k, int64_t k1) {
     acc0 += vload(val + k) * (vec)lanes(k);
     k += L;
   }
+#if LCNN_VB == 64
+  if (Hw && k < k1) {
+    // The last taps of the run as one masked gather (masked-off lanes load nothing and add zero): AlexNet-fast's
+    // fc6 (~88 taps per output and block, so ~8 left over) took ~13% less time than with the 4-wide and single
+    // loads below (alone, three alternating runs on a Xeon).
+    const __mmask16 m = static_cast<__mmask16>((1u << (k1 - k)) - 1);
+    const __m512i at_idx = sizeof(I) == 2
+        ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, idx + k))
+        : _mm512_maskz_loadu_epi32(m, idx + k);
+    const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at_idx, buf, 4);
+    acc1 += (vec)_mm512_mul_ps(_mm512_maskz_loadu_ps(m, val + k), g);
+    k = k1;
+  }
+#endif
   acc0 += acc1;
   alignas(64) float part[L];
   *reinterpret_cast<vec*>(part) = acc0;
