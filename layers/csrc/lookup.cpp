@@ -381,20 +381,24 @@ at::Tensor max_pool(const at::Tensor& x, std::vector<int64_t> pool, bool relu) {
 // y = bias + W x (ReLU) for one input vector x (K values) with W given transposed as wt (K, M).
 void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, bool relu,
                      float* y) {
-  std::vector<float> vals;
-  std::vector<int64_t> rows;
-  vals.reserve(K);
-  rows.reserve(K);
+  thread_local std::vector<float> vals;
+  thread_local std::vector<int64_t> rows;
+  if (static_cast<int64_t>(vals.size()) < K) {
+    vals.resize(K);
+    rows.resize(K);
+  }
+  // Without a branch: after a ReLU about half the inputs are zero, in no order a predictor could learn (a branch
+  // here took ~30 us of fc7's and fc8's products with 4096 inputs at batch 1).
+  int64_t nnz = 0;
   for (int64_t k = 0; k < K; ++k) {
-    if (x[k] != 0.f) {
-      vals.push_back(x[k]);
-      rows.push_back(k);
-    }
+    vals[nnz] = x[k];
+    rows[nnz] = k;
+    nnz += x[k] != 0.f;
   }
   // One chunk of outputs per thread (a product with one vector is bound by memory: every thread adds bandwidth).
   const int64_t threads = usable_threads();
   const int64_t chunk = std::min(kGemvChunk, ((M + threads - 1) / threads + 15) / 16 * 16);
-  const GemvArgs g{vals.data(), rows.data(), static_cast<int64_t>(rows.size()), wt, bias, y, M, chunk, relu};
+  const GemvArgs g{vals.data(), rows.data(), nnz, wt, bias, y, M, chunk, relu};
   const GemvFn fn = kIsas[g_isa].gemv;
   parallel_items((M + chunk - 1) / chunk, g.nnz * chunk / 16, [&](int64_t b, int64_t e) { fn(g, b, e); });
 }
