@@ -447,6 +447,7 @@ def module_by_module(compiled, x):
     with torch.no_grad():
         return nn.Sequential.forward(compiled, x)
 
+
 def plan_for(compiled, x):
     """The plan the compiled network made for inputs shaped like x (at the current kernel generation)."""
     return compiled._plans[(lookup._state['generation'], compiled.training, *x.shape)]
