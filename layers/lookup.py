@@ -743,6 +743,8 @@ class LookupNetwork(nn.Sequential):
         key = (_state['generation'], self.training, *x.shape)  # train() would make dropouts count
         plan = plans.get(key)
         if plan is None:
+            for stale in [k for k in plans if k[0] != key[0]]:
+                del plans[stale]  # made on forms a set_path or load_state_dict has since replaced
             if len(plans) >= _PLANS_KEPT:
                 del plans[next(iter(plans))]  # the one made first
             plan = plans[key] = _Plan(self, *x.shape)

@@ -468,6 +468,11 @@ def test_plans_are_kept_for_the_shapes_used_last(cpp, monkeypatch):
             compiled(torch.randn(n, 3, 64, 64, generator=gen))
     assert len(compiled._plans) == lookup._PLANS_KEPT
     assert [key[2:] for key in compiled._plans][0] == (1, 3, 64, 64)  # the batch of 4 was made first: dropped
+    # a change of form makes every plan stale: the next forward drops them all, with the tensors they hold
+    lookup.lookup_layers(compiled)[0].set_path('dense')
+    with torch.no_grad():
+        compiled(last)
+    assert [key[2:] for key in compiled._plans] == [(1, 3, 64, 64)]
 
 
 def test_a_compiled_model_refuses_to_train(cpp):
