@@ -165,7 +165,6 @@ class _BinaryStream:
         self.pos = 0
         self.length = length
         self.long_size = long_size
-        self._long_code = 'q' if long_size == 8 else 'i'
 
     def remaining(self):
         return self.length - self.pos
@@ -193,13 +192,19 @@ class _BinaryStream:
         return self._DOUBLE.unpack(self.raw(8, what))[0]
 
     def longs(self, n, what):
-        return list(struct.unpack(f'<{n}{self._long_code}', self.raw(self.long_size * n, what)))
+        return list(struct.unpack(f'<{n}{"q" if self.long_size == 8 else "i"}', self.raw(self.long_size * n, what)))
 
     def chars(self, n, what):
         return self.raw(n, what)
 
     def fill(self, tensor, what):
         """Reads the elements of a contiguous tensor straight into its memory."""
+        if tensor.dtype == torch.int64 and self.long_size == 4:
+            # Torch7 reads 4-byte longs into its C long, sign-extended.
+            narrow = torch.empty(tensor.shape, dtype=torch.int32)
+            self.fill(narrow, what)
+            tensor.copy_(narrow)
+            return
         nbytes = tensor.numel() * tensor.element_size()
         self._need(nbytes, what)
         if nbytes:
@@ -511,11 +516,6 @@ class _Reader(torchfile.T7Reader):
         if size < 0 or size * self.s.min_bytes(dtype) > self.s.remaining():
             raise T7Error(f'corrupt t7 file: {class_name} at byte {start} declares {size} elements, '
                           f'more than the {self.s.remaining()} bytes left can hold')
-        if dtype == torch.int64 and getattr(self.s, 'long_size', 8) == 4:
-            # Torch7 reads 4-byte longs into its C long, sign-extended.
-            narrow = torch.empty(size, dtype=torch.int32)
-            self.s.fill(narrow, f'{class_name} data')
-            return Storage(class_name, narrow.to(torch.int64))
         data = torch.empty(size, dtype=dtype)
         self.s.fill(data, f'{class_name} data')
         return Storage(class_name, data)
