@@ -150,21 +150,31 @@ class _InProgress:
 _IN_PROGRESS = _InProgress()
 
 
+def swap_bytes(tensor):
+    """Reverses the bytes of every element of a contiguous tensor, in place (THDiskFile_reverseMemory)."""
+    size = tensor.element_size()
+    raw = tensor.view(-1).view(torch.uint8).view(-1, size)
+    raw.copy_(raw.flip(1))
+
+
 class _BinaryStream:
-    """Sequential little-endian reads from a file object of known length, with every size checked first.
+    """Sequential reads from a file object of known length, with every size checked first.
 
     long_size: bytes of a Torch7 long (tensor sizes, strides and offsets, storage sizes, LongStorage elements): 8
     where torch.save ran on 64-bit Linux or macOS, 4 on Windows and 32-bit builds (their C long).
+    byteorder: 'little', or 'big' for a file written on a big-endian machine (PowerPC, SPARC, s390x), whose every
+    number of more than one byte comes byte-reversed (THDiskFile's non-native encoding); strings do not.
     """
 
-    _INT = struct.Struct('<i')
-    _DOUBLE = struct.Struct('<d')
-
-    def __init__(self, f, length, long_size=8):
+    def __init__(self, f, length, long_size=8, byteorder='little'):
         self.f = f
         self.pos = 0
         self.length = length
         self.long_size = long_size
+        self.byteorder = byteorder
+        self._order = '<' if byteorder == 'little' else '>'
+        self._int = struct.Struct(self._order + 'i')
+        self._double = struct.Struct(self._order + 'd')
 
     def remaining(self):
         return self.length - self.pos
@@ -183,16 +193,17 @@ class _BinaryStream:
         return data
 
     def int(self, what='an int'):
-        return self._INT.unpack(self.raw(4, what))[0]
+        return self._int.unpack(self.raw(4, what))[0]
 
     def long(self, what='a long'):
         return self.longs(1, what)[0]
 
     def double(self, what='a number'):
-        return self._DOUBLE.unpack(self.raw(8, what))[0]
+        return self._double.unpack(self.raw(8, what))[0]
 
     def longs(self, n, what):
-        return list(struct.unpack(f'<{n}{"q" if self.long_size == 8 else "i"}', self.raw(self.long_size * n, what)))
+        code = f'{self._order}{n}{"q" if self.long_size == 8 else "i"}'
+        return list(struct.unpack(code, self.raw(self.long_size * n, what)))
 
     def chars(self, n, what):
         return self.raw(n, what)
@@ -218,8 +229,8 @@ class _BinaryStream:
                 got += more
             if got != nbytes:
                 raise T7Error(f'truncated t7 file: {what} needs {nbytes} bytes at byte {self.pos}, got {got}')
-            if sys.byteorder != 'little':
-                tensor.copy_(torch.from_numpy(tensor.numpy().byteswap().copy()))
+            if self.byteorder != sys.byteorder and tensor.element_size() > 1:
+                swap_bytes(tensor)
         self.pos += nbytes
 
     def min_bytes(self, kind):
@@ -590,7 +601,7 @@ class _Reader(torchfile.T7Reader):
 
 
 def _looks_ascii(head):
-    # A binary file starts with a little-endian object type 0..8; an ascii file with its decimal digits.
+    # A binary file starts with its object's type code 0..8 in four bytes; an ascii file with its decimal digits.
     return len(head) > 0 and head[:1].isdigit()
 
 
@@ -619,9 +630,10 @@ def _refuse_other_formats(head):
 def load(source, mode=None):
     """Reads one Lua value from a Torch7 file (a path, bytes, or a binary file object such as io.BytesIO).
 
-    mode: 'binary', 'ascii' or None to detect it from the first byte. Binary files are little-endian, with 8-byte
-    longs (torch.save on 64-bit Linux and macOS) or 4-byte longs (Torch7 on Windows or a 32-bit system): a binary
-    file that does not read with 8-byte longs is read again with 4-byte ones.
+    mode: 'binary', 'ascii' or None to detect it from the first byte. Binary files have 8-byte longs (torch.save on
+    64-bit Linux and macOS) or 4-byte longs (Torch7 on Windows or a 32-bit system): a binary file that does not read
+    with 8-byte longs is read again with 4-byte ones. They are little-endian, or big-endian when written on such a
+    machine (PowerPC, SPARC, s390x), which their first bytes tell.
     """
     if mode not in (None, 'binary', 'ascii'):
         raise T7Error(f"t7.load mode must be 'binary', 'ascii' or None, not {mode!r}")
@@ -665,8 +677,9 @@ def _load_file(f, mode):
         mode = 'ascii' if _looks_ascii(head) else 'binary'
     if mode == 'ascii':
         return _Reader(_AsciiStream(f.read())).read_root()
+    byteorder = _byteorder(head)
     start = f.tell()
-    eight = _BinaryStream(f, length)
+    eight = _BinaryStream(f, length, byteorder=byteorder)
     try:
         return _Reader(eight).read_root()
     except T7Error as error:
@@ -676,17 +689,32 @@ def _load_file(f, mode):
         # can also read with 4-byte longs, stopping early. When both fail, the error of the reading that went
         # further is the one that describes the damage.
         f.seek(start)
-        four = _BinaryStream(f, length, long_size=4)
+        four = _BinaryStream(f, length, long_size=4, byteorder=byteorder)
         try:
             value = _Reader(four).read_root()
         except T7Error as error_four:
-            if four.pos > eight.pos:
-                raise T7Error(f'{error_four} (read with 4-byte longs, as Torch7 writes them on Windows and 32-bit '
-                              f'systems)') from None
-            raise error from None
+            raise (_noted(error_four, four) if four.pos > eight.pos else _noted(error, eight)) from None
         if four.remaining():
-            raise error from None
+            raise _noted(error, eight) from None
         return value
+
+
+def _byteorder(head):
+    # A binary file starts with the type code of its object, 0..8: a Torch object's is 04 00 00 00 when written
+    # on a little-endian machine and 00 00 00 04 on a big-endian one (Torch7 writes in the machine's order).
+    little, big = int.from_bytes(head[:4], 'little', signed=True), int.from_bytes(head[:4], 'big', signed=True)
+    return 'big' if len(head) >= 4 and not 0 <= little <= 8 and 0 <= big <= 8 else 'little'
+
+
+def _noted(error, stream):
+    """The error of a reading, saying how the file was read when that was not torch.save's usual way."""
+    if stream.byteorder == 'big':
+        longs = ' with 4-byte longs' if stream.long_size == 4 else ''
+        return T7Error(f'{error} (read as big-endian{longs}, as Torch7 writes on big-endian machines such as PowerPC: '
+                       'its first number is a type code in that order)')
+    if stream.long_size == 4:
+        return T7Error(f'{error} (read with 4-byte longs, as Torch7 writes them on Windows and 32-bit systems)')
+    return error
 
 
 def equal(a, b):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torchfile
 
-from t7.read import WRITTEN_BEFORE_FIELDS, LuaFunction, Storage, T7Error, TableKey, TorchObject
+from t7.read import WRITTEN_BEFORE_FIELDS, LuaFunction, Storage, T7Error, TableKey, TorchObject, swap_bytes
 
 # dtype -> Torch7 CPU tensor class; storages are the same names with Storage.
 TENSOR_CLASSES = {
@@ -19,8 +19,6 @@ TENSOR_CLASSES = {
     torch.float64: 'torch.DoubleTensor', torch.float16: 'torch.HalfTensor',
 }
 
-_INT = struct.Struct('<i')
-_DOUBLE = struct.Struct('<d')
 _MAX_DEPTH = 2000
 
 
@@ -41,9 +39,13 @@ def _format_version(version):
 
 
 class _Writer:
-    def __init__(self, f, long_size=8):
+    def __init__(self, f, long_size=8, byteorder='little'):
         self.f = f
         self.long_size = long_size
+        self.byteorder = byteorder
+        self._order = '<' if byteorder == 'little' else '>'
+        self._int_struct = struct.Struct(self._order + 'i')
+        self._double_struct = struct.Struct(self._order + 'd')
         self.indices = {}     # id(object) or storage key -> object index
         self.alive = []       # keeps every memoized object alive so that its id is not reused while writing
         self.count = 0
@@ -53,7 +55,7 @@ class _Writer:
         return ''.join(self.path)
 
     def _int(self, v):
-        self.f.write(_INT.pack(v))
+        self.f.write(self._int_struct.pack(v))
 
     def _chars(self, data):
         self._int(len(data))
@@ -65,7 +67,7 @@ class _Writer:
 
     def _longs(self, values):
         self._check_longs(values)
-        self.f.write(struct.pack(f'<{len(values)}{"q" if self.long_size == 8 else "i"}', *values))
+        self.f.write(struct.pack(f'{self._order}{len(values)}{"q" if self.long_size == 8 else "i"}', *values))
 
     def _reference(self, key, obj):
         """Writes the index of an object; returns True when it was written before (only the index is needed)."""
@@ -89,7 +91,7 @@ class _Writer:
             self._int(1 if o else 0)
         elif isinstance(o, numbers.Real) and not isinstance(o, (torch.Tensor, np.ndarray)):
             self._int(torchfile.TYPE_NUMBER)
-            self.f.write(_DOUBLE.pack(self._number(o)))
+            self.f.write(self._double_struct.pack(self._number(o)))
         elif isinstance(o, str):
             self._int(torchfile.TYPE_STRING)
             self._chars(o.encode('utf-8'))
@@ -194,10 +196,10 @@ class _Writer:
             self._check_longs([int(data.min()), int(data.max())])
             data = data.to(torch.int32)
         if data.numel():
-            array = data.view(torch.uint8).numpy() if data.dtype != torch.uint8 else data.numpy()
-            if sys.byteorder != 'little':
-                array = data.numpy().byteswap().view(np.uint8)
-            self.f.write(memoryview(array))
+            if self.byteorder != sys.byteorder and data.element_size() > 1:
+                data = data.clone()
+                swap_bytes(data)
+            self.f.write(memoryview(data.view(torch.uint8).numpy() if data.dtype != torch.uint8 else data.numpy()))
 
     def _function(self, fn):
         typeidx = fn.typeidx
@@ -215,10 +217,11 @@ class _Writer:
             self.path.pop()
 
 
-def save(target, obj, long_size=8):
+def save(target, obj, long_size=8, byteorder='little'):
     """Writes obj as a binary Torch7 file (little-endian, 8-byte longs) that Lua's torch.load reads.
 
-    long_size=4 writes longs in 4 bytes, for Torch7 on Windows or a 32-bit system (whose C long it is).
+    long_size=4 writes longs in 4 bytes, for Torch7 on Windows or a 32-bit system (whose C long it is);
+    byteorder='big' writes numbers big-endian, for Torch7 on a big-endian machine (PowerPC, SPARC, s390x).
 
     target: a path (written to a temporary name then renamed, so a failed save leaves no partial file) or a
     binary file object. Lists and tuples become tables with keys 1..n, dicts tables, tensors typed CPU tensors
@@ -226,8 +229,10 @@ def save(target, obj, long_size=8):
     """
     if long_size not in (4, 8):
         raise T7Error(f't7.save long_size must be 4 or 8, not {long_size!r}')
+    if byteorder not in ('little', 'big'):
+        raise T7Error(f"t7.save byteorder must be 'little' or 'big', not {byteorder!r}")
     if hasattr(target, 'write'):
-        _write(target, obj, long_size)
+        _write(target, obj, long_size, byteorder)
         return
     if not isinstance(target, (str, os.PathLike)):
         raise T7Error(f't7.save expects a path or a binary file object, not {type(target).__name__}')
@@ -235,7 +240,7 @@ def save(target, obj, long_size=8):
     partial = path + '.partial'
     try:
         with open(partial, 'wb', buffering=1 << 20) as f:
-            _write(f, obj, long_size)
+            _write(f, obj, long_size, byteorder)
         os.replace(partial, path)
     except OSError as e:
         raise T7Error(f'cannot write t7 file {path}: {e.strerror}') from None
@@ -244,8 +249,8 @@ def save(target, obj, long_size=8):
             os.remove(partial)
 
 
-def _write(f, obj, long_size=8):
-    writer = _Writer(f, long_size)
+def _write(f, obj, long_size=8, byteorder='little'):
+    writer = _Writer(f, long_size, byteorder)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 8 * _MAX_DEPTH + 500))
     try:
