@@ -31,8 +31,7 @@ USER_ERRORS = (UserError, t7.T7Error, data.DataError, benchmark.BenchmarkError, 
 
 
 def check_inputs(opt):
-    """What can be checked before anything is written: the -data folder, the files named by flags, and that some
-    epoch is left to run."""
+    """What can be checked before anything is written: the -data folder and the files named by flags."""
     if opt.dataset != 'digits' and not opt.benchmark:
         if not os.path.isdir(opt.data):
             what = 'that is a file, not a folder' if os.path.exists(opt.data) else 'no such folder'
@@ -47,11 +46,6 @@ def check_inputs(opt):
                             f"{'optimState' if flag == 'optimState' else 'model'}_N.t7)")
         if path != 'none' and not os.path.isfile(path):
             raise UserError(f'-{flag} {path}: file not found')
-    if not (opt.testOnly or opt.benchmark) and opt.epochNumber > opt.nEpochs:
-        if opt.resume != 'none' and opt.epochNumber > 1:
-            raise UserError(f'-resume {opt.resume}: finished at epoch {opt.epochNumber - 1}; raise -nEpochs to go on')
-        raise UserError(f'-nEpochs {opt.nEpochs} with -epochNumber {opt.epochNumber}: no epoch to run, so nothing '
-                        f'runs; give -nEpochs {opt.epochNumber} or more (or -testOnly to test)')
 
 
 def run_benchmark(net, opt):

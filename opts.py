@@ -528,6 +528,16 @@ def _subset(opt, given):
               'alexnet/resnet -netType, or -dataset digits')
 
 
+def _epochs(opt):
+    """Some epoch is left to train (after -resume has found the run's last one, and clcNet's 0 became its 100)."""
+    if opt.testOnly or opt.benchmark or opt.epochNumber <= opt.nEpochs:
+        return
+    if opt.resume != 'none' and opt.epochNumber > 1:
+        _fail(f'-resume {opt.resume}: finished at epoch {opt.epochNumber - 1}; raise -nEpochs to go on')
+    _fail(f'-nEpochs {lua_tostring(opt.nEpochs)} with -epochNumber {lua_tostring(opt.epochNumber)}: no epoch to run, '
+          f'so nothing runs; give -nEpochs {lua_tostring(opt.epochNumber)} or more (or -testOnly to test)')
+
+
 def parse(argv):
     """opts.lua's M.parse: the option table after lcnn's post-processing (run folder name, -breakBatch, -resume)
     and clcNet's (-netType clcneta/clcnetb, -precision, -resetClassifier, -optnet). -resume DIR first restores the
@@ -555,6 +565,7 @@ def parse(argv):
     _clcnet(opt, given)
     _dataset(opt, given)
     _subset(opt, given)
+    _epochs(opt)
     return opt
 
 

@@ -123,7 +123,9 @@ def test_lookup_engine_for_test_only_and_benchmark(tmp_path, capsys, tiny_models
     (['-batchSize', '2.5'], 2, '-batchSize 2.5: give a whole number >= 1'),
     (['-nDonkeys', '-1'], 2, '-nDonkeys -1: give a whole number >= 0'),
     (['-LR', '-1'], 2, '-LR -1: give a number >= 0'),
-    (['-nEpochs', '0'], 1, '-nEpochs 0 with -epochNumber 1: no epoch to run, so nothing runs'),
+    (['-nEpochs', '0'], 2, '-nEpochs 0 with -epochNumber 1: no epoch to run, so nothing runs'),
+    (['-nEpochs', '3', '-epochNumber', '5'], 2, '-nEpochs 3 with -epochNumber 5: no epoch to run, so nothing runs; '
+                                                'give -nEpochs 5 or more (or -testOnly to test)'),
     (['-retrain', '{tmp}'], 1, '-retrain {tmp}: that is a folder'),
     (['-optimState', '{tmp}/latest.t7'], 1, '-optimState {tmp}/latest.t7: holds no optimState field'),
     (['-batchSize', '400'], 1, '-batchSize 400 is larger than the 359 validation images'),
@@ -341,7 +343,7 @@ def test_resume_dir_alone_goes_on_with_the_recorded_options(tmp_path, capsys, ti
     for name in ('optimState_7.t7.bak', 'optimState_8.t7~', 'notes.txt'):
         (save / name).touch()
     code, out, err = run_main(['-resume', str(save)], capsys)
-    assert (code, err) == (1, f'main.py: -resume {save}: finished at epoch 2; raise -nEpochs to go on\n')
+    assert (code, err) == (2, f'main.py: -resume {save}: finished at epoch 2; raise -nEpochs to go on\n')
     # a run from before options were recorded resumes with the flags given, and says so
     os.remove(save / 'options.json')
     code, out, err = run_main(SMALL + ['-epochSize', '2', '-nEpochs', '3', '-resume', str(save)], capsys)

@@ -266,7 +266,7 @@ def test_clcnet_named_networks_expand(frozen):
 def test_clcnet_zero_epochs_means_its_default(frozen):
     assert opts.parse(['-netType', 'clcnetb', '-nEpochs', '0']).nEpochs == 100
     assert opts.parse(['-netType', 'clcnetb']).nEpochs == 55
-    assert opts.parse(['-nEpochs', '0']).nEpochs == 0
+    assert opts.parse(['-nEpochs', '0', '-testOnly']).nEpochs == 0
 
 
 def test_optnet_replaces_the_default_share_grad_input(frozen):
@@ -371,7 +371,7 @@ def test_out_of_range_numbers_are_refused(frozen, capsys, argv, words):
 
 def test_in_range_edges_are_taken(frozen):
     opt = opts.parse(['-LR', '0', '-nDonkeys', '0', '-fcPool', '0', '-classifierPool', '0', '-nEpochs', '0',
-                      '-batchSize', '1', '-manualSeed', '-3'])
+                      '-batchSize', '1', '-manualSeed', '-3', '-testOnly'])
     assert (opt.LR, opt.nDonkeys, opt.fcPool, opt.nEpochs, opt.batchSize) == (0, 0, 0, 0, 1)
 
 
