@@ -9,7 +9,8 @@ dense and lookup blocks alternating so that load from other processes hits both 
     for LCNN-fast (dictionaries 3,30,30,30,30,512,512) and LCNN-accurate (3,500,500,500,30,1024,1024);
   * dense ResNet-18 (models.create 'resnet') vs the compiled ResNet-18-LCNN (models.create 'resnet-lcnn'),
     fast (firstPool 3, pool1-4 = 8) and accurate (firstPool 3, pool1-4 = 128);
-at batch 1 and 16, with torch threads = 1 and again at the machine's core count (both models at the same count).
+at batch 1 and 16, with torch threads = 1 and at the machine's core count (both models at the same count; the
+thread counts alternate in the same blocks, so that their comparison sees the same load).
 The lookup model is compiled with the timed batch as example input, and once without any example (layers timed
 on a synthetic input, `lookup.compile(model)`): both are timed. Align weights get one uniform
 density per network, chosen so that the whole network needs the target factor fewer multiplications than its
@@ -17,7 +18,8 @@ dense equivalent (counted as lcnn's benchmark counts them: dictionary over the p
 their density; paper targets: AlexNet 31x / 3.2x as in the issue, ResNet-18 29.2x / 5.0x). The
 table shows ms, speedup, the counted multiplication ratio and speedup / ratio; a second table compares the
 thread counts (speedup at all cores over speedup at 1, and the lookup engine's own gain); then per-layer tables
-(layers.lookup.time_layers) show where the time goes. Each table prints the machine's load average.
+(layers.lookup.time_layers) show where the time goes. The tables print the machine's load average before and after
+the timings.
 
 Run: .venv/bin/python benchmarks/lookup_speed.py [--repeats N] [--quick] [--nets ...] [--batches ...] [--threads ...]
 """
@@ -166,6 +168,21 @@ def block_medians(fns, repeats, blocks=3, warmup=2):
     return [1e3 * statistics.median(t) for t in times]
 
 
+def at_threads(threads, model, x):
+    """A forward of model on x with torch's intra-op pool at `threads` (set on each call: a no-op unless the count
+    changes, which happens on a block's untimed warm-up call)."""
+    def run():
+        torch.set_num_threads(threads)
+        return model(x)
+    return run
+
+
+def forms(compiled, batch):
+    """The form each lookup-capable layer of a compiled network runs at this batch size: L lookup, d dense."""
+    return ''.join('L' if layer.path_for(batch) == 'lookup' else 'd'
+                   for layer in lookup.lookup_layers(compiled) if layer.has_lookup)
+
+
 def build(family, config, gen):
     dicts, target = CONFIGS[family][config]
     lcnn = alexnet_lcnn(dicts) if family == 'AlexNet' else resnet18(dicts)
@@ -222,26 +239,36 @@ def main():
         # Compiled once without an example input: every layer timed on a synthetic input, whatever the batch.
         no_example[name] = lookup.compile(lcnn_models[name][0])
         print(f'{name}: uniform align density {100 * lcnn_models[name][1]:.3f}%')
-    results, per_layer = {}, []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        rows = []
-        for name in args.nets:
-            family = name.split()[0]
-            lcnn, _, ratio = lcnn_models[name]
-            for batch in args.batches:
-                x = torch.randn(batch, 3, 224, 224, generator=gen)
-                compiled = lookup.compile(lcnn, x)
-                repeats = args.repeats if batch == 1 else max(6, args.repeats // 3)
-                dense_ms, lookup_ms, plain_ms = block_medians(
-                    [lambda: dense_models[family](x), lambda: compiled(x), lambda: no_example[name](x)], repeats)
+    results, per_layer, chosen = {}, [], {}
+    rows = {threads: [] for threads in args.threads}
+    load_before = os.getloadavg()
+    for name in args.nets:
+        family = name.split()[0]
+        lcnn, _, ratio = lcnn_models[name]
+        for batch in args.batches:
+            x = torch.randn(batch, 3, 224, 224, generator=gen)
+            # Compiled at each thread count (its per-layer choices are timed at that count). All thread counts are
+            # timed in the same alternating blocks, so that the all-cores / 1-thread comparisons do not span
+            # minutes of a shared machine's changing load.
+            compiled, fns = {}, []
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                compiled[threads] = lookup.compile(lcnn, x)
+                fns += [at_threads(threads, m, x) for m in (dense_models[family], compiled[threads], no_example[name])]
+            repeats = args.repeats if batch == 1 else max(6, args.repeats // 3)
+            medians = block_medians(fns, repeats)
+            chosen[name, batch] = [forms(compiled[t], batch) for t in args.threads] + [forms(no_example[name], batch)]
+            for i, threads in enumerate(args.threads):
+                dense_ms, lookup_ms, plain_ms = medians[3 * i:3 * i + 3]
                 results[name, batch, threads] = (dense_ms, lookup_ms)
                 speedup = dense_ms / lookup_ms
-                rows.append((name, batch, dense_ms, lookup_ms, plain_ms, speedup, ratio, speedup / ratio))
-                if threads == 1 and not args.no_layers and family == 'AlexNet' and (batch == 1 or 'fast' in name):
-                    per_layer.append((f'{name}, batch {batch}, 1 thread',
-                                      lookup.time_layers(compiled, x, repeats=repeats)))
-        load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
+                rows[threads].append((name, batch, dense_ms, lookup_ms, plain_ms, speedup, ratio, speedup / ratio))
+            torch.set_num_threads(1)
+            if 1 in compiled and not args.no_layers and family == 'AlexNet' and (batch == 1 or 'fast' in name):
+                per_layer.append((f'{name}, batch {batch}, 1 thread',
+                                  lookup.time_layers(compiled[1], x, repeats=repeats)))
+    load = ' before, '.join(', '.join(f'{v:.1f}' for v in avg) for avg in (load_before, os.getloadavg())) + ' after'
+    for threads in args.threads:
         print(f'\ntorch threads = {threads}: median ms per forward (dense eager PyTorch vs compiled lookup, compiled '
               f'with the timed batch as example input / without one); machine load average {load} on '
               f'{os.cpu_count()} cores')
@@ -249,7 +276,7 @@ def main():
                f'{"mult ratio":>10} {"speedup/ratio":>13}'
         print(head)
         print('-' * len(head))
-        for name, batch, dense_ms, lookup_ms, plain_ms, speedup, ratio, eff in rows:
+        for name, batch, dense_ms, lookup_ms, plain_ms, speedup, ratio, eff in rows[threads]:
             print(f'{name:<24} {batch:>5} {dense_ms:>9.2f} {lookup_ms:>9.2f} {plain_ms:>9.2f} {speedup:>7.2f}x '
                   f'{ratio:>9.1f}x {eff:>13.2f}')
     if len(args.threads) > 1:
@@ -263,6 +290,13 @@ def main():
             for batch in args.batches:
                 (d1, l1), (dn, ln) = results[name, batch, 1], results[name, batch, top]
                 print(f'{name:<24} {batch:>5} {(dn / ln) / (d1 / l1):>13.2f} {l1 / ln:>10.2f}x')
+    print('\nforms the compiled networks run, per lookup-capable layer in network order (L lookup, d dense): '
+          'compiled with the timed batch at each thread count, and without an example input')
+    head = f'{"network":<24} {"batch":>5} ' + ' '.join(f'{f"example, {t} thr":<20}' for t in args.threads) + ' no example'
+    print(head)
+    print('-' * len(head))
+    for (name, batch), strings in chosen.items():
+        print((f'{name:<24} {batch:>5} ' + ' '.join(f'{s:<20}' for s in strings)).rstrip())
     torch.set_num_threads(1)
     for title, timing in per_layer:
         print(f'\nper layer, {title} (dense = folded dense conv in PyTorch; lookup = fused lookup kernel):')
