@@ -173,8 +173,8 @@ class _BinaryStream:
         self.long_size = long_size
         self.byteorder = byteorder
         self._order = '<' if byteorder == 'little' else '>'
-        self._int = struct.Struct(self._order + 'i')
-        self._double = struct.Struct(self._order + 'd')
+        self._int_struct = struct.Struct(self._order + 'i')
+        self._double_struct = struct.Struct(self._order + 'd')
 
     def remaining(self):
         return self.length - self.pos
@@ -193,13 +193,13 @@ class _BinaryStream:
         return data
 
     def int(self, what='an int'):
-        return self._int.unpack(self.raw(4, what))[0]
+        return self._int_struct.unpack(self.raw(4, what))[0]
 
     def long(self, what='a long'):
         return self.longs(1, what)[0]
 
     def double(self, what='a number'):
-        return self._double.unpack(self.raw(8, what))[0]
+        return self._double_struct.unpack(self.raw(8, what))[0]
 
     def longs(self, n, what):
         code = f'{self._order}{n}{"q" if self.long_size == 8 else "i"}'
