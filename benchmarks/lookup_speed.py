@@ -24,6 +24,8 @@ the timings.
 Run: .venv/bin/python benchmarks/lookup_speed.py [--repeats N] [--quick] [--nets ...] [--batches ...] [--threads ...]
 """
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import sys
@@ -82,11 +84,14 @@ def alexnet_lcnn(dicts):
 
 
 def resnet18(pools=None):
-    if pools is None:
-        return models.create(opts.parse(['-netType', 'resnet', '-depth', '18']))
-    first, p1, p2, p3, p4 = pools
-    return models.create(opts.parse(['-netType', 'resnet-lcnn', '-depth', '18', '-firstPool', str(first),
-                                     '-pool1', str(p1), '-pool2', str(p2), '-pool3', str(p3), '-pool4', str(p4)]))
+    args = ['-netType', 'resnet', '-depth', '18']
+    if pools is not None:
+        first, p1, p2, p3, p4 = pools
+        args = ['-netType', 'resnet-lcnn', '-depth', '18', '-firstPool', str(first), '-pool1', str(p1),
+                '-pool2', str(p2), '-pool3', str(p3), '-pool4', str(p4)]
+    # models/resnet.lua's " | ResNet-18 ImageNet" line would land between this script's own lines.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return models.create(opts.parse(args))
 
 
 def count_multiplications(model, x):
