@@ -86,9 +86,9 @@ def alexnet_lcnn(dicts):
 def resnet18(pools=None):
     args = ['-netType', 'resnet', '-depth', '18']
     if pools is not None:
-        first, p1, p2, p3, p4 = pools
-        args = ['-netType', 'resnet-lcnn', '-depth', '18', '-firstPool', str(first), '-pool1', str(p1),
-                '-pool2', str(p2), '-pool3', str(p3), '-pool4', str(p4)]
+        args[1] = 'resnet-lcnn'
+        for flag, pool in zip(('-firstPool', '-pool1', '-pool2', '-pool3', '-pool4'), pools):
+            args += [flag, str(pool)]
     # models/resnet.lua's " | ResNet-18 ImageNet" line would land between this script's own lines.
     with contextlib.redirect_stdout(io.StringIO()):
         return models.create(opts.parse(args))
