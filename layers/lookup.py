@@ -910,8 +910,10 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
     images and batches alike), or else random inputs at the network's input size (SYNTHETIC_SIZE, lcnn's -cropSize
     default, with the first layer's channel count) at the batch sizes of SYNTHETIC_BATCHES: the first decides a
     layer's form for single images (`path`), the second for batches (`batch_path`); a network that does not take
-    that size falls back to a multiplication count (see _cost_ratio). backend: 'auto', 'cpp' or 'torch' (see `resolve_backend()`). Outputs
-    equal the eval-mode model up to float rounding (batch norm is folded)."""
+    that size falls back to a multiplication count (see _cost_ratio). At a batch, a near tie on a layer whose dense
+    form is a PyTorch convolution is settled on the whole network's time (see _keep_images_apart). backend: 'auto',
+    'cpp' or 'torch' (see `resolve_backend()`). Outputs equal the eval-mode model up to float rounding (batch norm is
+    folded)."""
     if path not in ('auto', 'lookup', 'dense'):
         raise LookupInferenceError(f"compile: path '{path}' is unknown: use auto, lookup or dense")
     if not isinstance(model, nn.Module):
@@ -945,17 +947,60 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
                 layer.set_path('lookup' if _cost_ratio(layer) >= COST_MODEL_MIN_RATIO else 'dense')
             return compiled
     else:
-        runs = [_capture_inputs(compiled, example_input)]
+        runs = [(example_input, _capture_inputs(compiled, example_input))]
+    ties = set()  # layers whose two forms timed within the margin on the batch that decides `batch_path`
     for layer in layers:
         faster = []
-        for inputs in runs:
+        for x, inputs in runs:
             if layer in inputs:
                 dense, lookup = _measure(layer, inputs[layer], repeats)
                 faster.append('lookup' if lookup <= LOOKUP_MARGIN * dense else 'dense')
+                if x is runs[-1][0] and faster[-1] == 'dense' and LOOKUP_MARGIN * lookup <= dense:
+                    ties.add(layer)
         if faster:
             # One example decides both; the synthetic batch of one decides `path`, the batch `batch_path`.
             layer.set_path(faster[0], faster[-1])
+    x, inputs = runs[-1]
+    if x.shape[0] > 1:
+        _keep_images_apart(compiled, x, inputs, ties, repeats)
     return compiled
+
+
+def _keep_images_apart(compiled, x, inputs, ties, repeats):
+    """A batch runs image by image only up to the first layer on an ATen convolution (see _Plan): one chosen there
+    for a batch sends every layer after it through memory with the whole batch. A layer whose lookup form timed
+    about as fast (`ties`) takes it when that makes the whole network faster on the batch x (ResNet-18-accurate at
+    batch 16: its 64 -> 128 stride-2 layer timed within 2% in both forms alone, and the network took 3-7% longer
+    with the dense one). Layers in network order, up to the first that stays on an ATen convolution."""
+    n = x.shape[0]
+    for layer in lookup_layers(compiled):
+        if layer not in inputs or layer.path_for(n) != 'dense':
+            continue
+        call = layer._call_for('dense', n, *inputs[layer].shape[2:])
+        if not (isinstance(call, _Kernel) and call.kind == 'aten_conv'):
+            continue
+        if layer not in ties:
+            return
+        dense, lookup = _network_times(compiled, x, layer, repeats)
+        if lookup > NETWORK_MARGIN * dense:
+            return
+        layer.set_path(layer.path, 'lookup')
+
+
+def _network_times(compiled, x, layer, repeats):
+    """(dense ms, lookup ms): medians of `repeats` forwards of the whole network on x with `layer` on each form
+    for batches, the two alternating; the layer is left on the dense form."""
+    single, times = layer.path, {'dense': [], 'lookup': []}
+    with torch.no_grad():
+        for r in range(repeats + 1):
+            for form in ('lookup', 'dense'):
+                layer.set_path(single, form)
+                compiled(x)  # builds the plan and the form's packed weights
+                t0 = time.perf_counter()
+                compiled(x)
+                if r:
+                    times[form].append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times['dense']), 1e3 * statistics.median(times['lookup'])
 
 
 def _check_example(where, example_input, optional=False):
@@ -970,6 +1015,10 @@ def _check_example(where, example_input, optional=False):
 # medians swap places from one run to the next with the machine's load, and the dense form can never be slower
 # than itself.
 LOOKUP_MARGIN = 0.95
+# A near tie takes its lookup form to keep a batch image by image (see _keep_images_apart) when the whole network
+# then times at most this share of its time with the dense form: a network's median moves less with load than a
+# layer's.
+NETWORK_MARGIN = 0.98
 
 # Height and width of the random inputs `compile` times layers on when it is given no example (lcnn's -cropSize
 # default, the size the ImageNet models of both Lua repositories take), and their batch sizes: one image, and a
@@ -979,15 +1028,18 @@ SYNTHETIC_BATCHES = (1, 16)
 
 
 def _synthetic_inputs(compiled):
-    """[{layer: input}] from one forward of a random input at SYNTHETIC_SIZE per batch size of SYNTHETIC_BATCHES,
-    or None when the network does not take that size."""
+    """[(input, {layer: its input})] from one forward of a random input at SYNTHETIC_SIZE per batch size of
+    SYNTHETIC_BATCHES, or None when the network does not take that size."""
     first = lookup_layers(compiled)[0]
     gen = torch.Generator().manual_seed(0)
+    runs = []
     try:
-        return [_capture_inputs(compiled, torch.randn(n, first.in_channels, SYNTHETIC_SIZE, SYNTHETIC_SIZE,
-                                                      generator=gen)) for n in SYNTHETIC_BATCHES]
+        for n in SYNTHETIC_BATCHES:
+            x = torch.randn(n, first.in_channels, SYNTHETIC_SIZE, SYNTHETIC_SIZE, generator=gen)
+            runs.append((x, _capture_inputs(compiled, x)))
     except (RuntimeError, ValueError, LookupInferenceError):
         return None
+    return runs
 
 
 def _cost_ratio(layer):

@@ -671,6 +671,78 @@ def test_a_near_tie_keeps_the_dense_form(cpp, monkeypatch):
                                                                                 ('lookup', 'lookup')]
 
 
+def tie_network(gen):
+    """Layers '0' and '1': 3x3 convolutions (dense form: PyTorch's, which ends image-by-image running of a batch);
+    '2': a 1x1 one (dense form: the kernels' own GEMM)."""
+    return nn.Sequential(psc(3, 8, 3, 1, 1, 3, 0.1, gen), psc(8, 8, 3, 1, 1, 3, 0.1, gen),
+                         psc(8, 8, 1, 1, 0, 3, 0.1, gen)).eval()
+
+
+@pytest.mark.parametrize('lookup_ms, network_ms, forms', [
+    # A near tie on the first 3x3 layer: the network timed faster with its lookup form keeps the batch image by
+    # image, then the same for the second.
+    ({'0': 1.03, '1': 1.04, '2': 0.5}, {'0': (10.0, 9.0), '1': (9.0, 8.5)},
+     [('dense', 'lookup'), ('dense', 'lookup'), ('lookup', 'lookup')]),
+    # The network not faster by the margin: dense stays, and the layers after it are not tried.
+    ({'0': 1.03, '1': 1.04, '2': 0.5}, {'0': (10.0, 9.9)}, [('dense', 'dense'), ('dense', 'dense'),
+                                                             ('lookup', 'lookup')]),
+    # Clearly slower in its lookup form: never tried, nor anything after it.
+    ({'0': 1.2, '1': 1.04, '2': 0.5}, {}, [('dense', 'dense'), ('dense', 'dense'), ('lookup', 'lookup')]),
+    # The first layer's lookup wins alone; the tie after it is tried; a tie on the 1x1 layer is not (its dense
+    # form runs image by image too).
+    ({'0': 0.5, '1': 1.0, '2': 1.0}, {'1': (10.0, 9.5)}, [('lookup', 'lookup'), ('dense', 'lookup'),
+                                                           ('dense', 'dense')]),
+])
+def test_a_near_tie_at_a_batch_is_settled_on_the_whole_network(cpp, monkeypatch, lookup_ms, network_ms, forms):
+    """At a batch, a layer whose dense form is PyTorch's convolution and whose lookup form timed within the margin
+    takes the lookup form when the whole network then times faster (by NETWORK_MARGIN): on the dense one the batch
+    would stop going image by image there. Layers in network order, up to the first that stays dense."""
+    gen = torch.Generator().manual_seed(6)
+    model = tie_network(gen)
+    tried = []
+
+    def network_times(compiled, x, layer, repeats):
+        tried.append(layer.source)
+        assert x.shape[0] == 2 and layer.path_for(2) == 'dense'
+        return network_ms[layer.source]
+
+    monkeypatch.setattr(lookup, '_measure', lambda layer, x, repeats: (1.0, lookup_ms[layer.source]))
+    monkeypatch.setattr(lookup, '_network_times', network_times)
+    x = torch.randn(2, 3, 12, 12, generator=gen)
+    compiled = lookup.compile(model, x)
+    assert tried == list(network_ms)
+    assert [(m.path, m.batch_path) for m in lookup.lookup_layers(compiled)] == forms
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    if forms[1][1] == 'lookup':
+        assert plan_for(compiled, x).per_image == len(plan_for(compiled, x).code)
+    # One image decides nothing of the kind.
+    tried.clear()
+    compiled = lookup.compile(model, x[:1])
+    assert tried == [] and lookup.lookup_layers(compiled)[0].path == ('lookup' if lookup_ms['0'] <= 0.95 else 'dense')
+
+
+def test_the_whole_network_is_timed_on_both_forms(cpp, monkeypatch):
+    """The network-level timing runs the network on each form (alternating), leaves the layer dense, and the
+    compiled network computes what the model does whichever form it keeps."""
+    gen = torch.Generator().manual_seed(7)
+    model = tie_network(gen)
+    x = torch.randn(2, 3, 12, 12, generator=gen)
+    compiled = lookup.compile(model, path='dense')
+    layer = lookup.lookup_layers(compiled)[0]
+    used = []
+    call_for = layer._call_for
+    layer._call_for = lambda path, n, h, w: used.append(path) or call_for(path, n, h, w)
+    dense, lookup_ms = lookup._network_times(compiled, x, layer, 3)
+    assert dense > 0 and lookup_ms > 0 and (layer.path, layer.batch_path) == ('dense', 'dense')
+    assert set(used) == {'dense', 'lookup'}
+    monkeypatch.setattr(lookup, '_measure', lambda layer, x, repeats: (1.0, 1.0))  # every layer a near tie
+    compiled = lookup.compile(model, x)
+    assert all(m.path == 'dense' for m in lookup.lookup_layers(compiled))
+    with torch.no_grad():
+        close(compiled(x), model(x))
+
+
 def test_cost_model_when_the_network_refuses_the_synthetic_size(cpp):
     gen = torch.Generator().manual_seed(4)
     small = psc(64, 64, 3, 1, 1, 8, 0.02, gen)     # few multiplications per output: lookup
