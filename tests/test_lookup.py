@@ -312,6 +312,36 @@ def test_max_pool_kernel_matches_torch(cpp):
         assert torch.equal(torch.ops.lcnn_lookup.max_pool(x, [k, k, s, s, p, p, int(ceil)], False), ref)
         chwn = x.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # batch-innermost memory, same values
         assert torch.equal(torch.ops.lcnn_lookup.max_pool(chwn, [k, k, s, s, p, p, int(ceil)], True), ref.relu())
+    # Channels-last inputs (a dense convolution's output before its pooling) are read as they are, into NCHW;
+    # channel counts around whole vectors.
+    for shape, (k, s, p, ceil) in [((2, 19, 13, 13), (3, 2, 0, False)), ((1, 37, 12, 17), (3, 2, 1, True)),
+                                   ((3, 16, 9, 8), (2, 2, 0, True)), ((1, 5, 10, 7), (3, 1, 1, False))]:
+        x = torch.randn(shape, generator=gen)
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+        ref = F.max_pool2d(x, k, s, p, ceil_mode=ceil)
+        for relu in (False, True):
+            out = torch.ops.lcnn_lookup.max_pool(nhwc, [k, k, s, s, p, p, int(ceil)], relu)
+            assert out.is_contiguous() and torch.equal(out, ref.relu() if relu else ref)
+
+
+def test_a_dense_layer_with_pooling_convolves_channels_last(cpp):
+    """A layer on PyTorch's convolution with a max pooling after it hands oneDNN channels-last weights (its output
+    then goes to the pooling in that layout) and gives NCHW, the same at any thread count."""
+    gen = torch.Generator().manual_seed(12)
+    model = nn.Sequential(psc(16, 24, 5, 1, 2, 30, 0.05, gen), nn.ReLU(), nn.MaxPool2d(3, 2),
+                          psc(24, 24, 3, 1, 1, 30, 0.05, gen), nn.ReLU()).eval()
+    compiled = lookup.compile(model, path='dense')
+    x = torch.randn(3, 16, 27, 27, generator=gen)
+    first, second = lookup.lookup_layers(compiled)
+    with torch.no_grad():
+        outs = at_threads([1, 2], lambda: compiled(x))
+        assert torch.equal(outs[0], outs[1]) and outs[0].is_contiguous()
+        close(outs[0], model(x))
+        pooled = first._call_for('dense', 3, 27, 27)
+        assert pooled.kind == 'aten_conv' and pooled.tensors[0].is_contiguous(memory_format=torch.channels_last)
+        assert pooled(x, None).is_contiguous()
+        plain = second._call_for('dense', 3, 13, 13)
+        assert plain.kind == 'aten_conv' and plain.tensors[0].is_contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------

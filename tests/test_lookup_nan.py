@@ -134,7 +134,7 @@ def test_fully_connected(c, size, batch, relu, path, isa, threads):
 
 def test_max_pool_kernel():
     """The standalone pooling (after a dense convolution), with and without ReLU, at windows with NaN, +-inf,
-    all -inf, and at the borders."""
+    all -inf, and at the borders; NCHW and channels-last inputs."""
     gen = torch.Generator().manual_seed(5)
     for isa in ISAS:
         try:
@@ -142,7 +142,8 @@ def test_max_pool_kernel():
         except RuntimeError:
             continue
         for shape, (k, s, p, ceil) in [((2, 3, 33, 35), (3, 2, 1, False)), ((1, 2, 12, 17), (3, 2, 0, True)),
-                                       ((2, 2, 9, 9), (2, 2, 0, True)), ((1, 2, 10, 7), (3, 1, 1, False))]:
+                                       ((2, 2, 9, 9), (2, 2, 0, True)), ((1, 2, 10, 7), (3, 1, 1, False)),
+                                       ((1, 19, 11, 11), (3, 2, 0, False))]:
             x = torch.randn(shape, generator=gen)
             flat = x.view(-1)
             picks = torch.randperm(flat.numel(), generator=gen)[:12]
@@ -152,5 +153,6 @@ def test_max_pool_kernel():
             x[0, 0, :3, :3] = -math.inf
             ref = nn.functional.max_pool2d(x, k, s, p, ceil_mode=ceil)
             for relu in (False, True):
-                out = torch.ops.lcnn_lookup.max_pool(x, [k, k, s, s, p, p, int(ceil)], relu)
-                same_specials(out, ref.relu() if relu else ref, tol=0)
+                for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+                    out = torch.ops.lcnn_lookup.max_pool(layout, [k, k, s, s, p, p, int(ceil)], relu)
+                    same_specials(out, ref.relu() if relu else ref, tol=0)

@@ -109,6 +109,7 @@ struct PoolArgs {
   int64_t H, W;
   PoolGeom g;
   bool relu;
+  int64_t C;  // channels (a channels-last input)
 };
 
 // y = bias + W x (ReLU) for one input vector, over its nonzero entries only.
@@ -201,14 +202,15 @@ struct Isa {
   int gemm_cols;  // columns of one GEMM item
   GemmFn gemm;
   TapFn taps_u16, taps_i32, pooled_u16, pooled_i32, fc_batch_u16, fc_batch_i32, gather_u16, gather_i32;
-  PoolFn pool;
+  PoolFn pool, pool_nhwc;
   GemvFn gemv;
   PhaseDictFn phase_dict;
 };
 
 #define LCNN_ISA_ENTRY(NS)                                                                                      \
   {#NS, NS::L, NS::kGemmCols, NS::gemm, NS::taps_u16, NS::taps_i32, NS::pooled_u16, NS::pooled_i32,            \
-   NS::fc_batch_u16, NS::fc_batch_i32, NS::gather_u16, NS::gather_i32, NS::pool, NS::gemv, NS::phase_dict}
+   NS::fc_batch_u16, NS::fc_batch_i32, NS::gather_u16, NS::gather_i32, NS::pool, NS::pool_nhwc, NS::gemv,       \
+   NS::phase_dict}
 
 const Isa kIsas[] = {LCNN_ISA_ENTRY(avx512), LCNN_ISA_ENTRY(avx2), LCNN_ISA_ENTRY(base)};
 
@@ -364,15 +366,22 @@ PoolGeom pool_geom(const std::vector<int64_t>& pool, int64_t H, int64_t W) {
   return g;
 }
 
-// Max pooling (optionally followed by ReLU) of an NCHW tensor.
+// Max pooling (optionally followed by ReLU) of a 4-D tensor into an NCHW one; a channels-last input (a
+// channels-last convolution's output) is read as it is.
 at::Tensor max_pool(const at::Tensor& x, std::vector<int64_t> pool, bool relu) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "lookup kernels: max_pool wants a 4-D float32 CPU tensor");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeom g = pool_geom(pool, H, W);
-  at::Tensor src = x.contiguous();
   at::Tensor out = at::empty({N, C, g.Ho, g.Wo}, x.options());
-  const PoolArgs p{src.data_ptr<float>(), out.data_ptr<float>(), H, W, g, relu};
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    const PoolArgs p{x.data_ptr<float>(), out.data_ptr<float>(), H, W, g, relu, C};
+    const PoolFn fn = kIsas[g_isa].pool_nhwc;
+    parallel_items(N * g.Ho, g.Wo * C * g.kH * g.kW, [&](int64_t b, int64_t e) { fn(p, b, e); });
+    return out;
+  }
+  at::Tensor src = x.contiguous();
+  const PoolArgs p{src.data_ptr<float>(), out.data_ptr<float>(), H, W, g, relu, C};
   const PoolFn fn = kIsas[g_isa].pool;
   parallel_items(N * C, g.Ho * g.Wo * g.kH * g.kW, [&](int64_t b, int64_t e) { fn(p, b, e); });
   return out;
@@ -791,8 +800,9 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
 }
 
 // ATen's convolution (a dense form our GEMM does not cover: kernels over several positions), then what the block
-// fuses: the residual, and the ReLU or the max pooling (with the ReLU). geom = [sH, sW, padH, padW, dilH, dilW,
-// groups].
+// fuses: the residual, and the ReLU or the max pooling (with the ReLU). Channels-last weights (lookup.py passes
+// them when a pooling follows) make the convolution and its output channels-last, which max_pool reads as it is.
+// geom = [sH, sW, padH, padW, dilH, dilW, groups].
 at::Tensor aten_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                      std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
                      const std::optional<at::Tensor>& residual) {

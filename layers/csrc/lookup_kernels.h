@@ -607,6 +607,44 @@ void pool(const PoolArgs& p, int64_t begin, int64_t end) {
   }
 }
 
+// Max pooling of a channels-last input (N, H, W, C) into NCHW planes, one pooled row of one image per item: each
+// output's window is reduced over all channels at once (contiguous in that layout) into a row buffer (Wo x C),
+// which is then written out channel by channel. A convolution whose output goes through this pooling can run
+// channels-last without a pass that converts its output back.
+void pool_nhwc(const PoolArgs& p, int64_t begin, int64_t end) {
+  thread_local std::vector<float> row_buf;
+  const PoolGeom& g = p.g;
+  const int64_t C = p.C, full = C / L * L;
+  float* buf = scratch(row_buf, g.Wo * C);
+  const vec ninf = splat(-std::numeric_limits<float>::infinity());
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t n = it / g.Ho, i = it % g.Ho;
+    int64_t h0, h1;
+    pool_rows(g, i, p.H, h0, h1);
+    for (int64_t j = 0; j < g.Wo; ++j) {
+      const int64_t w0 = std::max<int64_t>(j * g.sW - g.pW, 0), w1 = std::min(j * g.sW - g.pW + g.kW, p.W);
+      float* acc = buf + j * C;
+      for (int64_t c = 0; c < full; c += L) vstore(acc + c, ninf);
+      for (int64_t c = full; c < C; ++c) acc[c] = -std::numeric_limits<float>::infinity();
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t w = w0; w < w1; ++w) {
+          const float* x = p.in + ((n * p.H + h) * p.W + w) * C;
+          for (int64_t c = 0; c < full; c += L) {
+            const vec a = vload(acc + c), v = vload(x + c);
+            vstore(acc + c, a > v || a != a ? a : v);  // nan_max, lane by lane
+          }
+          for (int64_t c = full; c < C; ++c) acc[c] = nan_max(acc[c], x[c]);
+        }
+    }
+    float* out = p.out + (n * C * g.Ho + i) * g.Wo;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < g.Wo; ++j) {
+        const float v = buf[j * C + c];
+        out[c * g.Ho * g.Wo + j] = p.relu && v < 0.f ? 0.f : v;
+      }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Fully connected lookups: one output position. The taps may come block-major (see TapArgs::blocks): block by
 // block, each output's taps into responses of that block, so that every block pass reads one contiguous stream of
