@@ -999,15 +999,14 @@ def _network_times(compiled, x, layer, repeats):
     for batches, two at a time, the forms alternating; the layer is left on the dense form."""
     single, times = layer.path, {'dense': [], 'lookup': []}
     with torch.no_grad():
-        for r in range(repeats + 1):
+        for _ in range(repeats):
             for form in ('lookup', 'dense'):
                 layer.set_path(single, form)
-                compiled(x)  # builds the plan and the form's packed weights
+                compiled(x)  # untimed: builds the plan and the form's packed weights
                 for _ in range(2):
                     t0 = time.perf_counter()
                     compiled(x)
-                    if r:
-                        times[form].append(time.perf_counter() - t0)
+                    times[form].append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times['dense']), 1e3 * statistics.median(times['lookup'])
 
 
