@@ -486,8 +486,8 @@ class LookupConv2d(nn.Module):
             weight = self.dense_weight
             if self.pool is not None:
                 # oneDNN's convolution channels-last, its output read as it is by the max pooling, which writes NCHW:
-                # LCNN-accurate AlexNet's conv2 (64 -> 192 5x5 + pooling) took 21-26% less time at batch 16 than in
-                # NCHW, at 1 and 2 threads.
+                # LCNN-accurate AlexNet's conv2 (64 -> 192 5x5 + pooling) alone took 21-26% less time at batch 16
+                # than in NCHW, at 1 and 2 threads; the whole network 3-5% less.
                 weight = self._cached('dense_cl',
                                       lambda: self.dense_weight.contiguous(memory_format=torch.channels_last))
             return _Kernel('aten_conv', (weight, self.bias),
