@@ -246,26 +246,44 @@ def test_threads_give_identical_results(cpp, batch):
         torch.ops.lcnn_lookup.set_min_task_work(previous)
 
 
-@pytest.mark.parametrize('size,stride', [(14, 2), (13, 2), (7, 1), (20, 3)])
+@pytest.mark.parametrize('size,stride', [((14, 14), 2), ((13, 13), 2), ((7, 7), 1), ((20, 20), 3),
+                                         ((15, 22), (2, 3)), ((9, 100), (3, 2)), ((10, 17), (2, 1)),
+                                         ((31, 33), 4)])
 def test_strided_shortcut_at_any_thread_count(cpp, size, stride):
-    """A ResNet shortcut, 1x1 with a stride, as its dense form: the input is subsampled by our own loop and, with
-    few column blocks (7x7 outputs: 48 + 1 columns), the GEMM is split among the threads by panels. Same bits at
-    1, 2 and 3 threads, and PyTorch's convolution's values."""
-    gen = torch.Generator().manual_seed(size)
+    """A ResNet shortcut, 1x1 with a stride, as its dense form: the GEMM gathers the rows and columns the stride
+    reads block by block and, with few column blocks (7x7 outputs: 48 + 1 columns), is split among the threads by
+    panels. With each instruction set: same bits at 1, 2 and 3 threads, the same bits as the layer at stride 1 on
+    the subsampled input, and PyTorch's convolution's values."""
+    gen = torch.Generator().manual_seed(size[1])
     conv, bn = nn.Conv2d(40, 72, 1, stride), randomize_bn(nn.BatchNorm2d(72), gen)
     model = nn.Sequential(conv, bn).eval()
     layer = lookup.compile(model, path='dense')
-    x = torch.randn(2, 40, size, size, generator=gen)
+    plain = copy.deepcopy(model)
+    plain[0].stride = (1, 1)
+    plain = lookup.compile(plain, path='dense')
+    x = torch.randn(2, 40, *size, generator=gen)
+    sh, sw = conv.stride
     previous = torch.ops.lcnn_lookup.set_min_task_work(1)
+    tried = []
     try:
-        for batch in (x[:1], x):
-            with torch.no_grad():
-                outs = at_threads([1, 2, 3], lambda: layer(batch))
-                ref = model(batch)
-            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
-            close(outs[0], ref)
+        for isa in ('avx512', 'avx2', 'base'):
+            try:
+                torch.ops.lcnn_lookup.set_isa(isa)
+            except RuntimeError as e:
+                assert 'does not support' in str(e)
+                continue
+            tried.append(isa)
+            for batch in (x[:1], x):
+                with torch.no_grad():
+                    outs = at_threads([1, 2, 3], lambda: layer(batch))
+                    ref = model(batch)
+                    assert torch.equal(outs[0], plain(batch[:, :, ::sh, ::sw].contiguous()))
+                assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+                close(outs[0], ref)
     finally:
         torch.ops.lcnn_lookup.set_min_task_work(previous)
+        torch.ops.lcnn_lookup.set_isa('auto')
+    assert 'base' in tried
 
 
 def test_big_dictionaries_run_in_blocks(cpp):

@@ -179,14 +179,70 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
   }
 }
 
+#if LCNN_VB == 64
+// src[0], src[s], ..., src[15 s]: by permutes of contiguous loads for s = 2 and 4 (the strides of AlexNet's and
+// ResNet's strided layers; the masks keep the last load at src[15 s]), by a gather otherwise.
+inline __m512 strided16(const float* src, int64_t s) {
+  if (s == 2) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_maskz_loadu_ps(0x7FFF, src + 16));
+  }
+  if (s == 4) {
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(src), pick, _mm512_loadu_ps(src + 16));
+    const __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(src + 32), pick, _mm512_maskz_loadu_ps(0x1FFF, src + 48));
+    return _mm512_shuffle_f32x4(lo, hi, 0x44);
+  }
+  const __m512i step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(static_cast<int>(s)));
+  return _mm512_i32gather_ps(step, src, 4);
+}
+#endif
+
+// Columns j0 .. j0 + cols of a strided 1x1 convolution's input (see GemmArgs::in_W) of one image (src, its data
+// ending at end), as K rows of `width` floats at dst; what a row has past `cols` is left as it is.
+inline void gather_strided(const GemmArgs& g, const float* src, const float* end, int64_t j0, int64_t cols,
+                           float* dst, int64_t width) {
+  // The block's runs of columns along one output row: where each starts in the block, its length, and where it
+  // reads in a plane.
+  int64_t at[kGemmCols], len[kGemmCols], from[kGemmCols], runs = 0;
+  for (int64_t c = 0; c < cols; ++runs) {
+    const int64_t j = j0 + c, ho = j / g.out_W, wo = j - ho * g.out_W;
+    at[runs] = c;
+    len[runs] = std::min(cols - c, g.out_W - wo);
+    from[runs] = ho * g.in_sH * g.in_W + wo * g.in_sW;
+    c += len[runs];
+  }
+  const int64_t s = g.in_sW;
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t r = 0; r < runs; ++r) {
+      const float* in = src + k * g.ldb + from[r];
+      float* out = dst + k * width + at[r];
+      const int64_t n = len[r];
+      int64_t t = 0;
+      if (s == 1) {
+        std::memcpy(out, in, sizeof(float) * n);
+        continue;
+      }
+#if LCNN_VB == 64
+      // Sixteen at a time while the last input read (lane 15's) lies within the image.
+      for (; t < n && in + (t + 15) * s < end; t += 16)
+        _mm512_mask_storeu_ps(out + t, n - t >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - t)) - 1),
+                              strided16(in + t * s, s));
+#endif
+      for (; t < n; ++t) out[t] = in[t * s];
+    }
+}
+
 void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
   const int64_t panels = (g.M + kMR - 1) / kMR, blocks = (g.ncols + kGemmCols - 1) / kGemmCols;
   // The next block's columns sit in K rows far apart (an image's channels), too many streams for the hardware
   // prefetcher: each panel of a block fetches its share of those rows into L2, so that the next block's first
   // panel does not wait on memory (ResNet-18-accurate's 64 -> 128 dictionary at batch 16: ~8% off its layer).
   const int64_t share = (g.K + panels - 1) / panels;
-  // A block whose columns do not fill whole vectors is copied, zero-padded, so that the kernel never reads past
-  // the end of B; consecutive items of one thread usually share the block, so the copy is reused.
+  // A block whose columns do not fill whole vectors (or of a strided input) is copied, zero-padded, so that the
+  // kernel never reads past the end of B; consecutive items of one thread usually share the block, so the copy is
+  // reused.
   thread_local std::vector<float> tail;
   int64_t tail_key = -1;
   // The item's (image, block, panel) are stepped along rather than divided out of its number each time.
@@ -195,10 +251,21 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
     const int64_t j0 = blk * kGemmCols, cols = std::min<int64_t>(kGemmCols, g.ncols - j0), nv = (cols + L - 1) / L;
     const float* b = g.b + img * g.b_img + j0;
     int64_t ldb = g.ldb;
-    if (blk + 1 < blocks)
+    if (!g.in_W && blk + 1 < blocks)
       for (int64_t k = panel * share, k1 = std::min(g.K, k + share); k < k1; ++k)
         for (int64_t c = 0; c < kGemmCols; c += 16) __builtin_prefetch(b + k * g.ldb + kGemmCols + c, 0, 2);  // a line
-    if (cols % L) {
+    if (g.in_W) {
+      // A strided input: the block's columns gathered from every in_sH-th row and in_sW-th column.
+      const int64_t width = nv * L;
+      if (tail_key != img * blocks + blk) {
+        tail.assign(g.K * width, 0.f);
+        const float* src = g.b + img * g.b_img;
+        gather_strided(g, src, src + g.b_img, j0, cols, tail.data(), width);
+        tail_key = img * blocks + blk;
+      }
+      b = tail.data();
+      ldb = width;
+    } else if (cols % L) {
       const int64_t width = nv * L;
       if (tail_key != img * blocks + blk) {
         tail.assign(g.K * width, 0.f);
@@ -905,26 +972,6 @@ void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
 
 // ------------------------------------------------------------------------------------------------------------
 // Stride phases of a dictionary over few input channels.
-
-#if LCNN_VB == 64
-// src[0], src[s], ..., src[15 s]: by permutes of contiguous loads for s = 2 and 4 (the strides of AlexNet's and
-// ResNet's strided layers; the masks keep the last load at src[15 s]), by a gather otherwise.
-inline __m512 strided16(const float* src, int64_t s) {
-  if (s == 2) {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    return _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_maskz_loadu_ps(0x7FFF, src + 16));
-  }
-  if (s == 4) {
-    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-    const __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(src), pick, _mm512_loadu_ps(src + 16));
-    const __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(src + 32), pick, _mm512_maskz_loadu_ps(0x1FFF, src + 48));
-    return _mm512_shuffle_f32x4(lo, hi, 0x44);
-  }
-  const __m512i step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(static_cast<int>(s)));
-  return _mm512_i32gather_ps(step, src, 4);
-}
-#endif
 
 // A dictionary over few input channels (the first layer's RGB): computed straight into the stride-phase planes,
 // reading each input row once per phase, instead of a GEMM into a temporary and a scatter. Items are the Hq * sH
