@@ -708,12 +708,14 @@ def test_compile_without_example_times_a_synthetic_input(cpp, monkeypatch):
 
 
 def test_a_near_tie_keeps_the_dense_form(cpp, monkeypatch):
-    """A lookup form timed only a little faster than dense is noise away from being slower: dense is kept."""
+    """A lookup form timed only a little faster than dense is noise away from being slower: dense is kept (the
+    whole network here no faster with it)."""
     gen = torch.Generator().manual_seed(5)
     model = nn.Sequential(psc(3, 8, 3, 1, 1, 3, 0.05, gen), psc(8, 8, 3, 1, 1, 3, 0.05, gen)).eval()
     lookup_ms = {'0': 0.97, '1': 0.9}  # dense takes 1 ms for both
 
     monkeypatch.setattr(lookup, '_measure', lambda layer, x, repeats: (1.0, lookup_ms[layer.source]))
+    monkeypatch.setattr(lookup, '_network_times', lambda compiled, x, layer, repeats: (10.0, 10.0))
     compiled = lookup.compile(model, torch.randn(1, 3, 12, 12, generator=gen))
     assert [(m.path, m.batch_path) for m in lookup.lookup_layers(compiled)] == [('dense', 'dense'),
                                                                                 ('lookup', 'lookup')]
@@ -735,7 +737,7 @@ def tie_network(gen):
     ({'0': 1.03, '1': 1.04, '2': 0.5}, {'0': (10.0, 9.95)}, [('dense', 'dense'), ('dense', 'dense'),
                                                               ('lookup', 'lookup')]),
     # Clearly slower in its lookup form (over 1 / NETWORK_TIE): never tried, nor anything after it.
-    ({'0': 1.12, '1': 1.04, '2': 0.5}, {}, [('dense', 'dense'), ('dense', 'dense'), ('lookup', 'lookup')]),
+    ({'0': 1.3, '1': 1.04, '2': 0.5}, {}, [('dense', 'dense'), ('dense', 'dense'), ('lookup', 'lookup')]),
     # The first layer's lookup wins alone; the tie after it is tried; a tie on the 1x1 layer is not (its dense
     # form runs image by image too).
     ({'0': 0.5, '1': 1.0, '2': 1.0}, {'1': (10.0, 9.5)}, [('lookup', 'lookup'), ('dense', 'lookup'),
@@ -765,10 +767,40 @@ def test_a_near_tie_at_a_batch_is_settled_on_the_whole_network(cpp, monkeypatch,
     plan = plan_for(compiled, x)
     # Image by image to the end with both 3x3 layers on lookup, else only up to the first left dense.
     assert (plan.per_image == len(plan.code)) == (forms[1][1] == 'lookup')
-    # One image decides nothing of the kind.
-    tried.clear()
-    compiled = lookup.compile(model, x[:1])
-    assert tried == [] and lookup.lookup_layers(compiled)[0].path == ('lookup' if lookup_ms['0'] <= 0.95 else 'dense')
+
+
+@pytest.mark.parametrize('example', [True, False])
+def test_a_near_tie_at_batch_1_is_settled_on_the_whole_network(cpp, monkeypatch, example):
+    """At batch 1 every layer kept dense whose lookup form timed alone within NETWORK_TIE (a 1x1 one too) takes the
+    lookup form for single images when the whole network on one image then times faster by NETWORK_MARGIN; an
+    example of one image decides batches alike, without one the synthetic batch keeps its own rule (only PyTorch
+    convolutions, up to the first left dense)."""
+    gen = torch.Generator().manual_seed(8)
+    model = tie_network(gen)
+    lookup_ms = {'0': 1.03, '1': 1.5 if example else 1.03, '2': 1.05}  # dense: 1 ms each
+    network_ms = {1: {'0': (10.0, 9.5), '1': (10.0, 10.0), '2': (10.0, 9.95)}, 16: {'0': (10.0, 9.0),
+                                                                                     '1': (10.0, 10.0)}}
+    tried = []
+
+    def network_times(compiled, x, layer, repeats):
+        n = x.shape[0]
+        tried.append((n, layer.source))
+        assert layer.path_for(n) == 'dense'
+        return network_ms[n][layer.source]
+
+    monkeypatch.setattr(lookup, '_measure', lambda layer, x, repeats: (1.0, lookup_ms[layer.source]))
+    monkeypatch.setattr(lookup, '_network_times', network_times)
+    x = torch.randn(1, 3, 12, 12, generator=gen)
+    compiled = lookup.compile(model, x if example else None)
+    forms = [(m.path, m.batch_path) for m in lookup.lookup_layers(compiled)]
+    if example:  # '1' clearly slower: never tried; '2' tried, the network not faster by the margin
+        assert tried == [(1, '0'), (1, '2')]
+        assert forms == [('lookup', 'lookup'), ('dense', 'dense'), ('dense', 'dense')]
+    else:  # the batch of 16 tries the 3x3 layers only, and none after the first left dense
+        assert tried == [(1, '0'), (1, '1'), (1, '2'), (16, '0'), (16, '1')]
+        assert forms == [('lookup', 'lookup'), ('dense', 'dense'), ('dense', 'dense')]
+    with torch.no_grad():
+        close(compiled(x), model(x))
 
 
 def test_the_whole_network_is_timed_on_both_forms(cpp, monkeypatch):
@@ -785,6 +817,13 @@ def test_the_whole_network_is_timed_on_both_forms(cpp, monkeypatch):
     dense, lookup_ms = lookup._network_times(compiled, x, layer, 3)
     assert dense > 0 and lookup_ms > 0 and (layer.path, layer.batch_path) == ('dense', 'dense')
     assert set(used) == {'dense', 'lookup'}
+    # On one image it is the form for single images that changes, and the one for batches stays as it was.
+    layer.set_path('dense', 'lookup')
+    used.clear()
+    dense, lookup_ms = lookup._network_times(compiled, x[:1], layer, 3)
+    assert dense > 0 and lookup_ms > 0 and (layer.path, layer.batch_path) == ('dense', 'lookup')
+    assert set(used) == {'dense', 'lookup'}
+    layer.set_path('dense')
     monkeypatch.setattr(lookup, '_measure', lambda layer, x, repeats: (1.0, 1.0))  # every layer a near tie
     timed = []
     network_times = lookup._network_times
