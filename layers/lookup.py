@@ -982,12 +982,10 @@ def _settle_single(compiled, x, ties, repeats, both):
     the threads): each layer in `ties` takes its lookup form for single images (for batches too when `both`, an
     example of one image deciding both) when the whole network on the image x then times faster (NETWORK_MARGIN).
     ResNet-18-accurate's 64 -> 128 stride-2 layer timed 0.94-1.16x alone, in either order from run to run; the
-    network took 1.8-2.6% less time with its lookup form at 1 and 2 threads (medians of 60). A forward of one image is
-    short, so the network is timed three times as often as at a batch: with medians of 10 forwards each way the
-    network's ratio spread over 0.98-1.04 in six compiles, with 30 over 0.97-0.99."""
+    network took 1.8-2.6% less time with its lookup form at 1 and 2 threads (medians of 60)."""
     for layer in lookup_layers(compiled):
         if layer in ties:
-            dense, lookup = _network_times(compiled, x, layer, 3 * repeats)
+            dense, lookup = _network_times(compiled, x, layer, repeats)
             if lookup <= NETWORK_MARGIN * dense:
                 layer.set_path('lookup', 'lookup' if both else layer.batch_path)
 
@@ -1014,12 +1012,14 @@ def _keep_images_apart(compiled, x, inputs, ties, repeats):
 
 
 def _network_times(compiled, x, layer, repeats):
-    """(dense ms, lookup ms): medians of 2 x `repeats` forwards of the whole network on x with `layer` on each form
-    for x's batch size (`path` for one image, `batch_path` for more), two at a time, the forms alternating; the layer
-    is left on the dense form for that size."""
+    """(dense ms, lookup ms): medians of 2 x `repeats` forwards of the whole network on x (6 x `repeats` on one
+    image) with `layer` on each form for x's batch size (`path` for one image, `batch_path` for more), two at a time,
+    the forms alternating; the layer is left on the dense form for that size. A forward of one image is short, and
+    its ratio of the two forms noisier: ResNet-18-accurate's over six compiles spread over 0.98-1.04 in medians of
+    10 forwards each way, over 0.97-0.99 in medians of 30."""
     single, batch, times = layer.path, layer.batch_path, {'dense': [], 'lookup': []}
     with torch.no_grad():
-        for _ in range(repeats):
+        for _ in range(repeats * (3 if x.shape[0] == 1 else 1)):
             for form in ('lookup', 'dense'):
                 forms = (form, batch) if x.shape[0] == 1 else (single, form)
                 layer.set_path(*forms)
@@ -1088,11 +1088,14 @@ def _cost_ratio(layer):
 
 @dataclass
 class LayerTiming:
-    """One row of the timing table: milliseconds of a layer (or of the whole network) in both forms."""
+    """One row of the timing table: milliseconds of a layer (or of the whole network) in both forms; `network`, for
+    a layer on its lookup form that timed slower alone, the whole network's time with that form over its time with
+    the dense one (compile keeps a near tie on lookup for it: see _settle_single and _keep_images_apart)."""
     name: str
     dense_ms: float
     lookup_ms: float | None
     chosen: str
+    network: float | None = None
 
 
 _SHORT = {'SpatialBatchNormalization': 'bn', 'ReLU': 'relu', 'SpatialMaxPooling': 'pool', 'CAddTable': 'add'}
@@ -1116,13 +1119,18 @@ def time_layers(model, example_input, repeats=20):
         chosen = (layer.path, layer.batch_path)
         dense, lookup = _measure(layer, inputs[layer], repeats)
         layer.set_path(*chosen)
+        network = None
+        if layer.path_for(batch) == 'lookup' and lookup > dense:
+            network_dense, network_lookup = _network_times(compiled, example_input, layer, max(3, repeats // 4))
+            layer.set_path(*chosen)
+            network = network_lookup / network_dense
         x = inputs[layer]
         (kh, kw), sh = layer.kernel_size, layer.stride[0]
         what = f'{layer.in_channels}->{layer.out_channels} {kh}x{kw}/{sh}'
         for lua in layer.fused:
             what += '+' + _SHORT.get(lua.split('.')[-1], lua.split('.')[-1])
         rows.append(LayerTiming(f'{layer.source or "model"} ({what}, in {x.shape[2]}x{x.shape[3]})', dense, lookup,
-                                layer.path_for(batch)))
+                                layer.path_for(batch), network))
     chosen = {layer: (layer.path, layer.batch_path) for layer in lookup_layers(compiled)}
     try:
         for layer in chosen:
@@ -1143,10 +1151,14 @@ def format_timing(rows):
     for r in rows:
         lookup = '-' if r.lookup_ms is None else f'{r.lookup_ms:.3f}'
         speed = '-' if r.lookup_ms is None else f'{r.dense_ms / r.lookup_ms:.2f}x'
-        body.append((r.name, f'{r.dense_ms:.3f}', lookup, speed, r.chosen))
+        chosen = r.chosen if r.network is None else f'{r.chosen} (network {r.network:.2f}x)'
+        body.append((r.name, f'{r.dense_ms:.3f}', lookup, speed, chosen))
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     fmt = lambda row: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
     lines = [fmt(head), '  '.join('-' * w for w in widths)] + [fmt(row) for row in body]
+    if any(r.network is not None for r in rows):
+        lines.append('(network Nx: the whole network\'s time with that layer on lookup over its time with it on dense, '
+                     'timed here; compile keeps such a near tie on lookup when it found the network faster by 1%)')
     return '\n'.join(lines)
 
 

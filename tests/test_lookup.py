@@ -1073,6 +1073,29 @@ def test_time_layers_rows(cpp):
     assert len(text.splitlines()) == len(rows) + 2 and 'total (whole network)' in text
 
 
+def test_time_layers_shows_why_a_layer_slower_alone_runs_lookup(cpp, monkeypatch):
+    """A layer on its lookup form that times slower alone than dense (kept for the whole network's time) gets the
+    network's time ratio in its row, measured there; the forms are left as they were."""
+    gen = torch.Generator().manual_seed(14)
+    compiled = lookup.compile(tie_network(gen), path='lookup')
+    layers = lookup.lookup_layers(compiled)
+    layers[1].set_path('dense')
+    tried = []
+
+    def network_times(net, x, layer, repeats):
+        tried.append(layer.source)
+        assert net is compiled and layer.path_for(x.shape[0]) == 'lookup'
+        return 10.0, 9.7
+
+    monkeypatch.setattr(lookup, '_measure', lambda layer, x, repeats: (1.0, 1.05))
+    monkeypatch.setattr(lookup, '_network_times', network_times)
+    rows = lookup.time_layers(compiled, torch.randn(1, 3, 12, 12, generator=gen), repeats=2)
+    assert tried == ['0', '2'] and [r.network for r in rows] == [pytest.approx(0.97), None, pytest.approx(0.97), None]
+    assert [m.path for m in layers] == ['lookup', 'dense', 'lookup']
+    text = lookup.format_timing(rows)
+    assert text.count('lookup (network 0.97x)') == 2 and 'near tie on lookup' in text.splitlines()[-1]
+
+
 @pytest.mark.parametrize('maker', [alexnet_lcnn_small, resnet_lcnn_small])
 def test_hdf5_round_trip(cpp, tmp_path, maker):
     gen = torch.Generator().manual_seed(13)
