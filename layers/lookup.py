@@ -959,7 +959,7 @@ def compile(model, example_input=None, *, path='auto', backend=None, repeats=5):
     ties = [set() for _ in runs]  # per run, the layers kept dense whose two forms timed within NETWORK_TIE
     for layer in layers:
         faster = []
-        for (x, inputs), tied in zip(runs, ties):
+        for (_, inputs), tied in zip(runs, ties):
             if layer in inputs:
                 dense, lookup = _measure(layer, inputs[layer], repeats)
                 faster.append('lookup' if lookup <= LOOKUP_MARGIN * dense else 'dense')
@@ -1018,11 +1018,11 @@ def _network_times(compiled, x, layer, repeats):
     its ratio of the two forms noisier: ResNet-18-accurate's over six compiles spread over 0.98-1.04 in medians of
     10 forwards each way, over 0.97-0.99 in medians of 30."""
     single, batch, times = layer.path, layer.batch_path, {'dense': [], 'lookup': []}
+    one_image = x.shape[0] == 1
     with torch.no_grad():
-        for _ in range(repeats * (3 if x.shape[0] == 1 else 1)):
+        for _ in range(3 * repeats if one_image else repeats):
             for form in ('lookup', 'dense'):
-                forms = (form, batch) if x.shape[0] == 1 else (single, form)
-                layer.set_path(*forms)
+                layer.set_path(*((form, batch) if one_image else (single, form)))
                 compiled(x)  # untimed: builds the plan and the form's packed weights
                 for _ in range(2):
                     t0 = time.perf_counter()
@@ -1108,7 +1108,8 @@ def time_layers(model, example_input, repeats=20):
     input it gets inside the network (median of `repeats` after warm-up). The last row times the whole network:
     dense = every lookup-capable layer on its folded dense kernel, lookup = the network as compiled."""
     _check_example('time_layers', example_input)
-    compiled = model if lookup_layers(model) else compile(model, example_input, repeats=max(3, repeats // 4))
+    network_repeats = max(3, repeats // 4)  # fewer rounds where each times many forwards: compile, whole network
+    compiled = model if lookup_layers(model) else compile(model, example_input, repeats=network_repeats)
     compiled.eval()
     inputs = _capture_inputs(compiled, example_input)
     rows = []
@@ -1121,7 +1122,7 @@ def time_layers(model, example_input, repeats=20):
         layer.set_path(*chosen)
         network = None
         if layer.path_for(batch) == 'lookup' and lookup > dense:
-            network_dense, network_lookup = _network_times(compiled, example_input, layer, max(3, repeats // 4))
+            network_dense, network_lookup = _network_times(compiled, example_input, layer, network_repeats)
             layer.set_path(*chosen)
             network = network_lookup / network_dense
         x = inputs[layer]

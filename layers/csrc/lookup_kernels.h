@@ -30,6 +30,7 @@ inline vec vmax0(vec v) { return v < 0 ? 0 : v; }
 // max(a, b), NaN when either is NaN (as PyTorch's max pooling: a window holding a NaN gives NaN); std::max and
 // MAXPS return one given operand when the comparison is unordered.
 inline float nan_max(float a, float b) { return a > b || a != a ? a : b; }
+inline vec nan_max(vec a, vec b) { return a > b || a != a ? a : b; }
 
 #if LCNN_VB == 64
 // The same for 16 lanes: MAXPS(x, a) keeps a NaN of a, then VFIXUPIMMPS puts NaN where x is one (its table: a
@@ -697,8 +698,7 @@ void pool_nhwc(const PoolArgs& p, int64_t begin, int64_t end) {
         for (int64_t w = w0; w < w1; ++w) {
           const float* x = p.in + ((n * p.H + h) * p.W + w) * C;
           for (int64_t c = 0; c < full; c += L) {
-            const vec a = vload(acc + c), v = vload(x + c);
-            vstore(acc + c, a > v || a != a ? a : v);  // nan_max, lane by lane
+            vstore(acc + c, nan_max(vload(acc + c), vload(x + c)));
           }
           for (int64_t c = full; c < C; ++c) acc[c] = nan_max(acc[c], x[c]);
         }
