@@ -196,6 +196,31 @@ def test_fully_connected_batch_one(cpp):
     check_fully_connected_batch_one(torch.Generator().manual_seed(8))
 
 
+@pytest.mark.parametrize('inputs', [300, 5000, 9000])
+def test_matrix_vector_parts_at_any_thread_count(cpp, inputs):
+    """At batch 1 a fully connected product cuts its nonzero inputs (about half of these) into parts of 1024 rows,
+    summed separately and then in order (1, 2 and 4 parts here): the same bits at any thread count, also where
+    the outputs are sliced as well (more threads than parts), and close to PyTorch. Dense layers, with and
+    without a ReLU, and a 1x1 lookup layer's dictionary."""
+    gen = torch.Generator().manual_seed(inputs)
+    x = torch.randn(1, inputs, 1, 1, generator=gen).relu()
+    models = [nn.Sequential(nn.Conv2d(inputs, outputs, 1), *relu).eval()
+              for outputs in (17, 1000) for relu in ([], [nn.ReLU()])]
+    models.append(nn.Sequential(psc(inputs, 40, 1, 1, 0, 600, 0.3, gen), nn.ReLU()).eval())
+    previous = torch.ops.lcnn_lookup.set_min_task_work(1)
+    try:
+        for model in models:
+            compiled = lookup.compile(model, path='lookup')
+            with torch.no_grad():
+                # Most threads first: a slice left out would show stale sums of an earlier call otherwise.
+                outs = at_threads([5, 3, 2, 1], lambda: compiled(x))
+                close(outs[0], model(x))
+            for out in outs[1:]:
+                assert torch.equal(out, outs[0])
+    finally:
+        torch.ops.lcnn_lookup.set_min_task_work(previous)
+
+
 def at_threads(counts, fn):
     """fn() run with torch's intra-op pool at each thread count."""
     threads = torch.get_num_threads()

@@ -937,7 +937,7 @@ void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
     std::memset(acc, 0, sizeof(float) * len);
     auto row = [&](int64_t k) { return g.wt + g.rows[k] * g.M + m0; };
     auto fetch = [&](int64_t k) {
-      if (k < g.nnz)
+      if (k < g.ahead)
         for (int64_t b = 0; b < len; b += 16) __builtin_prefetch(row(k) + b, 0, 3);
     };
     int64_t k = 0;
