@@ -17,7 +17,9 @@ density per network, chosen so that the whole network needs the target factor fe
 dense equivalent (counted as lcnn's benchmark counts them: dictionary over the padded input, align taps scaled by
 their density; paper targets: AlexNet 31x / 3.2x as in the issue, ResNet-18 29.2x / 5.0x). The
 table shows ms, speedup, the counted multiplication ratio and speedup / ratio; a second table compares the
-thread counts (speedup at all cores over speedup at 1, and the lookup engine's own gain); then per-layer tables
+thread counts (speedup at all cores over speedup at 1, the lookup engine's own gain and dense PyTorch's), followed by
+the machine's memory read bandwidth at both counts (it bounds what more cores gain the fully connected layers at
+batch 1, which read all their weights once per image); then per-layer tables
 (layers.lookup.time_layers) show where the time goes. The tables print the machine's load average before and after
 the timings.
 
@@ -43,6 +45,7 @@ from layers import PooledSpatialConvolution, activation, lookup  # noqa: E402
 from layers.shape import View  # noqa: E402
 
 N_CLASSES = 1000
+BANDWIDTH_MB = 16  # AlexNet's fc8 weight; more than the caches of this project's machines hold
 # (input planes, output planes, kernel, stride, pad, max pooling after): AlexNet with LCNN's channel counts.
 ALEXNET = [(3, 64, 11, 4, 2, True), (64, 192, 5, 1, 2, True), (192, 384, 3, 1, 1, False),
            (384, 256, 3, 1, 1, False), (256, 256, 3, 1, 1, True)]
@@ -182,6 +185,14 @@ def at_threads(threads, model, x):
     return run
 
 
+def read_bandwidth(threads, repeats):
+    """GB/s of torch's sum over BANDWIDTH_MB at each thread count (alternating blocks): about the rate at which the
+    fully connected layers at batch 1 can stream their weights from memory."""
+    data = torch.ones(BANDWIDTH_MB << 18)
+    medians = block_medians([at_threads(t, torch.sum, data) for t in threads], repeats)
+    return {t: (BANDWIDTH_MB << 20) / ms / 1e6 for t, ms in zip(threads, medians)}
+
+
 def forms(compiled, batch):
     """The form each lookup-capable layer of a compiled network runs at this batch size: L lookup, d dense."""
     return ''.join('L' if layer.path_for(batch) == 'lookup' else 'd'
@@ -286,15 +297,19 @@ def main():
                   f'{ratio:>9.1f}x {eff:>13.2f}')
     if len(args.threads) > 1:
         top = args.threads[-1]
-        print(f'\n{top} threads against 1 (same run): speedup at {top} / speedup at 1, and the lookup engine\'s own '
-              f'gain (lookup ms at 1 / at {top})')
-        head = f'{"network":<24} {"batch":>5} {"speedup ratio":>13} {"lookup gain":>11}'
+        print(f'\n{top} threads against 1 (same run): speedup at {top} / speedup at 1 (= lookup gain / dense gain), '
+              f'and each side\'s own gain (ms at 1 / at {top})')
+        head = f'{"network":<24} {"batch":>5} {"speedup ratio":>13} {"lookup gain":>11} {"dense gain":>10}'
         print(head)
         print('-' * len(head))
         for name in args.nets:
             for batch in args.batches:
                 (d1, l1), (dn, ln) = results[name, batch, 1], results[name, batch, top]
-                print(f'{name:<24} {batch:>5} {(dn / ln) / (d1 / l1):>13.2f} {l1 / ln:>10.2f}x')
+                print(f'{name:<24} {batch:>5} {(dn / ln) / (d1 / l1):>13.2f} {l1 / ln:>10.2f}x {d1 / dn:>9.2f}x')
+        bandwidth = read_bandwidth([1, top], args.repeats)
+        print(f'memory read bandwidth (torch sum over {BANDWIDTH_MB} MB): {bandwidth[1]:.1f} GB/s at 1 thread, '
+              f'{bandwidth[top]:.1f} at {top} ({bandwidth[top] / bandwidth[1]:.2f}x); at batch 1 the fully connected '
+              f'layers read their weights and taps once per image, so this caps what more cores gain them')
     print('\nforms the compiled networks run, per lookup-capable layer in network order (L lookup, d dense): '
           'compiled with the timed batch at each thread count, and without an example input')
     head = f'{"network":<24} {"batch":>5} ' + ' '.join(f'{f"example, {t} thr":<20}' for t in args.threads) + ' no example'
