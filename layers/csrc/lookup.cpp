@@ -23,13 +23,13 @@
 // that one tap is one FMA over the whole batch. Their taps come block-major from lookup.py (for each block of
 // responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory while the
 // block's responses stay in cache (L1 at batch 1, L2 for a batch). A fully connected dictionary (or dense layer) at
-// batch 1 is a matrix-vector product that skips zero inputs; dense 1x1 and fully connected layers otherwise use
-// the GEMM.
+// batch 1 is a matrix-vector product that skips zero inputs, past 2048 nonzero ones in parts of consecutive rows
+// whose sums are added in order; dense 1x1 and fully connected layers otherwise use the GEMM.
 //
-// Determinism: every output element is computed by exactly one thread, with its sum always taken in the same
-// order (taps in CSR order, blocks in order, GEMM inputs from first to last), however the work is split: results
-// are identical for any torch.set_num_threads. All parallel loops go through at::parallel_for (torch's intra-op
-// thread pool).
+// Determinism: every output element (or a matrix-vector product's partial sum) is computed by exactly one thread,
+// with its sum always taken in the same order (taps in CSR order, blocks in order, GEMM inputs from first to last,
+// parts fixed by the input alone and added in order), however the work is split: results are identical for any
+// torch.set_num_threads. All parallel loops go through at::parallel_for (torch's intra-op thread pool).
 //
 // Instruction sets: the file is built with the compiler's baseline flags; the kernels (lookup_kernels.h) are
 // compiled three times under GCC target pragmas (AVX-512, AVX2+FMA, SSE2) and chosen at run time from CPUID, so
