@@ -23,7 +23,7 @@
 // that one tap is one FMA over the whole batch. Their taps come block-major from lookup.py (for each block of
 // responses, every output's taps into it): a block pass reads one contiguous stream of taps from memory while the
 // block's responses stay in cache (L1 at batch 1, L2 for a batch). A fully connected dictionary (or dense layer) at
-// batch 1 is a matrix-vector product that skips zero inputs, past 2048 nonzero ones in parts of consecutive rows
+// batch 1 is a matrix-vector product that skips zero inputs, past 512 nonzero ones in parts of consecutive rows
 // whose sums are added in order; dense 1x1 and fully connected layers otherwise use the GEMM.
 //
 // Determinism: every output element (or a matrix-vector product's partial sum) is computed by exactly one thread,
@@ -56,7 +56,7 @@ namespace {
 constexpr int kTileVectors = 8;        // vectors of adjacent outputs accumulated per tap tile
 constexpr int kMR = 8;                 // rows of a packed GEMM panel (the layout lookup.py packs weights in)
 constexpr int64_t kGemvChunk = 4096;   // most outputs per matrix-vector pass: their accumulators stay in L1
-constexpr int64_t kGemvPartRows = 1024;  // nonzero inputs per part of a matrix-vector product (gemv_skip_zeros)
+constexpr int64_t kGemvPartRows = 256;  // nonzero inputs per part of a matrix-vector product (gemv_skip_zeros)
 constexpr int64_t kGemvMaxParts = 16;
 
 // GEMM: C[m, j] = sum_k A[m, k] B[k, j] (+ bias[m]) (+ residual) (ReLU), image by image. A is packed in panels
@@ -411,12 +411,14 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
     nnz += x[k] != 0.f;
   }
   // A product with one vector is bound by reading the weights from memory, and every thread adds bandwidth. Past
-  // 2048 nonzero inputs they are cut into parts of consecutive rows, each part summed on its own and the parts
-  // then added in order, so that a thread streams whole rows of its own parts rather than a slice of every row
-  // (only when there are fewer parts than threads are the outputs sliced as well). AlexNet LCNN-fast at batch 1
-  // and 2 threads (fc7's dictionary, 4096 -> 512, and fc8, 4096 -> 1000, each 2 parts) took 0.901 ms against
-  // 0.968 with slices only, 8 rounds of 40 forwards alternating in one process, and the same at 1 thread (1.335
-  // against 1.347); parts of 256 rows were as fast at 2 threads and ~1% slower at 1. The parts depend on the
+  // 512 nonzero inputs they are cut into parts of consecutive rows, each part summed on its own and the parts then
+  // added in order, so that a thread streams whole rows of its own parts rather than a slice of every row (only
+  // when there are fewer parts than threads are the outputs sliced as well). AlexNet LCNN-fast at batch 1 and 2
+  // threads (fc7's dictionary, 4096 -> 512, and fc8, 4096 -> 1000, about 8 parts each) took 0.906 ms against
+  // 0.968 with slices only, 8 rounds of 40 forwards alternating in one process, and 1.351 against 1.347 at 1
+  // thread; AlexNet LCNN-accurate 4.891 against 4.970 at 2 threads, 9.703 against 9.622 at 1. Parts of 1024 rows
+  // were as fast there, but a number of parts the threads cannot share evenly (3 at 2 threads) leaves one thread
+  // twice the rows of another; with small parts the difference is at most one part. The parts depend on the
   // input only, so the sums do not change with the thread count.
   const int64_t threads = usable_threads();
   const int64_t parts = std::clamp<int64_t>(nnz / kGemvPartRows, 1, kGemvMaxParts);
