@@ -117,16 +117,14 @@ struct PoolArgs {
   int64_t C;  // channels (a channels-last input)
 };
 
-// y = bias + W x (ReLU) for one input vector, over its nonzero entries only.
+// y = W x for one input vector, over its nonzero entries only (gemv_skip_zeros adds the bias and applies the ReLU).
 struct GemvArgs {
   const float* x;       // the input values that are nonzero, in order
   const int64_t* rows;  // their row numbers in wt
   int64_t nnz;
   const float* wt;      // (K, M): the weight transposed, one row per input
-  const float* bias;    // M values or null
   float* y;
   int64_t M, chunk;     // outputs, and outputs per item
-  bool relu;
   int64_t ahead;        // rows of `rows` that may be prefetched (past nnz: the next part's)
 };
 
@@ -429,25 +427,20 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
   // The items may run on other threads, whose own `vals` and `rows` are other vectors.
   const float* vp = vals.data();
   const int64_t* rp = rows.data();
-  if (parts == 1) {
-    const GemvArgs g{vp, rp, nnz, wt, bias, y, M, chunk, relu, nnz};
-    parallel_items(chunks, nnz * chunk / 16, [&](int64_t b, int64_t e) { fn(g, b, e); });
-    return;
-  }
   thread_local std::vector<float> sums_buf;
-  float* sums = scratch(sums_buf, parts * M);
+  float* sums = parts == 1 ? y : scratch(sums_buf, parts * M);
   parallel_items(parts * chunks, nnz / parts * chunk / 16, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       const int64_t part = it / chunks, k0 = nnz * part / parts, k1 = nnz * (part + 1) / parts;
-      const GemvArgs g{vp + k0, rp + k0, k1 - k0, wt, nullptr, sums + part * M, M, chunk, false, nnz - k0};
+      const GemvArgs g{vp + k0, rp + k0, k1 - k0, wt, sums + part * M, M, chunk, nnz - k0};
       fn(g, it % chunks, it % chunks + 1);
     }
   });
-  for (int64_t m = 0; m < M; ++m) y[m] = bias ? bias[m] : 0.f;
-  for (int64_t part = 0; part < parts; ++part)
-    for (int64_t m = 0; m < M; ++m) y[m] += sums[part * M + m];
-  if (relu)
-    for (int64_t m = 0; m < M; ++m) y[m] = std::max(y[m], 0.f);
+  for (int64_t m = 0; m < M; ++m) {
+    float v = bias ? bias[m] : 0.f;
+    for (int64_t part = 0; part < parts; ++part) v += sums[part * M + m];
+    y[m] = relu ? std::max(v, 0.f) : v;
+  }
 }
 
 // A thread's buffer of dictionary planes, and the layout (data pointer, P, Hp, Wp, H, W, pH, pW) of padded planes

@@ -925,7 +925,7 @@ void fc_batch_u16(const TapArgs& a, int64_t b, int64_t e) { fc_batch_impl<uint16
 void fc_batch_i32(const TapArgs& a, int64_t b, int64_t e) { fc_batch_impl<int32_t>(a, b, e); }
 
 // ------------------------------------------------------------------------------------------------------------
-// y = bias + W x for one input vector (see GemvArgs). After a ReLU about half the inputs are zero, and a product
+// y = W x for one input vector (see GemvArgs). After a ReLU about half the inputs are zero, and a product
 // with one input vector is bound by reading the weights from memory; since the rows read jump over the skipped
 // ones, the hardware prefetcher cannot guess them: they are prefetched ahead.
 
@@ -963,10 +963,7 @@ void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
       for (int64_t t = 0; t < full; t += L) vstore(acc + t, vload(acc + t) + w * vload(p + t));
       for (int64_t t = full; t < len; ++t) acc[t] += g.x[k] * p[t];
     }
-    for (int64_t t = 0; t < len; ++t) {
-      const float v = acc[t] + (g.bias ? g.bias[m0 + t] : 0.f);
-      g.y[m0 + t] = g.relu ? std::max(v, 0.f) : v;
-    }
+    std::memcpy(g.y + m0, acc, sizeof(float) * len);
   }
 }
 
