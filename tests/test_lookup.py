@@ -311,6 +311,87 @@ def test_strided_shortcut_at_any_thread_count(cpp, size, stride):
     assert 'base' in tried
 
 
+@pytest.mark.parametrize('side', [7, 13, 20])
+def test_taps_split_by_channels_or_tiles(cpp, side):
+    """An image split over threads takes its taps channel by channel (each channel's one or two tiles in a row)
+    when its output planes are at most two tiles (7x7, 13x13), tile by tile otherwise (20x20). Chunks of 1 item,
+    of a few and of the default size: the same bits as at 1 thread, and PyTorch's values."""
+    gen = torch.Generator().manual_seed(side)
+    model = nn.Sequential(psc(48, 40, 3, 1, 1, 30, 0.2, gen), randomize_bn(nn.BatchNorm2d(40), gen), nn.ReLU()).eval()
+    compiled = lookup.compile(model, path='lookup')
+    x = torch.randn(1, 48, side, side, generator=gen)
+    with torch.no_grad():
+        ref = model(x)
+        for work in (1, 1 << 11, None):
+            previous = torch.ops.lcnn_lookup.set_min_task_work(work or 1 << 15)
+            try:
+                outs = at_threads([3, 2, 1], lambda: compiled(x))
+            finally:
+                torch.ops.lcnn_lookup.set_min_task_work(previous)
+            close(outs[-1], ref)
+            assert torch.equal(outs[0], outs[-1]) and torch.equal(outs[1], outs[-1]), work
+
+
+# Run in a child process: a read past the input's last element faults on the guard page after it.
+GUARDED_GEMM_SCRIPT = """
+import ctypes, mmap, sys, torch
+from torch import nn
+sys.path.insert(0, 'tests')
+from test_lookup import at_threads, close, psc
+from layers import lookup
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def guarded(x):
+    # x's values in memory that ends where an inaccessible page begins.
+    pages = (x.numel() * 4 + PAGE - 1) // PAGE
+    region = mmap.mmap(-1, (pages + 1) * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    assert libc.mprotect(base + pages * PAGE, PAGE, 0) == 0, ctypes.get_errno()  # PROT_NONE
+    out = torch.frombuffer(region, dtype=torch.float32, count=x.numel(), offset=pages * PAGE - x.numel() * 4)
+    out = out.view(x.shape)
+    out.copy_(x)
+    return out
+
+
+gen = torch.Generator().manual_seed(31)
+assert lookup.resolve_backend('cpp') == 'cpp'
+torch.ops.lcnn_lookup.set_min_task_work(1)
+isas = []
+for isa in ('avx512', 'avx2', 'base'):
+    try:
+        torch.ops.lcnn_lookup.set_isa(isa)
+    except RuntimeError:
+        continue
+    isas.append(isa)
+    for side in (1, 2, 3, 5, 7, 13):
+        for model, path in ((nn.Sequential(psc(24, 20, 3, 1, 1, 30, 0.3, gen), nn.ReLU()), 'lookup'),
+                            (nn.Sequential(nn.Conv2d(24, 20, 1), nn.ReLU()), 'dense')):
+            model.eval()
+            compiled = lookup.compile(model, path=path)
+            x = guarded(torch.randn(1, 24, side, side, generator=gen))
+            with torch.no_grad():
+                outs = at_threads([2, 1], lambda: compiled(x))
+                close(outs[0], model(x.clone()))
+            assert torch.equal(outs[0], outs[1])
+print(' '.join(isas))
+"""
+
+
+def test_gemm_reads_nothing_past_its_input(cpp):
+    """A GEMM block whose columns end inside a vector reads its rows in place: full vectors run on into the next
+    row, and the last rows load only the block's columns. With the input ending at an inaccessible page, 1x1 to
+    13x13 inputs (1 to 169 columns) through a lookup layer's dictionary and a dense 1x1 layer: no fault, PyTorch's
+    values, the same bits at 1 and 2 threads, with each instruction set."""
+    done = subprocess.run([sys.executable, '-c', GUARDED_GEMM_SCRIPT], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert 'base' in done.stdout.split(), done.stdout
+
+
 def test_big_dictionaries_run_in_blocks(cpp):
     """Dictionaries too big for L1 are taken in blocks of planes (convolutions, with and without pooling) or of
     responses (fully connected, batch 1 and batch): same results as the reference, identical at any thread

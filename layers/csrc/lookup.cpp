@@ -106,6 +106,15 @@ struct TapArgs {
   PoolGeom pool;          // folded max pooling (pool.kH == 0: none), computed in nbands bands of `band` pooled rows
   int64_t band, nbands;
   int64_t group;          // channels per item, with pooling or blocks of planes
+  // Items (image, channel, tile) instead of (image, tile, channel): for an image split over threads whose output
+  // planes are one or two tiles. Split by tiles (one thread the first tile of every channel, the other the
+  // second), the taps of AlexNet-fast's 192 -> 384 and 384 -> 256 layers took each of 2 threads 72-84% of the time
+  // one thread took for all of them in that order; split by channels, 52-56% of one thread's time in their order
+  // (64-65% of the tile-major one's, which is faster). I have not found why tiles split so badly (turning off the
+  // prefetch of a channel's next tile, which the other thread writes, changed nothing). Bigger planes keep
+  // tile-major, so that a thread reads the rows of the planes its own GEMM items wrote: channel-major for all
+  // layers made ResNet-18-fast at batch 1 ~5% slower at 1 and at 2 threads.
+  bool channel_major;
 };
 
 struct PoolArgs {
@@ -611,8 +620,10 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     return from_batch_innermost(out);
   }
 
-  // Per image: dictionary responses into its stride-phase planes (P*S, Hq, Wq), then the taps.
-  const int64_t img = P * S * Hq * Wq, TL = int64_t(kTileVectors) * isa.lanes;
+  // Per image: dictionary responses into its stride-phase planes (P*S, Hq, Wq), then the taps. A batch gives each
+  // thread whole images (unless that would leave threads idle); otherwise each image is split over the threads.
+  const int64_t img = P * S * Hq * Wq, TL = int64_t(kTileVectors) * isa.lanes, threads = usable_threads();
+  const bool split_image = threads > 1 && !(N > 1 && (N % threads == 0 || N >= 4 * threads));
   at::Tensor xc = x.contiguous();
   a.Ho = Ho;
   a.Wo = Wo;
@@ -668,6 +679,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     a.vmask = vmask.data();
     a.dstart = dstart.data();
     a.ntiles = (a.Q + TL - 1) / TL;
+    a.channel_major = split_image && a.ntiles <= 2 && a.nblocks == 1;
     if (a.nblocks > 1) {
       // Groups of channels share the blocks' passes; enough of them to keep the threads busy.
       const int64_t want = (4 * usable_threads() + N * a.ntiles - 1) / (N * a.ntiles);
@@ -736,16 +748,15 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   // Python against one for the batch), ResNet-18-accurate's 64 -> 64 layer (1.7 MB of planes) took 14% longer than
   // on the batch with a fresh allocation per call, 8% with these buffers.
   thread_local Planes planes;
-  const int64_t threads = usable_threads();
-  if (N > 1 && (N % threads == 0 || N >= 4 * threads)) {
+  if (split_image) {
+    scratch(planes.buf, img + pad);
+    for (int64_t n = 0; n < N; ++n) image(n, planes, true);
+  } else {
     // Whole images per thread: each keeps its planes in its own cache, and no stage waits for the others.
     at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
       scratch(planes.buf, img + pad);
       for (int64_t n = b; n < e; ++n) image(n, planes, false);
     });
-  } else {
-    scratch(planes.buf, img + pad);
-    for (int64_t n = 0; n < N; ++n) image(n, planes, true);
   }
   return out;
 }

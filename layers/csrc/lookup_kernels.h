@@ -135,20 +135,19 @@ inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, int6
 #endif
 }
 
+// Rows k >= kfull load the last vector masked to the block's columns: for the rows before, a full vector reads on
+// into the next row (lanes that are never stored), while from kfull on it would read past the image's data.
 template <int NV>
 inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const float* __restrict a,
-                                                     const float* __restrict b, int64_t ldb, int64_t img, int64_t m0,
-                                                     int64_t j0, int64_t cols) {
+                                                     const float* __restrict b, int64_t ldb, int64_t kfull,
+                                                     int64_t img, int64_t m0, int64_t j0, int64_t cols) {
   vec acc[kMR][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < kMR; ++m)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[m][v] = vec{};
   const bool stream = g.K >= 1024;
-  for (int64_t k = 0; k < g.K; ++k) {
-    vec bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * ldb + v * L);
+  auto step = [&](int64_t k, const vec (&bv)[NV]) __attribute__((always_inline)) {
     const float* ak = a + k * kMR;
     // A long panel (a fully connected weight) streams from memory: fetch it ~1000 cycles ahead, into every cache
     // level (on a Xeon, a non-temporal prefetch left AlexNet's fc8 at batch 16 three times slower).
@@ -159,6 +158,19 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[m][v] += am * bv[v];
     }
+  };
+  for (int64_t k = 0; k < kfull; ++k) {
+    vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * ldb + v * L);
+    step(k, bv);
+  }
+  for (int64_t k = kfull; k < g.K; ++k) {
+    vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) bv[v] = vload(b + k * ldb + v * L);
+    bv[NV - 1] = vload_n(b + k * ldb + (NV - 1) * L, cols - (NV - 1) * L);
+    step(k, bv);
   }
   const int64_t rows = std::min<int64_t>(kMR, g.M - m0);
   int64_t hs[NV] = {}, ws[NV] = {};
@@ -241,9 +253,8 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
   // prefetcher: each panel of a block fetches its share of those rows into L2, so that the next block's first
   // panel does not wait on memory (ResNet-18-accurate's 64 -> 128 dictionary at batch 16: ~8% off its layer).
   const int64_t share = (g.K + panels - 1) / panels;
-  // A block whose columns do not fill whole vectors (or of a strided input) is copied, zero-padded, so that the
-  // kernel never reads past the end of B; consecutive items of one thread usually share the block, so the copy is
-  // reused.
+  // A strided input's block is gathered into a dense copy; consecutive items of one thread usually share the
+  // block, so the copy is reused.
   thread_local std::vector<float> tail;
   int64_t tail_key = -1;
   // The item's (image, block, panel) are stepped along rather than divided out of its number each time.
@@ -251,7 +262,7 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
   for (int64_t it = begin; it < end; ++it) {
     const int64_t j0 = blk * kGemmCols, cols = std::min<int64_t>(kGemmCols, g.ncols - j0), nv = (cols + L - 1) / L;
     const float* b = g.b + img * g.b_img + j0;
-    int64_t ldb = g.ldb;
+    int64_t ldb = g.ldb, kfull = g.K;
     if (!g.in_W && blk + 1 < blocks)
       for (int64_t k = panel * share, k1 = std::min(g.K, k + share); k < k1; ++k)
         for (int64_t c = 0; c < kGemmCols; c += 16) __builtin_prefetch(b + k * g.ldb + kGemmCols + c, 0, 2);  // a line
@@ -267,19 +278,18 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
       b = tail.data();
       ldb = width;
     } else if (cols % L) {
-      const int64_t width = nv * L;
-      if (tail_key != img * blocks + blk) {
-        tail.assign(g.K * width, 0.f);
-        for (int64_t k = 0; k < g.K; ++k) std::memcpy(tail.data() + k * width, b + k * g.ldb, sizeof(float) * cols);
-        tail_key = img * blocks + blk;
-      }
-      b = tail.data();
-      ldb = width;
+      // Columns that do not fill whole vectors are read in place. They used to be copied into a zero-padded block
+      // once per call of this function, and at 2 threads run_stages hands a small GEMM out an item per call: the
+      // narrow block of AlexNet-fast's 13x13 dictionaries (169 = 3 x 48 + 25 columns) was copied for each of its 4
+      // panels, and one thread doing all 16 items that way took 39 us against 30 us in one call. The image's data
+      // ends after column ncols of row K - 1; rows from kfull on would read past it.
+      const int64_t end = (g.K - 1) * g.ldb + g.ncols, reach = j0 + nv * L;
+      kfull = end < reach ? 0 : std::min(g.K, (end - reach) / g.ldb + 1);
     }
     const float* a = g.a + panel * g.K * kMR;
-    if (nv >= kGemmVectors) gemm_tile<kGemmVectors>(g, a, b, ldb, img, panel * kMR, j0, cols);
-    else if (nv == 2) gemm_tile<2>(g, a, b, ldb, img, panel * kMR, j0, cols);
-    else gemm_tile<1>(g, a, b, ldb, img, panel * kMR, j0, cols);
+    if (nv >= kGemmVectors) gemm_tile<kGemmVectors>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
+    else if (nv == 2) gemm_tile<2>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
+    else gemm_tile<1>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
     if (++panel == panels) {
       panel = 0;
       if (++blk == blocks) {
@@ -461,13 +471,21 @@ inline __attribute__((always_inline)) void blocked_tile(const TapArgs& a, int64_
 }
 
 // Items (image, tile, channel), tile-major: all channels of one tile read the same few rows of the dictionary
-// planes while they are in L1/L2. With blocked planes, items are (image, tile, group of channels).
+// planes while they are in L1/L2. With blocked planes, items are (image, tile, group of channels). With
+// a.channel_major, items are (image, channel, tile) (see TapArgs).
 template <typename I>
 inline void taps_impl(const TapArgs& a, int64_t begin, int64_t end) {
   if (begin >= end) return;
   const int64_t per_tile = a.nblocks > 1 ? (a.O + a.group - 1) / a.group : a.O;
   // The item's (image, tile, channel) are stepped along rather than divided out of its number each time.
-  int64_t c = begin % per_tile, t = (begin / per_tile) % a.ntiles, n = begin / (per_tile * a.ntiles);
+  int64_t c, t, n = begin / (per_tile * a.ntiles);
+  if (a.channel_major) {
+    t = begin % a.ntiles;
+    c = (begin / a.ntiles) % per_tile;
+  } else {
+    c = begin % per_tile;
+    t = (begin / per_tile) % a.ntiles;
+  }
   TileGeom tg = tile_geom(a, t);
   int64_t vectors = (std::min<int64_t>(kTileVectors * L, a.Q - tg.q0) + L - 1) / L;
   for (int64_t it = begin; it < end; ++it) {
@@ -495,15 +513,27 @@ inline void taps_impl(const TapArgs& a, int64_t begin, int64_t end) {
         default: tile_out<1, I>(a, n, c, tg); break;
       }
     }
-    if (++c == per_tile && it + 1 < end) {
+    if (it + 1 == end) break;
+    if (a.channel_major) {
+      if (++t == a.ntiles) {
+        t = 0;
+        if (++c == per_tile) {
+          c = 0;
+          ++n;
+        }
+      }
+      if (a.ntiles == 1) continue;  // the same tile
+    } else if (++c == per_tile) {
       c = 0;
       if (++t == a.ntiles) {
         t = 0;
         ++n;
       }
-      tg = tile_geom(a, t);
-      vectors = (std::min<int64_t>(kTileVectors * L, a.Q - tg.q0) + L - 1) / L;
+    } else {
+      continue;  // the same tile
     }
+    tg = tile_geom(a, t);
+    vectors = (std::min<int64_t>(kTileVectors * L, a.Q - tg.q0) + L - 1) / L;
   }
 }
 
