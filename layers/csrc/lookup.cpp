@@ -656,7 +656,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     // (the scratch of a band, group x lanes, stays in L2).
     a.band = std::max<int64_t>(1, std::min<int64_t>(pg.Ho, 1024 / std::max<int64_t>(1, pg.sH * Wq)));
     a.nbands = (pg.Ho + a.band - 1) / a.band;
-    const int64_t want = N >= 2 ? 1 : (4 * usable_threads() + a.nbands - 1) / a.nbands;
+    const int64_t want = N >= 2 ? 1 : (4 * threads + a.nbands - 1) / a.nbands;
     const int64_t lanes = (a.band * pg.sH + pg.kH) * Wq;
     const int64_t groups = std::min(O, std::max(want, (O * lanes * 4 + (256 << 10) - 1) / (256 << 10)));
     a.group = (O + groups - 1) / groups;
@@ -682,7 +682,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     a.channel_major = split_image && a.ntiles <= 2 && a.nblocks == 1;
     if (a.nblocks > 1) {
       // Groups of channels share the blocks' passes; enough of them to keep the threads busy.
-      const int64_t want = (4 * usable_threads() + N * a.ntiles - 1) / (N * a.ntiles);
+      const int64_t want = (4 * threads + N * a.ntiles - 1) / (N * a.ntiles);
       a.group = (O + std::min(O, want) - 1) / std::min(O, want);
       per_image = a.ntiles * ((O + a.group - 1) / a.group);
       work = taps_per_out * kTileVectors * a.group;
