@@ -639,10 +639,12 @@ def _leaves(module):
 
 
 class _Plan:
-    """The longest head of a network that the kernels can run as one run_plan call, for one input shape, and the
-    modules after it (run in Python)."""
+    """The longest head of a network that the kernels can run as one run_plan call, for one input shape (its
+    layers, then the classifier that ends it: pooling, views, Linear, ReLU, softmax), and the modules after it (run
+    in Python)."""
 
-    KINDS = {'conv': 1, 'dense': 2, 'aten_conv': 3}  # run_plan's instruction numbers
+    KINDS = {'conv': 1, 'dense': 2, 'aten_conv': 3, 'avg_pool': 4, 'reshape': 5, 'linear': 6, 'log_softmax': 7,
+             'softmax': 8, 'relu': 9}  # run_plan's instruction numbers
 
     def __init__(self, network, n, c, h, w):
         self.tensors, self.code, self.rest = [], [], []
@@ -660,9 +662,10 @@ class _Plan:
             return slots[id(t)]
 
         first = True
+        channels = c
 
         def step(layer, h, w, src=0, dst=0, res=0):
-            nonlocal batched, first
+            nonlocal batched, first, channels
             call = layer._call_for(layer.path_for(n), n, h, w) if isinstance(layer, LookupConv2d) else None
             if not isinstance(call, _Kernel):
                 return None
@@ -673,6 +676,8 @@ class _Plan:
             self.code += [self.KINDS[call.kind], src, dst, res, int(call.relu), h, w]
             self.code += [slot(t) for t in call.tensors]
             self.code += [len(call.geom), *call.geom, len(call.pool), *call.pool]
+            if not src:
+                channels = layer.out_channels
             return layer.output_size(h, w)
 
         def block(m, h, w):
@@ -696,6 +701,7 @@ class _Plan:
             return (h, w) if _is_identity(m) else None
 
         leaves = list(_leaves(network))
+        self.rest = []
         for i, m in enumerate(leaves):
             code = len(self.code)
             if (hw := block(m, h, w)) is None:
@@ -705,7 +711,46 @@ class _Plan:
             h, w = hw
             if not batched:
                 self.per_image = len(self.code)
+        if self.code:
+            # The classifier that follows the last kernel, on the whole batch (as module by module).
+            out = (n, channels, h, w)
+            while self.rest and (out := self._classifier_step(self.rest[0], out, slot)) is not None:
+                self.rest.pop(0)
         self.modules = [m for m in network.modules() if m is not network]
+
+    def _classifier_step(self, m, size, slot):
+        """Append m as one of run_plan's classifier instructions (the same ATen call its forward makes) and return
+        its output's shape; None (nothing appended) for a module they do not cover, or one that would fail on
+        this shape (it then runs in Python, which raises its own error)."""
+        if _is_identity(m):
+            return size
+        meta = torch.empty(size, device='meta')
+        kind = type(m)
+        try:
+            if kind is nn.AvgPool2d:
+                k, s, p = (nn.modules.utils._pair(v) for v in (m.kernel_size, m.stride, m.padding))
+                out = F.avg_pool2d(meta, k, s, p, m.ceil_mode, m.count_include_pad, m.divisor_override)
+                self.code += [self.KINDS['avg_pool'], 9, *k, *s, *p, int(m.ceil_mode), int(m.count_include_pad),
+                              m.divisor_override or 0]
+            elif kind in (shape.View, shape.Reshape, nn.Flatten):
+                out = m(meta)
+                self.code += [self.KINDS['reshape'], out.dim(), *out.shape]
+            elif kind is nn.Linear and size[-1] == m.in_features:
+                out = torch.empty((*size[:-1], m.out_features), device='meta')
+                bias = None if m.bias is None else m.bias.detach()
+                self.code += [self.KINDS['linear'], slot(m.weight.detach()), slot(bias)]
+            elif kind is nn.ReLU:
+                out = meta
+                self.code.append(self.KINDS['relu'])
+            elif kind in (activation.LogSoftMax, activation.SoftMax) and not m.instance:
+                out = meta
+                name = 'log_softmax' if kind is activation.LogSoftMax else 'softmax'
+                self.code += [self.KINDS[name], activation._lua_softmax_dim(meta)]
+            else:
+                return None
+        except RuntimeError:
+            return None
+        return tuple(out.shape)
 
     def hooked(self):
         """True when a hook waits on a module inside the network (layer timing, capture of inputs): the plan would
@@ -738,8 +783,9 @@ _PLANS_KEPT = 8
 
 class LookupNetwork(nn.Sequential):
     """A compiled Sequential network. Its forward runs the lookup layers (and the residual blocks, dropouts and
-    nested Sequentials between them) in one call into the kernels, planned once per input shape; whatever follows
-    the first module the kernels cannot run (a pooling, a view, a Linear, ...) runs as the Sequential would. A
+    nested Sequentials between them) and the classifier after them in one call into the kernels, planned once per
+    input shape; whatever follows the first module that call cannot run (a max pooling between blocks, a Dropout
+    that rescales, a Tanh, ...) runs as the Sequential would. A
     batch goes image by image through the layers before the first fully connected one (or PyTorch convolution),
     one image per thread at a time, and on the whole batch after it."""
 

@@ -643,11 +643,12 @@ def test_a_compiled_model_refuses_to_train(cpp):
 
 @pytest.mark.parametrize('maker,size,tail', [(alexnet_lcnn_small, 224, ['Dropout', 'LookupConv2d', 'LookupConv2d',
                                                                           'View', 'LogSoftMax']),
-                                             (resnet_lcnn_small, 64, ['AvgPool2d', 'View', 'Linear', 'LogSoftMax'])])
+                                             (resnet_lcnn_small, 64, [])])
 def test_network_runs_in_one_call(cpp, maker, size, tail, monkeypatch):
     """A compiled Sequential runs its layers up to the first module the kernels cannot run (here alexnet's
-    test-time-scaling Dropout, resnet's average pooling) in one run_plan call, with the same bits as module by
-    module, for each form and batch, and at any thread count; the rest runs in Python."""
+    test-time-scaling Dropout) in one run_plan call, resnet's classifier (average pooling, View, Linear,
+    LogSoftMax) included, with the same bits as module by module, for each form and batch, and at any thread count;
+    the rest runs in Python."""
     gen = torch.Generator().manual_seed(21)
     model = maker(0.05, gen)
     calls = []
@@ -665,16 +666,63 @@ def test_network_runs_in_one_call(cpp, maker, size, tail, monkeypatch):
             assert all(torch.equal(out, ref) for out in outs)
             plan = plan_for(compiled, x)
             assert [type(m).__name__ for m in plan.rest] == tail
-            # A batch goes image by image up to alexnet's fc6 (6x6 on 6x6), through the whole of resnet's plan, and
-            # not at all in the dense form, whose first layer is PyTorch's convolution.
+            # A batch goes image by image up to alexnet's fc6 (6x6 on 6x6), through all of resnet's convolutions (its
+            # classifier on the whole batch), and not at all in the dense form, whose first layer is PyTorch's
+            # convolution.
             if path == 'dense':
                 assert plan.per_image == 0
             elif maker is alexnet_lcnn_small:
                 assert plan.code[plan.per_image + 5:plan.per_image + 7] == [6, 6]
             else:
-                assert plan.per_image == len(plan.code)
+                assert plan.code[plan.per_image] == plan.KINDS['avg_pool']
             assert len(calls) == 3 * sum(isinstance(m, LookupConv2d) for m in plan.rest)
             close(outs[0], model(x))
+
+
+def lookup_features(gen):
+    return [psc(3, 8, 3, 1, 1, 4, 0.3, gen), randomize_bn(nn.BatchNorm2d(8), gen), nn.ReLU(True),
+            psc(8, 16, 3, 1, 1, 4, 0.3, gen), nn.ReLU(True)]  # 16 x 12 x 12 from 12 x 12
+
+
+@pytest.mark.parametrize('classifier,left', [
+    (lambda: [nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), View(-1).setNumInputDims(3),
+              nn.Linear(16 * 7 * 7, 10), nn.ReLU(True), nn.Dropout(), nn.Linear(10, 7, bias=False),
+              activation.SoftMax()], 0),
+    (lambda: [nn.AvgPool2d(4, divisor_override=5), nn.Flatten(), nn.Linear(16 * 3 * 3, 5), activation.LogSoftMax()],
+     0),
+    # Lua's View rule: a 1-D vector at batch 1, so the softmax takes dimension 0 there and 1 for a batch.
+    (lambda: [nn.AvgPool2d(12), View(16), nn.Linear(16, 4), activation.LogSoftMax()], 0),
+    (lambda: [nn.AvgPool2d(2), nn.Flatten(), nn.Tanh(), nn.Linear(16 * 6 * 6, 4), activation.LogSoftMax()], 3),
+    (lambda: [nn.AvgPool2d(12), View(16), activation.LogSoftMax(instance=True)], 1),
+])
+def test_classifier_runs_in_the_plan(cpp, classifier, left):
+    """The pooling, views, Linear, ReLU and softmax a network ends with run inside run_plan, each as the one ATen
+    call its forward makes: same bits as module by module at any thread count and batch; the first other module
+    (a Tanh, a cudnn instance softmax) and all after it run in Python. The output takes no gradient: the compiled
+    model only infers."""
+    gen = torch.Generator().manual_seed(25)
+    model = nn.Sequential(*lookup_features(gen), *classifier()).eval()
+    compiled = lookup.compile(model, path='lookup')
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 12, 12, generator=gen)
+        ref = module_by_module(compiled, x)
+        outs = at_threads([1, 2, 3], lambda: compiled(x))
+        assert all(torch.equal(out, ref) for out in outs) and not outs[0].requires_grad
+        plan = plan_for(compiled, x)
+        assert plan.rest == list(compiled)[len(compiled) - left:] if left else plan.rest == []
+        with torch.no_grad():
+            close(outs[0], model(x))
+
+
+def test_classifier_that_does_not_fit_fails_as_its_module_does(cpp):
+    gen = torch.Generator().manual_seed(26)
+    compiled = lookup.compile(nn.Sequential(*lookup_features(gen), View(15), nn.Linear(15, 2)).eval(), path='lookup')
+    with pytest.raises(RuntimeError, match='nn.View: input and desired view do not match'):
+        compiled(torch.randn(1, 3, 12, 12, generator=gen))
+    compiled = lookup.compile(nn.Sequential(*lookup_features(gen), nn.Flatten(), nn.Linear(15, 2)).eval(),
+                              path='lookup')
+    with pytest.raises(RuntimeError, match='cannot be multiplied'):
+        compiled(torch.randn(2, 3, 12, 12, generator=gen))
 
 
 @pytest.mark.parametrize('size', [17, 20])
@@ -754,8 +802,8 @@ def test_network_plan_follows_changes(cpp):
 
 
 def test_run_plan_checks_its_instructions(cpp):
-    """A plan is checked as it runs: a step planned for another input size, or a residual without its stack
-    entry, is refused rather than computed from wrong tap offsets."""
+    """A plan is checked as it runs: a step planned for another input size, a residual without its stack entry, or
+    a classifier step inside a residual block, is refused rather than computed from wrong tap offsets."""
     gen = torch.Generator().manual_seed(23)
     compiled = lookup.compile(resnet_lcnn_small(0.1, gen), path='lookup')
     x = torch.randn(1, 3, 64, 64, generator=gen)
@@ -767,7 +815,9 @@ def test_run_plan_checks_its_instructions(cpp):
     with pytest.raises(RuntimeError, match='stack is empty'):
         torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code[:3] + [1] + plan.code[4:], 0)  # first step, res 1
     with pytest.raises(RuntimeError, match='unknown instruction'):
-        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [7], 0)
+        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [10], 0)
+    with pytest.raises(RuntimeError, match='inside a residual block'):
+        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [0, 9], 0)
     with pytest.raises(RuntimeError, match='per_image'):
         torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code, len(plan.code) + 1)
 
