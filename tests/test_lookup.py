@@ -368,11 +368,14 @@ for isa in ('avx512', 'avx2', 'base'):
         continue
     isas.append(isa)
     for side in (1, 2, 3, 5, 7, 13):
+        # The third: 64 channels over a dictionary of 4, summed in 4 chunks of 16 channels (the last one's rows
+        # are the input's last).
         for model, path in ((nn.Sequential(psc(24, 20, 3, 1, 1, 30, 0.3, gen), nn.ReLU()), 'lookup'),
-                            (nn.Sequential(nn.Conv2d(24, 20, 1), nn.ReLU()), 'dense')):
+                            (nn.Sequential(nn.Conv2d(24, 20, 1), nn.ReLU()), 'dense'),
+                            (nn.Sequential(psc(64, 20, 3, 1, 1, 4, 0.3, gen), nn.ReLU()), 'lookup')):
             model.eval()
             compiled = lookup.compile(model, path=path)
-            x = guarded(torch.randn(1, 24, side, side, generator=gen))
+            x = guarded(torch.randn(1, model[0].nInputPlane if path == 'lookup' else 24, side, side, generator=gen))
             with torch.no_grad():
                 outs = at_threads([2, 1], lambda: compiled(x))
                 close(outs[0], model(x.clone()))
@@ -390,6 +393,32 @@ def test_gemm_reads_nothing_past_its_input(cpp):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert 'base' in done.stdout.split(), done.stdout
+
+
+@pytest.mark.parametrize('channels,side', [(24, 10), (48, 10), (96, 16), (96, 7), (100, 9), (96, 17)])
+def test_small_planes_sum_the_dictionary_in_chunks(cpp, channels, side):
+    """A stride-1 layer over at most 256 positions sums its dictionary in chunks of input channels (1, 2 or 4 here
+    with a dictionary of 6: 24, 48 and 96 channels; 100 channels take 2 chunks of 50), then adds the chunks in
+    order: PyTorch's values, the same bits at 1, 2 and 3 threads with chunks of work of one item and the default,
+    and at batch 1 and 3 (the plan takes a batch image by image). A 17x17 plane takes no chunks."""
+    gen = torch.Generator().manual_seed(channels + side)
+    model = nn.Sequential(psc(channels, 20, 3, 1, 1, 6, 0.3, gen), randomize_bn(nn.BatchNorm2d(20), gen),
+                          nn.ReLU(), psc(20, 12, 3, 1, 1, 4, 0.3, gen)).eval()
+    compiled = lookup.compile(model, path='lookup')
+    for batch in (1, 3):
+        x = torch.randn(batch, channels, side, side, generator=gen)
+        ref = module_by_module(compiled, x)
+        for work in (1, None):
+            previous = torch.ops.lcnn_lookup.set_min_task_work(work) if work else None
+            try:
+                with torch.no_grad():
+                    outs = at_threads([1, 2, 3], lambda: compiled(x))
+            finally:
+                if previous:
+                    torch.ops.lcnn_lookup.set_min_task_work(previous)
+            assert all(torch.equal(out, ref) for out in outs), (batch, work)
+        with torch.no_grad():
+            close(ref, model(x))
 
 
 def test_big_dictionaries_run_in_blocks(cpp):

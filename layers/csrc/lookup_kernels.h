@@ -286,7 +286,7 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
       const int64_t end = (g.K - 1) * g.ldb + g.ncols, reach = j0 + nv * L;
       kfull = end < reach ? 0 : std::min(g.K, (end - reach) / g.ldb + 1);
     }
-    const float* a = g.a + panel * g.K * kMR;
+    const float* a = g.a + img * g.a_img + panel * (g.a_panel ? g.a_panel : g.K * kMR);
     if (nv >= kGemmVectors) gemm_tile<kGemmVectors>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
     else if (nv == 2) gemm_tile<2>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
     else gemm_tile<1>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
