@@ -110,7 +110,8 @@ struct TapArgs {
   int64_t band, nbands;
   int64_t group;          // channels per item, with pooling or blocks of planes
   // Items (image, channel, tile) instead of (image, tile, channel): for an image split over threads whose output
-  // planes are one or two tiles. Split by tiles (one thread the first tile of every channel, the other the
+  // planes are small (small_plane: one or two tiles with AVX-512; the next layer's dictionary chunks follow the
+  // same channels, see dict_chunks). Split by tiles (one thread the first tile of every channel, the other the
   // second), the taps of AlexNet-fast's 192 -> 384 and 384 -> 256 layers took each of 2 threads 72-84% of the time
   // one thread took for all of them in that order; split by channels, 52-56% of one thread's time in their order
   // (64-65% of the tile-major one's, which is faster). I have not found why tiles split so badly (turning off the
