@@ -701,7 +701,6 @@ class _Plan:
             return (h, w) if _is_identity(m) else None
 
         leaves = list(_leaves(network))
-        self.rest = []
         for i, m in enumerate(leaves):
             code = len(self.code)
             if (hw := block(m, h, w)) is None:
