@@ -766,20 +766,19 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     t.buf = B;
     const int64_t first = n * per_image;
     auto run_taps = [&](int64_t b, int64_t e) { taps(t, first + b, first + e); };
-    if (S == 1 && chunks > 1) {
-      // Chunk j's responses into the planes `stride` floats after chunk j - 1's (past the zeroed tail of B).
+    if (S == 1) {
+      // Chunk j of the input channels (the GEMM's image j) into the planes `stride` floats after chunk j - 1's
+      // (past the zeroed tail of B); one chunk is the plain product into B.
       const int64_t K = C / chunks;
       const GemmArgs g{A, P, K, xn, H * W, K * H * W, H * W, chunks, B, Hp * Wp, stride, padded ? W : 0, Wp,
                        pH * Wp + pW, nullptr, nullptr, false, nullptr, 0, 0, 0, 0, 0, K * kMR, C * kMR};
       auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
       auto add = [&](int64_t b, int64_t e) { add_chunks(B, stride, chunks, Hp, Wp, H, W, pH, pW, b, e); };
-      run_stages({{gemm_items, gemm_work, gemm}, {P, (chunks - 1) * H * W / isa.lanes, add},
-                  {per_image, work, run_taps}}, par);
-    } else if (S == 1) {
-      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, B, Hp * Wp, 0, padded ? W : 0, Wp,
-                       pH * Wp + pW, nullptr, nullptr, false};
-      auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
-      run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
+      if (chunks > 1)
+        run_stages({{gemm_items, gemm_work, gemm}, {P, (chunks - 1) * H * W / isa.lanes, add},
+                    {per_image, work, run_taps}}, par);
+      else
+        run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
     } else if (C <= kPhaseDictMaxC) {
       const PhaseDictArgs f{xn, A, B, C, P, H, W, sH, sW, pH, pW, Hq, Wq};
       auto dict = [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); };
