@@ -114,10 +114,11 @@ struct TapArgs {
   // same channels, see dict_chunks). Split by tiles (one thread the first tile of every channel, the other the
   // second), the taps of AlexNet-fast's 192 -> 384 and 384 -> 256 layers took each of 2 threads 72-84% of the time
   // one thread took for all of them in that order; split by channels, 52-56% of one thread's time in their order
-  // (64-65% of the tile-major one's, which is faster). I have not found why tiles split so badly (turning off the
-  // prefetch of a channel's next tile, which the other thread writes, changed nothing). Bigger planes keep
-  // tile-major, so that a thread reads the rows of the planes its own GEMM items wrote: channel-major for all
-  // layers made ResNet-18-fast at batch 1 ~5% slower at 1 and at 2 threads.
+  // (64-65% of the tile-major one's, which is faster). Tiles most likely split badly because each core's hardware
+  // prefetcher runs on from its half of a row into the other core's, taking its lines (benchmarks/thread_split_speed
+  // shows it on 14x14 and bigger buffers; our own prefetch of a channel's next tile is not the cause: turning it off
+  // changed nothing). Bigger planes keep tile-major, so that a thread reads the rows of the planes its own GEMM items
+  // wrote: channel-major for all layers made ResNet-18-fast at batch 1 ~5% slower at 1 and at 2 threads.
   bool channel_major;
 };
 
