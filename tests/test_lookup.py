@@ -1255,7 +1255,10 @@ def test_time_layers_rows(cpp):
     plain = [r for r in rows[:-1] if r.lookup_ms is None]
     assert len(plain) == 2 and all(r.chosen == 'dense' for r in plain)  # the two shortcut convolutions
     text = lookup.format_timing(rows)
-    assert len(text.splitlines()) == len(rows) + 2 and 'total (whole network)' in text
+    # A layer on lookup that timed slower alone than its dense form (2 repeats on a busy machine can make one) adds
+    # the table's footnote on near ties.
+    footnote = any(r.network is not None for r in rows)
+    assert len(text.splitlines()) == len(rows) + 2 + footnote and 'total (whole network)' in text
 
 
 def test_time_layers_shows_why_a_layer_slower_alone_runs_lookup(cpp, monkeypatch):
