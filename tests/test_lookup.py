@@ -200,8 +200,9 @@ def test_fully_connected_batch_one(cpp):
 def test_matrix_vector_parts_at_any_thread_count(cpp, inputs):
     """At batch 1 a fully connected product cuts its nonzero inputs (about half of these) into parts of 256 rows,
     at most 16, summed separately and then in order (1, 2, 9 and 16 parts here): the same bits at any thread count,
-    also where the outputs are sliced as well (more threads than parts), and close to PyTorch. Dense layers, with
-    and without a ReLU, and a 1x1 lookup layer's dictionary."""
+    also where the outputs are sliced as well (more threads than parts, or parts the threads cannot share evenly:
+    9 at 2 and 5 threads), and close to PyTorch. Dense layers, with and without a ReLU, and a 1x1 lookup layer's
+    dictionary."""
     gen = torch.Generator().manual_seed(inputs)
     x = torch.randn(1, inputs, 1, 1, generator=gen).relu()
     models = [nn.Sequential(nn.Conv2d(inputs, outputs, 1), *relu).eval()

@@ -47,6 +47,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -58,6 +59,7 @@ constexpr int kMR = 8;                 // rows of a packed GEMM panel (the layou
 constexpr int64_t kGemvChunk = 4096;   // most outputs per matrix-vector pass: their accumulators stay in L1
 constexpr int64_t kGemvPartRows = 256;  // nonzero inputs per part of a matrix-vector product (gemv_skip_zeros)
 constexpr int64_t kGemvMaxParts = 16;
+constexpr int64_t kGatherOutputWork = 16;  // an output's work beyond its taps in a batch-1 gather (lookup_conv)
 
 // GEMM: C[m, j] = sum_k A[m, k] B[k, j] (+ bias[m]) (+ residual) (ReLU), image by image. A is packed in panels
 // of kMR rows, (panels, K, kMR), rows past M zero. Each item is one panel times one block of columns of one
@@ -430,11 +432,14 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
   // 0.968 with slices only, 8 rounds of 40 forwards alternating in one process, and 1.351 against 1.347 at 1
   // thread; AlexNet LCNN-accurate 4.891 against 4.970 at 2 threads, 9.703 against 9.622 at 1. Parts of 1024 rows
   // were as fast there, but a number of parts the threads cannot share evenly (3 at 2 threads) leaves one thread
-  // twice the rows of another; with small parts the difference is at most one part. The parts depend on the
-  // input only, so the sums do not change with the thread count.
+  // twice the rows of another; with small parts the difference is at most one part, and that part is then cut in
+  // slices of outputs, so that the items share out evenly: AlexNet LCNN-fast's fc7 dictionary in 7 parts took the
+  // two threads 88.5 and 68.1 us, 79.7 and 82.3 in 14 items. The parts depend on the input only, and an output's
+  // sum over a part is the same in any slice, so the sums do not change with the thread count.
   const int64_t threads = usable_threads();
   const int64_t parts = std::clamp<int64_t>(nnz / kGemvPartRows, 1, kGemvMaxParts);
-  const int64_t slices = (threads + parts - 1) / parts;
+  int64_t slices = (threads + parts - 1) / parts;
+  if (parts % threads) slices = std::max(slices, threads / std::gcd(parts, threads));
   const int64_t chunk = std::min(kGemvChunk, ((M + slices - 1) / slices + 15) / 16 * 16);
   const int64_t chunks = (M + chunk - 1) / chunk;
   const GemvFn fn = kIsas[g_isa].gemv;
@@ -648,8 +653,11 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     a.Ho = a.Wo = 1;
     a.blocks = blocks;
     if (N == 1) {
+      // An output costs more than its taps (a gather's latency, the sum across lanes, the store): counted on its
+      // taps alone, fc7's 4096 outputs of ~8 taps (25 us) stayed on one thread while the other waited (split,
+      // 12.7 and 14.0 us per thread).
       const TapFn fn = u16 ? isa.gather_u16 : isa.gather_i32;
-      parallel_items(O, taps_per_out, [&](int64_t b, int64_t e) { fn(a, b, e); });
+      parallel_items(O, taps_per_out + kGatherOutputWork, [&](int64_t b, int64_t e) { fn(a, b, e); });
     } else {
       const TapFn fn = u16 ? isa.fc_batch_u16 : isa.fc_batch_i32;
       parallel_items(O, taps_per_out * ((N + 15) / 16), [&](int64_t b, int64_t e) { fn(a, b, e); });
