@@ -432,10 +432,10 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
   // 0.968 with slices only, 8 rounds of 40 forwards alternating in one process, and 1.351 against 1.347 at 1
   // thread; AlexNet LCNN-accurate 4.891 against 4.970 at 2 threads, 9.703 against 9.622 at 1. Parts of 1024 rows
   // were as fast there, but a number of parts the threads cannot share evenly (3 at 2 threads) leaves one thread
-  // twice the rows of another; with small parts the difference is at most one part, and that part is then cut in
-  // slices of outputs, so that the items share out evenly: AlexNet LCNN-fast's fc7 dictionary in 7 parts took the
-  // two threads 88.5 and 68.1 us, 79.7 and 82.3 in 14 items. The parts depend on the input only, and an output's
-  // sum over a part is the same in any slice, so the sums do not change with the thread count.
+  // twice the rows of another; with small parts the difference is at most one part, and then every part's outputs
+  // are cut in slices as well, so that the items share out evenly: AlexNet LCNN-fast's fc7 dictionary in 7 parts
+  // took the two threads 88.5 and 68.1 us, 79.7 and 82.3 in 14 items. The parts depend on the input only, and an
+  // output's sum over a part is the same in any slice, so the sums do not change with the thread count.
   const int64_t threads = usable_threads();
   const int64_t parts = std::clamp<int64_t>(nnz / kGemvPartRows, 1, kGemvMaxParts);
   int64_t slices = (threads + parts - 1) / parts;
@@ -700,9 +700,8 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     // Bands of about 1024 convolution lanes: the rows shared by neighbouring bands are computed twice, so bands
     // must not be too thin; the channels are split into groups when that leaves too few items for the threads
     // (the scratch of a band, group x lanes, stays in L2). The bands are then evened out: AlexNet's conv1 (27
-    // pooled rows) in bands of 8, 8, 8 and 3 left one of 2 threads at batch 1 the two full bands and the other
-    // the short one and a steal (49.8 and 64.2 us); in 7, 7, 7 and 6, 56.7 and 54.2 us. Bands depend on the
-    // shape only, so the bits do not change with the thread count.
+    // pooled rows) in bands of 8, 8, 8 and 3 took 2 threads at batch 1 49.8 and 64.2 us, in 7, 7, 7 and 6 56.7
+    // and 54.2 us. Bands depend on the shape only, so the bits do not change with the thread count.
     a.band = std::max<int64_t>(1, std::min<int64_t>(pg.Ho, 1024 / std::max<int64_t>(1, pg.sH * Wq)));
     a.nbands = (pg.Ho + a.band - 1) / a.band;
     a.band = (pg.Ho + a.nbands - 1) / a.nbands;
