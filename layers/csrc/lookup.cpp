@@ -702,10 +702,9 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     // (the scratch of a band, group x lanes, stays in L2). The bands are then evened out: AlexNet's conv1 (27
     // pooled rows) in bands of 8, 8, 8 and 3 took 2 threads at batch 1 49.8 and 64.2 us, in 7, 7, 7 and 6 56.7
     // and 54.2 us. Bands depend on the shape only, so the bits do not change with the thread count.
-    a.band = std::max<int64_t>(1, std::min<int64_t>(pg.Ho, 1024 / std::max<int64_t>(1, pg.sH * Wq)));
-    a.nbands = (pg.Ho + a.band - 1) / a.band;
-    a.band = (pg.Ho + a.nbands - 1) / a.nbands;
-    a.nbands = (pg.Ho + a.band - 1) / a.band;
+    const int64_t widest = std::max<int64_t>(1, std::min<int64_t>(pg.Ho, 1024 / std::max<int64_t>(1, pg.sH * Wq)));
+    a.nbands = (pg.Ho + widest - 1) / widest;
+    a.band = (pg.Ho + a.nbands - 1) / a.nbands;  // never wider than `widest`, so still nbands bands
     const int64_t want = N >= 2 ? 1 : (4 * threads + a.nbands - 1) / a.nbands;
     const int64_t lanes = (a.band * pg.sH + pg.kH) * Wq;
     const int64_t groups = std::min(O, std::max(want, (O * lanes * 4 + (256 << 10) - 1) / (256 << 10)));
