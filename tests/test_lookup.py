@@ -255,7 +255,8 @@ def test_zeroed_borders_are_kept_only_while_nothing_else_writes_the_planes():
 @pytest.mark.parametrize('batch', [1, 2, 5])
 def test_threads_give_identical_results(cpp, batch):
     """Every output element is computed by one thread in a fixed order: bit-identical at any thread count (both
-    forms of every layer, whole networks, pooled / residual / fully connected layers)."""
+    forms of every layer, whole networks, pooled / residual / fully connected layers). The second run at 2 threads
+    reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first)."""
     gen = torch.Generator().manual_seed(3 + batch)
     nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen)),
             (resnet_lcnn_small(0.1, gen), torch.randn(batch, 3, 64, 64, generator=gen))]
@@ -265,8 +266,8 @@ def test_threads_give_identical_results(cpp, batch):
             for path in ('lookup', 'dense'):
                 compiled = lookup.compile(model, path=path)
                 with torch.no_grad():
-                    outs = at_threads([1, 2, 3], lambda: compiled(x))
-                assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+                    outs = at_threads([1, 2, 3, 2], lambda: compiled(x))
+                assert all(torch.equal(outs[0], out) for out in outs[1:])
                 close(outs[0], model(x))
     finally:
         torch.ops.lcnn_lookup.set_min_task_work(previous)
