@@ -715,7 +715,12 @@ class _Plan:
             out = (n, channels, h, w)
             while self.rest and (out := self._classifier_step(self.rest[0], out, slot)) is not None:
                 self.rest.pop(0)
-        self.modules = [m for m in network.modules() if m is not network]
+        # Registering a hook adds it to these dicts in place. Checked as one list, ResNet-18's took 0.5 us per forward,
+        # module by module 3.9 us.
+        self.hook_dicts = [d for m in network.modules() if m is not network
+                           for d in (m._forward_hooks, m._forward_pre_hooks)]
+        # Converted for the kernels once, not on every call (see lookup.cpp's Plan).
+        self.run = torch.classes.lcnn_lookup.Plan(self.tensors, self.code, self.per_image).run if self.code else None
 
     def _classifier_step(self, m, size, slot):
         """Append m as one of run_plan's classifier instructions (the same ATen call its forward makes) and return
@@ -756,12 +761,11 @@ class _Plan:
         run it without calling it, or skip the nested Sequential it sits in, so the forward goes module by
         module."""
         hooks = nn.modules.module
-        return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks) or any(
-            m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+        return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks) or any(self.hook_dicts)
 
     def __call__(self, x):
-        if self.code:
-            x = torch.ops.lcnn_lookup.run_plan(x, self.tensors, self.code, self.per_image)
+        if self.run is not None:
+            x = self.run(x)
         for m in self.rest:
             x = m(x)
         return x

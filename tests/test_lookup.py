@@ -841,16 +841,21 @@ def test_run_plan_checks_its_instructions(cpp):
     with torch.no_grad():
         compiled(x)
     plan = plan_for(compiled, x)
+
+    def run(x, code, per_image=0):
+        return torch.classes.lcnn_lookup.Plan(plan.tensors, code, per_image).run(x)
+
     with pytest.raises(RuntimeError, match='planned for 64x64'):
-        torch.ops.lcnn_lookup.run_plan(torch.randn(1, 3, 72, 72), plan.tensors, plan.code, 0)
+        run(torch.randn(1, 3, 72, 72), plan.code)
     with pytest.raises(RuntimeError, match='stack is empty'):
-        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code[:3] + [1] + plan.code[4:], 0)  # first step, res 1
+        run(x, plan.code[:3] + [1] + plan.code[4:])  # first step, res 1
     with pytest.raises(RuntimeError, match='unknown instruction'):
-        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [10], 0)
+        run(x, [10])
     with pytest.raises(RuntimeError, match='inside a residual block'):
-        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, [0, 9], 0)
+        run(x, [0, 9])
     with pytest.raises(RuntimeError, match='per_image'):
-        torch.ops.lcnn_lookup.run_plan(x, plan.tensors, plan.code, len(plan.code) + 1)
+        run(x, plan.code, len(plan.code) + 1)
+    assert torch.equal(run(x, plan.code, plan.per_image), compiled(x))
 
 
 def test_compile_leaves_model_untouched(cpp):
