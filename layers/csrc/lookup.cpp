@@ -463,21 +463,23 @@ void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, cons
   }
 }
 
-// A buffer of dictionary planes, and the layout whose zeros it holds (data pointer, then what decides where a layer
-// writes: P, H, W, sH, sW, pH, pW, chunks, and whether the first layer's own kernel fills the phases): borders of
-// padded planes, what the input does not cover in stride phases, the tail past the planes. The GEMM writes only
-// the rest, so the next layer with that layout (a ResNet stage's layers but its first) need not zero them again.
-typedef std::array<int64_t, 10> PlaneLayout;
+// A buffer of dictionary planes, and the layout whose zeros it holds, at which address (the buffer may have moved
+// since): borders of padded planes, what the input does not cover in stride phases, the tail past the planes. A
+// layout is what decides where a layer writes: P, H, W, sH, sW, pH, pW, chunks, and whether the first layer's own
+// kernel fills the phases. The GEMM writes only the rest, so the next layer with that layout (a ResNet stage's
+// layers but its first) need not zero them again.
+typedef std::array<int64_t, 9> PlaneLayout;
 struct Planes {
   std::vector<float> buf;
   PlaneLayout zeroed{};
+  const float* zeroed_at = nullptr;
 };
 
 // With an image split over threads, that zeroing runs on the calling thread alone while the others wait, and its
 // zeros then sit in that core's cache, next to the lines the other cores' GEMM items write. So the calling thread
 // keeps a buffer per layout (the most recent kKeptLayouts of them; a network has about 8), zeroed once:
-// ResNet-18 LCNN-accurate at batch 1 and 2 threads took 5.26 against 5.61 ms (zeroing alone was ~195 us per
-// forward). One thread, or threads taking whole images, keep one buffer for all layers: there, after a layer of
+// ResNet-18 LCNN-accurate at batch 1 and 2 threads took 5.26 against 5.61 and 5.34 against 5.43 ms in two runs
+// (zeroing alone was ~195 us per forward). One thread, or threads taking whole images, keep one buffer for all layers: there, after a layer of
 // another layout, it is in cache, and buffers per layout made ResNet-18 LCNN-accurate 0.7-1.8% slower at 1 thread.
 constexpr size_t kKeptLayouts = 16;
 Planes& kept_planes(const PlaneLayout& layout) {
@@ -784,18 +786,17 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
       for (int64_t w = 0; w < W; ++w) scatter[h * W + w] = static_cast<int32_t>(row + col[w]);
     }
   }
-  const PlaneLayout layout{0, P, H, W, sH, sW, pH, pW, chunks, C <= kPhaseDictMaxC};
+  const PlaneLayout layout{P, H, W, sH, sW, pH, pW, chunks, C <= kPhaseDictMaxC};
   // One image; `par`: spread it over the threads (else the calling thread does all of it).
   auto image = [&](int64_t n, Planes& planes, bool par) {
     float* B = planes.buf.data();
     const float* xn = xc.data_ptr<float>() + n * C * H * W;
-    PlaneLayout zeros = layout;
-    zeros[0] = reinterpret_cast<int64_t>(B);
-    if (planes.zeroed != zeros) {
+    if (planes.zeroed != layout || planes.zeroed_at != B) {
       if (S == 1 && padded) zero_borders(B, P, Hp, Wp, H, W, pH, pW);
       if (!scatter.empty()) zero_phase_borders(B, P, H, W, sH, sW, pH, pW, Hq, Wq);
       std::memset(B + img, 0, sizeof(float) * pad);
-      planes.zeroed = zeros;
+      planes.zeroed = layout;
+      planes.zeroed_at = B;
     }
     TapArgs t = a;
     t.buf = B;
