@@ -256,10 +256,14 @@ def test_zeroed_borders_are_kept_only_while_nothing_else_writes_the_planes():
 def test_threads_give_identical_results(cpp, batch):
     """Every output element is computed by one thread in a fixed order: bit-identical at any thread count (both
     forms of every layer, whole networks, pooled / residual / fully connected layers). The second run at 2 threads
-    reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first)."""
+    reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first). The
+    ResNets on 256 and 72 pixels keep their 64x64, 32x32 and 18x18 activations in strips at batch 1 and 2 threads
+    (pooled, residual and shortcut layers writing them, stride-2 layers and shortcuts reading them; 18 rows make
+    strips of 9, which a stride-2 layer reads plain); the bits are those of plain activations too."""
     gen = torch.Generator().manual_seed(3 + batch)
-    nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen)),
-            (resnet_lcnn_small(0.1, gen), torch.randn(batch, 3, 64, 64, generator=gen))]
+    nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen))]
+    nets += [(resnet_lcnn_small(0.1, gen, size), torch.randn(batch, 3, size, size, generator=gen))
+             for size in (64, 256, 72)]
     previous = torch.ops.lcnn_lookup.set_min_task_work(1)  # split every loop, however small
     try:
         for model, x in nets:
@@ -267,6 +271,11 @@ def test_threads_give_identical_results(cpp, batch):
                 compiled = lookup.compile(model, path=path)
                 with torch.no_grad():
                     outs = at_threads([1, 2, 3, 2], lambda: compiled(x))
+                    torch.ops.lcnn_lookup.set_strips(False)
+                    try:
+                        outs += at_threads([2], lambda: compiled(x))
+                    finally:
+                        torch.ops.lcnn_lookup.set_strips(True)
                 assert all(torch.equal(outs[0], out) for out in outs[1:])
                 close(outs[0], model(x))
     finally:
@@ -523,8 +532,9 @@ def alexnet_lcnn_small(density, gen, width=8):
     return nn.Sequential(features, classifier).eval()
 
 
-def resnet_lcnn_small(density, gen):
-    """resnet-lcnn's structure (models/resnet-lcnn.lua, basic blocks, shortcut B) with fewer channels."""
+def resnet_lcnn_small(density, gen, size=64):
+    """resnet-lcnn's structure (models/resnet-lcnn.lua, basic blocks, shortcut B) with fewer channels, for inputs of
+    size x size."""
     def bn(n):
         return randomize_bn(nn.BatchNorm2d(n), gen)
 
@@ -535,7 +545,7 @@ def resnet_lcnn_small(density, gen):
         return nn.Sequential(ConcatTable(body, short), CAddTable(True), nn.ReLU(True))
 
     return nn.Sequential(psc(3, 8, 7, 2, 3, 3, density, gen), bn(8), nn.ReLU(True), nn.MaxPool2d(3, 2, 1),
-                         block(8, 8, 1), block(8, 16, 2), block(16, 24, 2), nn.AvgPool2d(4, 1),
+                         block(8, 8, 1), block(8, 16, 2), block(16, 24, 2), nn.AvgPool2d(-(-size // 16), 1),
                          View(24).setNumInputDims(3), nn.Linear(24, 10), activation.LogSoftMax()).eval()
 
 

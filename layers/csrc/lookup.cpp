@@ -102,9 +102,12 @@ struct TapArgs {
   const void* idx;
   const float* val;
   const float* bias;
-  int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one output plane, (Ho - 1) * Wq + Wo
+  int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one strip of an output plane, (strip_rows - 1) * Wq + Wo
   int64_t blocks;         // fully connected: blocks of responses; rowptr is then (blocks, O + 1), one CSR each
-  int64_t ntiles;
+  // The output's rows in strips of strip_rows (see Act), strip_stride floats apart, its channels channel_stride
+  // apart; one strip: plain NCHW. Tiles do not cross strips: strip_tiles per strip, ntiles for all of them.
+  int64_t strip_rows, strip_stride, channel_stride;
+  int64_t strip_tiles, ntiles;
   int64_t span, nblocks;  // dictionary planes taken in nblocks blocks of `span` offsets (nblocks 1: all at once)
   bool relu;
   const uint16_t* vmask;  // AVX-512 store: per column j of the padded row, lanes t with (j + t) % Wq < Wo
@@ -479,8 +482,9 @@ struct Planes {
 // zeros then sit in that core's cache, next to the lines the other cores' GEMM items write. So the calling thread
 // keeps a buffer per layout (the most recent kKeptLayouts of them; a network has about 8), zeroed once:
 // ResNet-18 LCNN-accurate at batch 1 and 2 threads took 5.26 against 5.61 and 5.34 against 5.43 ms in two runs
-// (zeroing alone was ~195 us per forward). One thread, or threads taking whole images, keep one buffer for all layers: there, after a layer of
-// another layout, it is in cache, and buffers per layout made ResNet-18 LCNN-accurate 0.7-1.8% slower at 1 thread.
+// (zeroing alone was ~195 us per forward). One thread, or threads taking whole images, keep one buffer for all
+// layers: there, after a layer of another layout, it is in cache, and buffers per layout made ResNet-18
+// LCNN-accurate 0.7-1.8% slower at 1 thread.
 constexpr size_t kKeptLayouts = 16;
 Planes& kept_planes(const PlaneLayout& layout) {
   thread_local std::vector<std::pair<PlaneLayout, Planes>> kept;  // least recently used first
@@ -599,15 +603,65 @@ at::Tensor residual_like(const std::optional<at::Tensor>& residual, int64_t N, i
   return batch_inner ? residual->reshape({N, O}).t().contiguous() : residual->contiguous();
 }
 
+// The strips of rows an output plane of Ho x Wo is tiled in (TapArgs::strip_rows; a tile does not cross from one
+// to the next): its top and bottom halves for planes that the threads split by positions (not small_plane's) with
+// an even number of rows, at least 8. It depends on the shape only, as the bits do: a narrow tile sums its taps in
+// interleaved chains, so where the tiles start decides how each output's sum is taken.
+int64_t tile_strips(int64_t Ho, int64_t Wo) { return !small_plane(Ho, Wo) && Ho % 2 == 0 && Ho >= 8 ? 2 : 1; }
+
+// An image split over threads (batch 1) between the steps of a plan is kept in those two strips, each laid out as
+// an image of its own, (strips, C, H / strips, W); one strip is a plain NCHW tensor. The thread that computes the
+// rows of a strip writes, and its GEMMs then read (a strip as an image), memory of its own: with plain planes
+// split by positions, each core's hardware prefetcher runs on from its half of a channel's rows into the other
+// core's half and takes its lines (benchmarks/thread_split_speed.py: a 28x28 half read back 3.4-4.6x slower
+// than with the other core idle; 1 KB between the halves took most of that away).
+struct Act {
+  at::Tensor t;
+  int64_t strips = 1;
+  int64_t height() const { return t.size(2) * strips; }
+};
+
+bool g_strips = true;
+
+// Switch strips off (or on again); returns the previous setting. Tests compare the results both ways.
+bool set_strips(bool on) {
+  const bool was = g_strips;
+  g_strips = on;
+  return was;
+}
+
+// The strips a plan keeps an activation of N x H x W in.
+int64_t strips_for(int64_t N, int64_t H, int64_t W) {
+  return g_strips && N == 1 && usable_threads() > 1 ? tile_strips(H, W) : 1;
+}
+
+// The activation in `strips` strips, copied if it is laid out otherwise.
+Act restrip(const Act& a, int64_t strips) {
+  if (a.strips == strips) return a;
+  const int64_t C = a.t.size(1), H = a.height(), W = a.t.size(3);
+  const at::Tensor plain = a.strips == 1 ? a.t : a.t.permute({1, 0, 2, 3}).reshape({1, C, H, W});
+  if (strips == 1) return {plain, 1};
+  return {plain.reshape({C, strips, H / strips, W}).permute({1, 0, 2, 3}).contiguous(), strips};
+}
+
+// A residual in strips, for an output of O x Ho x Wo in as many.
+at::Tensor residual_strips(const Act& r, int64_t O, int64_t Ho, int64_t Wo) {
+  TORCH_CHECK(r.t.size(1) == O && r.height() == Ho && r.t.size(3) == Wo && r.t.scalar_type() == at::kFloat,
+              "lookup kernels: residual input has shape ", r.t.sizes(), " in ", r.strips, " strips, the output ",
+              at::IntArrayRef({1, O, Ho, Wo}));
+  return r.t.contiguous();
+}
+
 // The fused lookup convolution. dict_pack: the dictionary packed for the GEMM; dict_t: the dictionary transposed
 // (C, P), for a fully connected dictionary at batch 1; geom = [kH, kW, sH, sW, padH, padW, P]; idx holds, per tap,
 // its plane offset for this input's height and width (uint16 stored as int16, or int32); pool = [] or
-// [kH, kW, sH, sW, padH, padW, ceil]; residual: added before the ReLU (no pooling).
-at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dict_pack,
-                       const std::optional<at::Tensor>& dict_t,
-                       const at::Tensor& rowptr, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& bias,
-                       std::vector<int64_t> geom, bool relu, std::vector<int64_t> pool,
-                       const std::optional<at::Tensor>& residual) {
+// [kH, kW, sH, sW, padH, padW, ceil]; residual: added before the ReLU (no pooling); the output is laid out in
+// the residual's strips, else in strips_for's when `strips` (a plan's step), else plain.
+Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, const std::optional<at::Tensor>& dict_t,
+                    const at::Tensor& rowptr, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& bias,
+                    const std::vector<int64_t>& geom, bool relu, const std::vector<int64_t>& pool,
+                    const Act* residual, bool strips) {
+  const at::Tensor& x = in.t;
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "lookup conv: input must be a 4-D float32 CPU tensor, got ", x.sizes(), " ", x.scalar_type());
   TORCH_CHECK(geom.size() == 7, "lookup conv: geom must be [kH, kW, sH, sW, padH, padW, P]");
@@ -620,7 +674,8 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
                   idx.numel() == val.numel(), "lookup conv: tap offsets must be int16 or int32, one per value");
   const int64_t kH = geom[0], kW = geom[1], sH = geom[2], sW = geom[3], pH = geom[4], pW = geom[5], P = geom[6];
   TORCH_CHECK(kH > 0 && kW > 0 && sH > 0 && sW > 0 && pH >= 0 && pW >= 0 && P > 0, "lookup conv: invalid geometry");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = rowptr.size(-1) - 1;
+  const int64_t N = in.strips > 1 ? 1 : x.size(0), C = x.size(1), H = in.height(), W = x.size(3);
+  const int64_t O = rowptr.size(-1) - 1;
   const int64_t blocks = rowptr.dim() == 2 ? rowptr.size(0) : 1;
   // Fully connected (the kernel covers the input); a fully connected dictionary at batch 1 is served by dict_t
   // (then the packed form is not needed, nor made by lookup.py).
@@ -644,12 +699,14 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   a.N = N;
   a.O = O;
   a.relu = relu && pool.empty();
-  TORCH_CHECK(pool.empty() || !residual.has_value(), "lookup conv: a residual cannot be combined with max pooling");
+  TORCH_CHECK(pool.empty() || !residual, "lookup conv: a residual cannot be combined with max pooling");
   const int64_t taps_per_out = val.numel() / std::max<int64_t>(1, O) + 1;
   const int64_t pad = int64_t(kTileVectors) * 16 + 16;  // zeroed tail: the last tile may read past the planes
 
   TORCH_CHECK(fc || blocks == 1, "lookup conv: blocks of taps are for fully connected layers only");
   if (fc) {
+    if (in.strips > 1) return lookup_conv_act(restrip(in, 1), dict_pack, dict_t, rowptr, idx, val, bias, geom, relu,
+                                              pool, residual, strips);
     // Dictionary responses (P, H*W, N), batch innermost.
     const int64_t rows = P * H * W;
     at::Tensor buf = at::empty({rows * N + pad}, x.options());
@@ -669,7 +726,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     std::memset(B + rows * N, 0, sizeof(float) * pad);
     at::Tensor out = at::empty({O, N}, x.options());
     at::Tensor res;
-    if (residual.has_value()) res = residual_like(residual, N, O, 1, 1, true);
+    if (residual) res = residual_like(restrip(*residual, 1).t, N, O, 1, 1, true);
     a.buf = B;
     a.out = out.data_ptr<float>();
     a.res = res.defined() ? res.data_ptr<float>() : nullptr;
@@ -685,23 +742,42 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
       const TapFn fn = u16 ? isa.fc_batch_u16 : isa.fc_batch_i32;
       parallel_items(O, taps_per_out * ((N + 15) / 16), [&](int64_t b, int64_t e) { fn(a, b, e); });
     }
-    if (!pool.empty()) return max_pool(from_batch_innermost(out), pool, relu);
-    return from_batch_innermost(out);
+    if (!pool.empty()) return {max_pool(from_batch_innermost(out), pool, relu)};
+    return {from_batch_innermost(out)};
   }
 
   // Per image: dictionary responses into its stride-phase planes (P*S, Hq, Wq), then the taps. A batch gives each
   // thread whole images (unless that would leave threads idle); otherwise each image is split over the threads.
   const int64_t img = P * S * Hq * Wq, TL = int64_t(kTileVectors) * isa.lanes, threads = usable_threads();
   const bool split_image = threads > 1 && !(N > 1 && (N % threads == 0 || N >= 4 * threads));
-  at::Tensor xc = x.contiguous();
+  // An input in strips is read strip by strip by the dictionary's GEMM (as images; with a stride, each strip must
+  // start on the same stride phase); the first layer's own dictionary kernel reads it plain.
+  const Act src = in.strips > 1 && (C <= kPhaseDictMaxC || H / in.strips % sH) ? restrip(in, 1) : in;
+  const int64_t in_strips = src.strips, in_rows = H / in_strips;
+  at::Tensor xc = src.t.contiguous();
+  PoolGeom pg{};
+  if (!pool.empty()) pg = pool_geom(pool, Ho, Wo);
+  const int64_t Hout = pool.empty() ? Ho : pg.Ho, Wout = pool.empty() ? Wo : pg.Wo;
+  // The output in the residual's strips (a plan's residual has them whenever the output would); those strips
+  // must be the tiling's.
+  const int64_t tiling = pool.empty() ? tile_strips(Ho, Wo) : strips ? strips_for(N, Hout, Wout) : 1;
+  const Act* rin = residual;
+  Act plain_res;
+  if (residual && residual->strips != 1 && residual->strips != tiling) {
+    plain_res = restrip(*residual, 1);
+    rin = &plain_res;
+  }
+  const int64_t out_strips = rin ? rin->strips : strips ? strips_for(N, Hout, Wout) : 1;
   a.Ho = Ho;
   a.Wo = Wo;
   a.Wq = Wq;
-  a.Q = (Ho - 1) * Wq + Wo;
+  a.strip_rows = Hout / tiling;
+  a.strip_stride = out_strips > 1 ? O * a.strip_rows * Wout : a.strip_rows * Wout;
+  a.channel_stride = out_strips > 1 ? a.strip_rows * Wout : Hout * Wout;
+  a.Q = ((pool.empty() ? a.strip_rows : Ho) - 1) * Wq + Wo;
   at::Tensor out, res;
   std::vector<uint16_t> vmask;
   std::vector<int32_t> dstart;
-  PoolGeom pg{};
   int64_t per_image, work;
   TapFn taps;
   // The rows of one plane a tile reads: its own rows and the kernel's reach below them. When those rows of all
@@ -716,8 +792,7 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   if (val.numel() < 9 * a.nblocks * O) a.nblocks = 1;
   a.span = per_block * Hq * Wq;
   if (!pool.empty()) {
-    pg = pool_geom(pool, Ho, Wo);
-    out = at::empty({N, O, pg.Ho, pg.Wo}, x.options());
+    out = at::empty({N * out_strips, O, pg.Ho / out_strips, pg.Wo}, x.options());
     a.relu = relu;  // applied to the pooled values
     a.pool = pg;
     // Bands of about 1024 convolution lanes: the rows shared by neighbouring bands are computed twice, so bands
@@ -736,8 +811,9 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     work = taps_per_out * lanes * a.group / isa.lanes;
     taps = u16 ? isa.pooled_u16 : isa.pooled_i32;
   } else {
-    out = at::empty({N, O, Ho, Wo}, x.options());
-    if (residual.has_value()) res = residual_like(residual, N, O, Ho, Wo, false);
+    out = at::empty({N * out_strips, O, Ho / out_strips, Wo}, x.options());
+    if (residual)
+      res = out_strips > 1 ? residual_strips(*rin, O, Ho, Wo) : residual_like(rin->t, N, O, Ho, Wo, false);
     vmask.resize(Wq);
     dstart.resize(Wq);
     // Column of lane t is (j + t) % Wq, stepped without a division: 16 divisions per column ran on the calling
@@ -752,7 +828,8 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     a.res = res.defined() ? res.data_ptr<float>() : nullptr;
     a.vmask = vmask.data();
     a.dstart = dstart.data();
-    a.ntiles = (a.Q + TL - 1) / TL;
+    a.strip_tiles = (a.Q + TL - 1) / TL;
+    a.ntiles = tiling * a.strip_tiles;
     a.channel_major = split_image && small_plane(Ho, Wo) && a.nblocks == 1;
     if (a.nblocks > 1) {
       // Groups of channels share the blocks' passes; enough of them to keep the threads busy.
@@ -769,7 +846,9 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
   a.out = out.data_ptr<float>();
   const bool padded = pH || pW;
   const int64_t chunks = S == 1 && C > kPhaseDictMaxC ? dict_chunks(C, P, H, W) : 1, stride = img + pad;
-  const int64_t gemm_items = chunks * ((P + kMR - 1) / kMR) * ((H * W + isa.gemm_cols - 1) / isa.gemm_cols);
+  // The GEMM's images: chunks of the input channels, or strips of the input.
+  const int64_t gemm_items =
+      chunks * in_strips * ((P + kMR - 1) / kMR) * ((in_rows * W + isa.gemm_cols - 1) / isa.gemm_cols);
   const int64_t gemm_work = C / chunks * kMR * isa.gemm_cols / isa.lanes;
   // A strided layer's GEMM (over more than kPhaseDictMaxC channels) stores each response straight into its phase
   // plane: input (h, w) goes to plane (a, b) = ((h + pH) % sH, (w + pW) % sW) of its dictionary channel, at
@@ -804,10 +883,11 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
     auto run_taps = [&](int64_t b, int64_t e) { taps(t, first + b, first + e); };
     if (S == 1) {
       // Chunk j of the input channels (the GEMM's image j) into the planes `stride` floats after chunk j - 1's
-      // (past the zeroed tail of B); one chunk is the plain product into B.
-      const int64_t K = C / chunks;
-      const GemmArgs g{A, P, K, xn, H * W, K * H * W, H * W, chunks, B, Hp * Wp, stride, padded ? W : 0, Wp,
-                       pH * Wp + pW, nullptr, nullptr, false, nullptr, 0, 0, 0, 0, 0, K * kMR, C * kMR};
+      // (past the zeroed tail of B); one chunk is the plain product into B, strip j of the input into its rows.
+      const int64_t K = C / chunks, ldb = in_rows * W;
+      const GemmArgs g{A, P, K, xn, ldb, K * ldb, ldb, chunks * in_strips, B, Hp * Wp,
+                       chunks > 1 ? stride : in_rows * Wp, padded ? W : 0, Wp, pH * Wp + pW, nullptr, nullptr, false,
+                       nullptr, 0, 0, 0, 0, 0, chunks > 1 ? K * kMR : 0, C * kMR};
       auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
       auto add = [&](int64_t b, int64_t e) { add_chunks(B, stride, chunks, Hp, Wp, H, W, pH, pW, b, e); };
       if (chunks > 1)
@@ -820,8 +900,10 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
       auto dict = [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); };
       run_stages({{sH * Hq, P * Wq * C, dict}, {per_image, work, run_taps}}, par);
     } else {
-      const GemmArgs g{A, P, C, xn, H * W, 0, H * W, 1, B, S * Hq * Wq, 0, W, 0, 0, nullptr, nullptr, false,
-                       scatter.data(), sW};
+      // Strip j of the input into the phase rows from in_rows / sH on.
+      const int64_t ldb = in_rows * W;
+      const GemmArgs g{A, P, C, xn, ldb, C * ldb, ldb, in_strips, B, S * Hq * Wq, in_rows / sH * Wq, W, 0, 0, nullptr,
+                       nullptr, false, scatter.data(), sW};
       auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
       run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
     }
@@ -841,7 +923,16 @@ at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dic
       for (int64_t n = b; n < e; ++n) image(n, planes, false);
     });
   }
-  return out;
+  return {out, out_strips};
+}
+
+at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dict_pack,
+                       const std::optional<at::Tensor>& dict_t, const at::Tensor& rowptr, const at::Tensor& idx,
+                       const at::Tensor& val, const at::Tensor& bias, std::vector<int64_t> geom, bool relu,
+                       std::vector<int64_t> pool, const std::optional<at::Tensor>& residual) {
+  const Act r{residual.value_or(at::Tensor()), 1};
+  return lookup_conv_act({x, 1}, dict_pack, dict_t, rowptr, idx, val, bias, geom, relu, pool,
+                         residual ? &r : nullptr, false).t;
 }
 
 // A dense convolution whose kernel is 1x1 (any stride, no padding) or covers its whole input (a fully connected
@@ -912,6 +1003,37 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
   return max_pool(out, pool, relu);
 }
 
+// dense_conv in a plan's step: a 1x1 convolution over one image reads its input's strips, and writes its output's
+// (the residual's, else strips_for's), as the GEMM's images; the rest runs dense_conv on plain tensors.
+Act dense_conv_act(const Act& in, const std::optional<at::Tensor>& w_pack, const std::optional<at::Tensor>& w_t,
+                   const at::Tensor& bias, const std::vector<int64_t>& geom, bool relu,
+                   const std::vector<int64_t>& pool, const Act* residual) {
+  TORCH_CHECK(geom.size() == 5, "dense conv: geom must be [kH, kW, sH, sW, O]");
+  const int64_t sH = geom[2], sW = geom[3], O = geom[4], C = in.t.size(1), H = in.height(), W = in.t.size(3);
+  const int64_t Ho = (H + sH - 1) / sH, Wo = (W + sW - 1) / sW;
+  const int64_t out_strips = residual ? residual->strips : strips_for(in.strips > 1 ? 1 : in.t.size(0), Ho, Wo);
+  const int64_t G = std::max(in.strips, out_strips);
+  if (geom[0] != 1 || geom[1] != 1 || !pool.empty() || G == 1 || H % G || H / G % sH || Ho % G) {
+    const std::optional<at::Tensor> r = residual ? std::optional<at::Tensor>(restrip(*residual, 1).t) : std::nullopt;
+    return {dense_conv(restrip(in, 1).t, w_pack, w_t, bias, geom, relu, pool, r)};
+  }
+  check_float(bias, "bias");
+  TORCH_CHECK(bias.numel() == O, "dense conv: bias size does not match the number of output channels");
+  const at::Tensor xc = in.t.contiguous();
+  const int64_t rows = H / G, rows_o = Ho / G;
+  at::Tensor out = at::empty({out_strips, O, Ho / out_strips, Wo}, xc.options()), res;
+  if (residual)
+    res = out_strips > 1 ? residual_strips(*residual, O, Ho, Wo) : residual_like(residual->t, 1, O, Ho, Wo, false);
+  const bool in_parts = in.strips == G, out_parts = out_strips == G;
+  const GemmArgs g{packed_data(w_pack, O, C, "weight"), O, C, xc.data_ptr<float>(), in_parts ? rows * W : H * W,
+                   in_parts ? C * rows * W : rows * W, rows_o * Wo, G, out.data_ptr<float>(),
+                   out_parts ? rows_o * Wo : Ho * Wo, out_parts ? O * rows_o * Wo : rows_o * Wo, 0, 0, 0,
+                   bias.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, relu, nullptr, 0,
+                   sH > 1 || sW > 1 ? W : 0, sH, sW, Wo};
+  run_gemm(g);
+  return {out, out_strips};
+}
+
 // ATen's convolution (a dense form our GEMM does not cover: kernels over several positions), then what the block
 // fuses: the residual, and the ReLU or the max pooling (with the ReLU). Channels-last weights (lookup.py passes
 // them when a pooling follows) make the convolution and its output channels-last, which max_pool reads as it is.
@@ -942,8 +1064,8 @@ at::Tensor aten_conv(const at::Tensor& x, const at::Tensor& weight, const std::o
 // at 2 threads and 34 at 1. run_steps runs code[begin, end).
 at::Tensor run_steps(const at::Tensor& x, const std::vector<std::optional<at::Tensor>>& tensors,
                      const std::vector<int64_t>& code, size_t begin, size_t end) {
-  at::Tensor cur = x;
-  std::vector<at::Tensor> stack;
+  Act cur{x};
+  std::vector<Act> stack;
   size_t i = begin;
   auto next = [&]() {
     TORCH_CHECK(i < end, "run_plan: instruction list ends early");
@@ -970,23 +1092,25 @@ at::Tensor run_steps(const at::Tensor& x, const std::vector<std::optional<at::Te
     TORCH_CHECK(kind >= 1 && kind <= 9, "run_plan: unknown instruction ", kind);
     if (kind >= 4) {
       TORCH_CHECK(stack.empty(), "run_plan: a classifier step inside a residual block");
+      at::Tensor t = restrip(cur, 1).t;
       if (kind == 4) {
         const std::vector<int64_t> p = list();
         TORCH_CHECK(p.size() == 9, "run_plan: average pooling takes 9 numbers");
-        cur = at::avg_pool2d(cur, {p[0], p[1]}, {p[2], p[3]}, {p[4], p[5]}, p[6] != 0, p[7] != 0,
-                             p[8] ? std::optional<int64_t>(p[8]) : std::nullopt);
+        t = at::avg_pool2d(t, {p[0], p[1]}, {p[2], p[3]}, {p[4], p[5]}, p[6] != 0, p[7] != 0,
+                           p[8] ? std::optional<int64_t>(p[8]) : std::nullopt);
       } else if (kind == 5) {
-        cur = cur.reshape(list());
+        t = t.reshape(list());
       } else if (kind == 6) {
         const std::optional<at::Tensor> w = tensor(), b = tensor();
         TORCH_CHECK(w, "run_plan: a linear step lacks its weight");
-        cur = at::linear(cur, *w, b);
+        t = at::linear(t, *w, b);
       } else if (kind == 9) {
-        cur = at::relu(cur);
+        t = at::relu(t);
       } else {
         const int64_t dim = next();
-        cur = kind == 7 ? at::log_softmax(cur, dim) : at::softmax(cur, dim);
+        t = kind == 7 ? at::log_softmax(t, dim) : at::softmax(t, dim);
       }
+      cur = {t};
       continue;
     }
     const bool from_stack = next(), to_stack = next(), pop_res = next(), relu = next();
@@ -995,29 +1119,31 @@ at::Tensor run_steps(const at::Tensor& x, const std::vector<std::optional<at::Te
     std::optional<at::Tensor> t[6];
     for (int k = 0; k < (kind == 1 ? 6 : kind == 2 ? 3 : 2); ++k) t[k] = tensor();
     std::vector<int64_t> geom = list(), pool = list();
-    std::optional<at::Tensor> residual;
+    std::optional<Act> residual;
     if (pop_res) {
       residual = stack.back();
       stack.pop_back();
     }
-    const at::Tensor& in = from_stack ? stack.back() : cur;
-    TORCH_CHECK(in.dim() == 4 && in.size(2) == H && in.size(3) == W, "run_plan: a step planned for ", H, "x", W,
-                " inputs got ", in.sizes());
-    at::Tensor out;
+    const Act& in = from_stack ? stack.back() : cur;
+    TORCH_CHECK(in.t.dim() == 4 && in.height() == H && in.t.size(3) == W, "run_plan: a step planned for ", H, "x",
+                W, " inputs got ", restrip(in, 1).t.sizes());
+    const Act* res = residual ? &*residual : nullptr;
+    Act out;
     if (kind == 1) {
       TORCH_CHECK(t[2] && t[3] && t[4] && t[5], "run_plan: a lookup step lacks its taps");
-      out = lookup_conv(in, t[0], t[1], *t[2], *t[3], *t[4], *t[5], geom, relu, pool, residual);
+      out = lookup_conv_act(in, t[0], t[1], *t[2], *t[3], *t[4], *t[5], geom, relu, pool, res, true);
     } else if (kind == 2) {
       TORCH_CHECK(t[2], "run_plan: a dense step lacks its bias");
-      out = dense_conv(in, t[0], t[1], *t[2], geom, relu, pool, residual);
+      out = dense_conv_act(in, t[0], t[1], *t[2], geom, relu, pool, res);
     } else {
       TORCH_CHECK(t[0], "run_plan: an ATen convolution step lacks its weight");
-      out = aten_conv(in, *t[0], t[1], geom, relu, pool, residual);
+      const std::optional<at::Tensor> r = res ? std::optional<at::Tensor>(restrip(*res, 1).t) : std::nullopt;
+      out = {aten_conv(restrip(in, 1).t, *t[0], t[1], geom, relu, pool, r)};
     }
     (to_stack ? stack.back() : cur) = out;
   }
   TORCH_CHECK(stack.empty(), "run_plan: ", stack.size(), " tensors left on the stack");
-  return cur;
+  return restrip(cur, 1).t;
 }
 
 // A plan's tensors and instructions, converted from Python once (lookup.py's _Plan keeps one): passed as lists on
@@ -1084,4 +1210,5 @@ TORCH_LIBRARY(lcnn_lookup, m) {
   m.def("isa() -> str", &isa_name);
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("set_min_task_work(int work) -> int", &set_min_task_work);
+  m.def("set_strips(bool on) -> bool", &set_strips);
 }

@@ -351,16 +351,17 @@ inline __attribute__((always_inline)) void tile_acc(const TapArgs& a, int64_t& k
   }
 }
 
-// Where a tile starts: lane q0 of the padded plane is row i0, column j0; `next` is the output offset of the
-// next tile's first row. Worked out once per tile, since all of a tile's channels share it (a 64-bit division
-// costs about as much as a tap).
+// Where tile t starts: it lies in strip `strip` of the output (see TapArgs::strip_rows), whose lane q0 (counted
+// from the strip's first row) is row i0 of the strip, column j0; it reads the planes from lane `at`; `next` is
+// the output offset in the strip of the next tile's first row. Worked out once per tile, since all of a tile's
+// channels share it (a 64-bit division costs about as much as a tap).
 struct TileGeom {
-  int64_t q0, i0, j0, next;
+  int64_t q0, i0, j0, next, strip, at;
 };
 
 inline TileGeom tile_geom(const TapArgs& a, int64_t t) {
-  const int64_t q0 = t * kTileVectors * L, i0 = q0 / a.Wq;
-  return {q0, i0, q0 - i0 * a.Wq, (q0 + kTileVectors * L) / a.Wq * a.Wo};
+  const int64_t strip = t / a.strip_tiles, q0 = (t - strip * a.strip_tiles) * kTileVectors * L, i0 = q0 / a.Wq;
+  return {q0, i0, q0 - i0 * a.Wq, (q0 + kTileVectors * L) / a.Wq * a.Wo, strip, strip * a.strip_rows * a.Wq + q0};
 }
 
 // Write the valid lanes of the V vectors of a tile (lanes q0 .. q0 + V*L of the padded plane) to the output
@@ -415,13 +416,13 @@ inline __attribute__((always_inline)) void store_tile(const TapArgs& a, float* p
 template <int V>
 inline __attribute__((always_inline)) void finish_tile(const TapArgs& a, int64_t n, int64_t o, const TileGeom& tg,
                                                        const vec (&acc)[V]) {
-  const int64_t plane_off = (n * a.O + o) * a.Ho * a.Wo;
+  const int64_t plane_off = n * a.O * a.Ho * a.Wo + tg.strip * a.strip_stride + o * a.channel_stride;
   float* plane = a.out + plane_off;
   const float* res = a.res ? a.res + plane_off : nullptr;
   store_tile<V>(a, plane, res, tg, acc, a.bias[o]);
   const int64_t next = tg.next;
-  if (next < a.Ho * a.Wo) {
-    const int64_t stop = std::min<int64_t>(a.Ho * a.Wo, next + kTileVectors * L);
+  if (next < a.strip_rows * a.Wo) {
+    const int64_t stop = std::min<int64_t>(a.strip_rows * a.Wo, next + kTileVectors * L);
     for (int64_t f = next; f < stop; f += 16) {
       __builtin_prefetch(plane + f, 1, 3);
       if (res) __builtin_prefetch(res + f, 0, 3);
@@ -433,7 +434,7 @@ template <int V, typename I>
 inline __attribute__((always_inline)) void tile_out(const TapArgs& a, int64_t n, int64_t o, const TileGeom& tg) {
   vec acc[V] = {};
   int64_t k = a.rowptr[o];
-  tile_acc<V, I, false>(a, k, a.rowptr[o + 1], 0, a.buf + tg.q0, acc);
+  tile_acc<V, I, false>(a, k, a.rowptr[o + 1], 0, a.buf + tg.at, acc);
   finish_tile<V>(a, n, o, tg, acc);
 }
 
@@ -458,7 +459,7 @@ inline __attribute__((always_inline)) void blocked_tile(const TapArgs& a, int64_
 #pragma GCC unroll 8
       for (int v = 0; v < V; ++v) acc[v] = b == 0 ? vec{} : vload(saved + v * L);
       int64_t k = pos[o - o0];
-      tile_acc<V, I, true>(a, k, a.rowptr[o + 1], bound, a.buf + tg.q0, acc);
+      tile_acc<V, I, true>(a, k, a.rowptr[o + 1], bound, a.buf + tg.at, acc);
       pos[o - o0] = k;
       if (b + 1 == blocks) {
         finish_tile<V>(a, n, o, tg, acc);
@@ -478,7 +479,7 @@ inline void taps_impl(const TapArgs& a, int64_t begin, int64_t end) {
   if (begin >= end) return;
   const int64_t per_tile = a.nblocks > 1 ? (a.O + a.group - 1) / a.group : a.O;
   // The item's (image, tile, channel) are stepped along rather than divided out of its number each time.
-  int64_t c, t, n = begin / (per_tile * a.ntiles);
+  int64_t c, t, n = begin / (per_tile * a.ntiles);  // tiles of all strips of an image
   if (a.channel_major) {
     t = begin % a.ntiles;
     c = (begin / a.ntiles) % per_tile;
@@ -677,11 +678,13 @@ inline void pooled_impl(const TapArgs& a, int64_t begin, int64_t end) {
     }
     for (int64_t o = o0; o < o1; ++o) {
       const float* conv = rows + (o - o0) * stride;
-      float* plane = a.out + (n * a.O + o) * pg.Ho * pg.Wo;
+      float* plane = a.out + n * a.O * pg.Ho * pg.Wo + o * a.channel_stride;
       for (int64_t i = i0; i < i1; ++i) {
         int64_t h0, h1;
         pool_rows(pg, i, a.Ho, h0, h1);
-        pool_row(pg, conv + (h0 - r0) * a.Wq, a.Wq, a.Wo, 0, h1 - h0, plane + i * pg.Wo, col, a.bias[o], a.relu);
+        const int64_t strip = i / a.strip_rows;
+        float* row = plane + strip * a.strip_stride + (i - strip * a.strip_rows) * pg.Wo;
+        pool_row(pg, conv + (h0 - r0) * a.Wq, a.Wq, a.Wo, 0, h1 - h0, row, col, a.bias[o], a.relu);
       }
     }
   }
