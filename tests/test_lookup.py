@@ -257,9 +257,10 @@ def test_threads_give_identical_results(cpp, batch):
     """Every output element is computed by one thread in a fixed order: bit-identical at any thread count (both
     forms of every layer, whole networks, pooled / residual / fully connected layers). The second run at 2 threads
     reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first). The
-    ResNets on 256 and 72 pixels keep their 64x64, 32x32 and 18x18 activations in strips at batch 1 and 2 threads
-    (pooled, residual and shortcut layers writing them, stride-2 layers and shortcuts reading them; 18 rows make
-    strips of 9, which a stride-2 layer reads plain); the bits are those of plain activations too."""
+    ResNets on 256 and 72 pixels keep their 64x64, 32x32, 16x16 and 18x18 activations in strips at batch 1 and 2
+    threads (pooled, residual and shortcut layers writing them, stride-2 layers and shortcuts reading them, 18 rows
+    in strips of 9 too, whose second strip starts on the other stride phase); the bits are those of plain
+    activations too."""
     gen = torch.Generator().manual_seed(3 + batch)
     nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen))]
     nets += [(resnet_lcnn_small(0.1, gen, size), torch.randn(batch, 3, size, size, generator=gen))

@@ -76,8 +76,8 @@ struct GemmArgs {
   const float* bias;       // per row, or null
   const float* res;        // laid out like c (W == 0 only), or null
   bool relu;
-  // Stride phases (a dictionary only: no bias, residual or ReLU): column j goes to c + m * ldc + scatter[j]; W is
-  // then the input's width and sW its stride across.
+  // Stride phases (a dictionary only: no bias, residual or ReLU): column j of image i goes to c + i * c_img + m *
+  // ldc + scatter[i * scatter_img + j]; W is then the input's width and sW its stride across.
   const int32_t* scatter;
   int64_t sW;
   // A strided 1x1 convolution's input (in_W > 0): column j = ho * out_W + wo is read at b + (ho * in_sH) * in_W
@@ -86,6 +86,10 @@ struct GemmArgs {
   // Image i's rows of a start at a + i * a_img, its panels a_panel apart (0: K * kMR, a packed matrix of its
   // own); with both set, the images are chunks of one matrix's columns (see dict_chunks).
   int64_t a_img = 0, a_panel = 0;
+  int64_t scatter_img = 0;
+  // in_rows > 0: the strided input in strips of in_rows rows (see Act), in_strip floats apart: its row h is read
+  // at (h / in_rows) * in_strip + (h % in_rows) * in_W.
+  int64_t in_rows = 0, in_strip = 0;
 };
 
 // Max pooling geometry; Ho, Wo: the pooled size.
@@ -499,8 +503,17 @@ Planes& kept_planes(const PlaneLayout& layout) {
 }
 
 // Planes of at most this many positions are split over the threads by channels (each thread writes all positions
-// of its output channels, and reads those of its input channels: see dict_chunks); bigger ones by positions.
+// of its output channels, and reads those of its input channels: see dict_chunks); bigger ones, and those tiled in
+// strips (tile_strips), by positions.
 inline bool small_plane(int64_t H, int64_t W) { return H * W <= 256; }
+
+// The strips of rows an output plane of Ho x Wo is tiled in (TapArgs::strip_rows; a tile does not cross from one
+// to the next): its top and bottom halves for planes of an even number of rows, at least 8, and at least 14x14
+// positions (ResNet's smallest even planes; at 14x14 the halves take as many tiles as the whole plane, 2). At
+// batch 1 with threads, a plan keeps such activations in those strips (see Act) and each thread takes one. It
+// depends on the shape only, as the bits do: a narrow tile sums its taps in interleaved chains, so where the tiles
+// start decides how each output's sum is taken (and a plane in strips is not summed in chunks, dict_chunks).
+inline int64_t tile_strips(int64_t Ho, int64_t Wo) { return Ho % 2 == 0 && Ho >= 8 && Ho * Wo >= 196 ? 2 : 1; }
 
 // The chunks of input channels a stride-1 layer's dictionary is summed in: each chunk's responses into planes of
 // their own, then added in chunk order (so the sums, and the bits, depend on the layer's shape only, never on the
@@ -512,7 +525,7 @@ inline bool small_plane(int64_t H, int64_t W) { return H * W <= 256; }
 // of the input's channels.
 inline int64_t dict_chunks(int64_t C, int64_t P, int64_t H, int64_t W) {
   int64_t k = 1;
-  if (small_plane(H, W))
+  if (small_plane(H, W) && tile_strips(H, W) == 1)
     while (k < 4 && C % (2 * k) == 0 && C >= 2 * k * 4 * P) k *= 2;
   return k;
 }
@@ -602,12 +615,6 @@ at::Tensor residual_like(const std::optional<at::Tensor>& residual, int64_t N, i
               at::IntArrayRef({N, O, Ho, Wo}));
   return batch_inner ? residual->reshape({N, O}).t().contiguous() : residual->contiguous();
 }
-
-// The strips of rows an output plane of Ho x Wo is tiled in (TapArgs::strip_rows; a tile does not cross from one
-// to the next): its top and bottom halves for planes that the threads split by positions (not small_plane's) with
-// an even number of rows, at least 8. It depends on the shape only, as the bits do: a narrow tile sums its taps in
-// interleaved chains, so where the tiles start decides how each output's sum is taken.
-int64_t tile_strips(int64_t Ho, int64_t Wo) { return !small_plane(Ho, Wo) && Ho % 2 == 0 && Ho >= 8 ? 2 : 1; }
 
 // An image split over threads (batch 1) between the steps of a plan is kept in those two strips, each laid out as
 // an image of its own, (strips, C, H / strips, W); one strip is a plain NCHW tensor. The thread that computes the
@@ -750,9 +757,9 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   // thread whole images (unless that would leave threads idle); otherwise each image is split over the threads.
   const int64_t img = P * S * Hq * Wq, TL = int64_t(kTileVectors) * isa.lanes, threads = usable_threads();
   const bool split_image = threads > 1 && !(N > 1 && (N % threads == 0 || N >= 4 * threads));
-  // An input in strips is read strip by strip by the dictionary's GEMM (as images; with a stride, each strip must
-  // start on the same stride phase); the first layer's own dictionary kernel reads it plain.
-  const Act src = in.strips > 1 && (C <= kPhaseDictMaxC || H / in.strips % sH) ? restrip(in, 1) : in;
+  // An input in strips is read strip by strip by the dictionary's GEMM (as images); the first layer's own
+  // dictionary kernel reads it plain.
+  const Act src = in.strips > 1 && C <= kPhaseDictMaxC ? restrip(in, 1) : in;
   const int64_t in_strips = src.strips, in_rows = H / in_strips;
   at::Tensor xc = src.t.contiguous();
   PoolGeom pg{};
@@ -830,7 +837,7 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
     a.dstart = dstart.data();
     a.strip_tiles = (a.Q + TL - 1) / TL;
     a.ntiles = tiling * a.strip_tiles;
-    a.channel_major = split_image && small_plane(Ho, Wo) && a.nblocks == 1;
+    a.channel_major = split_image && tiling == 1 && small_plane(Ho, Wo) && a.nblocks == 1;
     if (a.nblocks > 1) {
       // Groups of channels share the blocks' passes; enough of them to keep the threads busy.
       const int64_t want = (4 * threads + N * a.ntiles - 1) / (N * a.ntiles);
@@ -900,10 +907,10 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
       auto dict = [&](int64_t b, int64_t e) { isa.phase_dict(f, b, e); };
       run_stages({{sH * Hq, P * Wq * C, dict}, {per_image, work, run_taps}}, par);
     } else {
-      // Strip j of the input into the phase rows from in_rows / sH on.
+      // Strip j of the input (its rows from j * in_rows on) through its part of `scatter`.
       const int64_t ldb = in_rows * W;
-      const GemmArgs g{A, P, C, xn, ldb, C * ldb, ldb, in_strips, B, S * Hq * Wq, in_rows / sH * Wq, W, 0, 0, nullptr,
-                       nullptr, false, scatter.data(), sW};
+      const GemmArgs g{A, P, C, xn, ldb, C * ldb, ldb, in_strips, B, S * Hq * Wq, 0, W, 0, 0, nullptr, nullptr, false,
+                       scatter.data(), sW, 0, 0, 0, 0, 0, 0, ldb};
       auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
       run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
     }
@@ -1004,32 +1011,43 @@ at::Tensor dense_conv(const at::Tensor& x, const std::optional<at::Tensor>& w_pa
 }
 
 // dense_conv in a plan's step: a 1x1 convolution over one image reads its input's strips, and writes its output's
-// (the residual's, else strips_for's), as the GEMM's images; the rest runs dense_conv on plain tensors.
+// (the residual's, else strips_for's), as the GEMM's images; with a stride that does not divide the strips' rows,
+// the gather reads the strips row by row into a plain output. The rest runs dense_conv on plain tensors.
 Act dense_conv_act(const Act& in, const std::optional<at::Tensor>& w_pack, const std::optional<at::Tensor>& w_t,
                    const at::Tensor& bias, const std::vector<int64_t>& geom, bool relu,
                    const std::vector<int64_t>& pool, const Act* residual) {
   TORCH_CHECK(geom.size() == 5, "dense conv: geom must be [kH, kW, sH, sW, O]");
   const int64_t sH = geom[2], sW = geom[3], O = geom[4], C = in.t.size(1), H = in.height(), W = in.t.size(3);
   const int64_t Ho = (H + sH - 1) / sH, Wo = (W + sW - 1) / sW;
-  const int64_t out_strips = residual ? residual->strips : strips_for(in.strips > 1 ? 1 : in.t.size(0), Ho, Wo);
-  const int64_t G = std::max(in.strips, out_strips);
-  if (geom[0] != 1 || geom[1] != 1 || !pool.empty() || G == 1 || H % G || H / G % sH || Ho % G) {
+  int64_t out_strips = residual ? residual->strips : strips_for(in.strips > 1 ? 1 : in.t.size(0), Ho, Wo);
+  int64_t G = std::max(in.strips, out_strips);
+  const bool images = G > 1 && H % G == 0 && H / G % sH == 0 && Ho % G == 0;
+  const bool gather = !images && in.strips > 1 && (sH > 1 || sW > 1);
+  if (geom[0] != 1 || geom[1] != 1 || !pool.empty() || !(images || gather)) {
     const std::optional<at::Tensor> r = residual ? std::optional<at::Tensor>(restrip(*residual, 1).t) : std::nullopt;
     return {dense_conv(restrip(in, 1).t, w_pack, w_t, bias, geom, relu, pool, r)};
   }
   check_float(bias, "bias");
   TORCH_CHECK(bias.numel() == O, "dense conv: bias size does not match the number of output channels");
+  if (gather) out_strips = G = 1;
   const at::Tensor xc = in.t.contiguous();
-  const int64_t rows = H / G, rows_o = Ho / G;
+  const int64_t rows = H / G, rows_o = Ho / G, in_rows = H / in.strips;
   at::Tensor out = at::empty({out_strips, O, Ho / out_strips, Wo}, xc.options()), res;
   if (residual)
-    res = out_strips > 1 ? residual_strips(*residual, O, Ho, Wo) : residual_like(residual->t, 1, O, Ho, Wo, false);
+    res = out_strips > 1 ? residual_strips(*residual, O, Ho, Wo)
+                         : residual_like(restrip(*residual, 1).t, 1, O, Ho, Wo, false);
   const bool in_parts = in.strips == G, out_parts = out_strips == G;
-  const GemmArgs g{packed_data(w_pack, O, C, "weight"), O, C, xc.data_ptr<float>(), in_parts ? rows * W : H * W,
-                   in_parts ? C * rows * W : rows * W, rows_o * Wo, G, out.data_ptr<float>(),
-                   out_parts ? rows_o * Wo : Ho * Wo, out_parts ? O * rows_o * Wo : rows_o * Wo, 0, 0, 0,
-                   bias.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, relu, nullptr, 0,
-                   sH > 1 || sW > 1 ? W : 0, sH, sW, Wo};
+  GemmArgs g{packed_data(w_pack, O, C, "weight"), O, C, xc.data_ptr<float>(), in_parts ? rows * W : H * W,
+             in_parts ? C * rows * W : rows * W, rows_o * Wo, G, out.data_ptr<float>(),
+             out_parts ? rows_o * Wo : Ho * Wo, out_parts ? O * rows_o * Wo : rows_o * Wo, 0, 0, 0,
+             bias.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, relu, nullptr, 0,
+             sH > 1 || sW > 1 ? W : 0, sH, sW, Wo};
+  if (gather) {
+    g.ldb = in_rows * W;
+    g.b_img = xc.numel();  // where the input's data ends, for the gather's vector loads
+    g.in_rows = in_rows;
+    g.in_strip = C * in_rows * W;
+  }
   run_gemm(g);
   return {out, out_strips};
 }

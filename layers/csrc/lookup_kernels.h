@@ -73,10 +73,10 @@ inline vec vload_n(const float* p, int64_t n) {
 
 // Column j of the vector: with padded planes, at row h, column w of the input (h, w worked out by the caller once
 // per vector for all rows of a panel, rather than by a 64-bit division per row).
-inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, int64_t j, int64_t h, int64_t w, vec v,
-                       int64_t n, float bias) {
+inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, const int32_t* scatter, int64_t j,
+                       int64_t h, int64_t w, vec v, int64_t n, float bias) {
   if (g.bias) v += bias;
-  if (g.scatter) {
+  if (scatter) {
 #if LCNN_VB == 64
     if (g.sW == 2) {
       // At stride 2 the even lanes of a vector's piece of one input row go to one phase plane and the odd ones to
@@ -90,18 +90,18 @@ inline void gemm_store(const GemmArgs& g, float* row, const float* res_row, int6
       for (int64_t t = 0; t < n; w = 0) {
         const int64_t stop = std::min<int64_t>(n, t + g.W - w);
         const int64_t e0 = (t + 1) / 2, e1 = (stop + 1) / 2, o0 = t / 2, o1 = stop / 2;
-        if (e0 < e1) _mm256_mask_storeu_ps(row + g.scatter[j + 2 * e0] - e0, span(e0, e1), even);
-        if (o0 < o1) _mm256_mask_storeu_ps(row + g.scatter[j + 2 * o0 + 1] - o0, span(o0, o1), odd);
+        if (e0 < e1) _mm256_mask_storeu_ps(row + scatter[j + 2 * e0] - e0, span(e0, e1), even);
+        if (o0 < o1) _mm256_mask_storeu_ps(row + scatter[j + 2 * o0 + 1] - o0, span(o0, o1), odd);
         t = stop;
       }
       return;
     }
     const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
-    _mm512_mask_i32scatter_ps(row, lanes, _mm512_maskz_loadu_epi32(lanes, g.scatter + j), (__m512)v, 4);
+    _mm512_mask_i32scatter_ps(row, lanes, _mm512_maskz_loadu_epi32(lanes, scatter + j), (__m512)v, 4);
 #else
     alignas(64) float lanes[L];
     *reinterpret_cast<vec*>(lanes) = v;
-    for (int64_t t = 0; t < n; ++t) row[g.scatter[j + t]] = lanes[t];
+    for (int64_t t = 0; t < n; ++t) row[scatter[j + t]] = lanes[t];
 #endif
     return;
   }
@@ -173,6 +173,7 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
     step(k, bv);
   }
   const int64_t rows = std::min<int64_t>(kMR, g.M - m0);
+  const int32_t* scatter = g.scatter ? g.scatter + img * g.scatter_img : nullptr;
   int64_t hs[NV] = {}, ws[NV] = {};
   if (g.W)
 #pragma GCC unroll 4
@@ -187,7 +188,7 @@ inline __attribute__((always_inline)) void gemm_tile(const GemmArgs& g, const fl
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const int64_t n = std::min<int64_t>(L, cols - v * L);
-      if (n > 0) gemm_store(g, row, res_row, j0 + v * L, hs[v], ws[v], acc[m][v], n, bias);
+      if (n > 0) gemm_store(g, row, res_row, scatter, j0 + v * L, hs[v], ws[v], acc[m][v], n, bias);
     }
   }
 }
@@ -220,10 +221,10 @@ inline void gather_strided(const GemmArgs& g, const float* src, const float* end
   // reads in a plane.
   int64_t at[kGemmCols], len[kGemmCols], from[kGemmCols], runs = 0;
   for (int64_t c = 0; c < cols; ++runs) {
-    const int64_t j = j0 + c, ho = j / g.out_W, wo = j - ho * g.out_W;
+    const int64_t j = j0 + c, ho = j / g.out_W, wo = j - ho * g.out_W, h = ho * g.in_sH;
     at[runs] = c;
     len[runs] = std::min(cols - c, g.out_W - wo);
-    from[runs] = ho * g.in_sH * g.in_W + wo * g.in_sW;
+    from[runs] = (g.in_rows ? h / g.in_rows * g.in_strip + h % g.in_rows * g.in_W : h * g.in_W) + wo * g.in_sW;
     c += len[runs];
   }
   const int64_t s = g.in_sW;
