@@ -256,31 +256,31 @@ def test_zeroed_borders_are_kept_only_while_nothing_else_writes_the_planes():
 def test_threads_give_identical_results(cpp, batch):
     """Every output element is computed by one thread in a fixed order: bit-identical at any thread count (both
     forms of every layer, whole networks, pooled / residual / fully connected layers). The second run at 2 threads
-    reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first). The
-    ResNets on 256 and 72 pixels keep their 64x64, 32x32, 16x16 and 18x18 activations in strips at batch 1 and 2
-    threads (pooled, residual and shortcut layers writing them, stride-2 layers and shortcuts reading them, 18 rows
-    in strips of 9 too, whose second strip starts on the other stride phase); the bits are those of plain
-    activations too."""
+    reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first). At
+    batch 1 and 2 threads activations are kept in strips: AlexNet's 27x27 and 13x13 ones (a shorter second strip,
+    whose unused row is NaN here) and the ResNets' on 256 and 72 pixels, 64x64, 32x32, 16x16 and 18x18 (pooled,
+    residual and shortcut layers writing them, stride-2 layers and shortcuts reading them, 18 rows in strips of 9
+    too, whose second strip starts on the other stride phase); the bits are those of plain activations too."""
     gen = torch.Generator().manual_seed(3 + batch)
     nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen))]
     nets += [(resnet_lcnn_small(0.1, gen, size), torch.randn(batch, 3, size, size, generator=gen))
              for size in (64, 256, 72)]
     previous = torch.ops.lcnn_lookup.set_min_task_work(1)  # split every loop, however small
+    strips = torch.ops.lcnn_lookup.set_strips(2)  # NaN in the rows a shorter last strip leaves unused
     try:
         for model, x in nets:
             for path in ('lookup', 'dense'):
                 compiled = lookup.compile(model, path=path)
                 with torch.no_grad():
                     outs = at_threads([1, 2, 3, 2], lambda: compiled(x))
-                    torch.ops.lcnn_lookup.set_strips(False)
-                    try:
-                        outs += at_threads([2], lambda: compiled(x))
-                    finally:
-                        torch.ops.lcnn_lookup.set_strips(True)
+                    torch.ops.lcnn_lookup.set_strips(0)
+                    outs += at_threads([2], lambda: compiled(x))
+                    torch.ops.lcnn_lookup.set_strips(2)
                 assert all(torch.equal(outs[0], out) for out in outs[1:])
                 close(outs[0], model(x))
     finally:
         torch.ops.lcnn_lookup.set_min_task_work(previous)
+        torch.ops.lcnn_lookup.set_strips(strips)
 
 
 @pytest.mark.parametrize('size,stride', [((14, 14), 2), ((13, 13), 2), ((7, 7), 1), ((20, 20), 3),

@@ -87,6 +87,7 @@ struct GemmArgs {
   // own); with both set, the images are chunks of one matrix's columns (see dict_chunks).
   int64_t a_img = 0, a_panel = 0;
   int64_t scatter_img = 0;
+  int64_t last_cols = 0;  // > 0: the columns of the last image, fewer than ncols (a shorter last strip)
   // in_rows > 0: the strided input in strips of in_rows rows (see Act), in_strip floats apart: its row h is read
   // at (h / in_rows) * in_strip + (h % in_rows) * in_W.
   int64_t in_rows = 0, in_strip = 0;
@@ -108,9 +109,10 @@ struct TapArgs {
   const float* bias;
   int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one strip of an output plane, (strip_rows - 1) * Wq + Wo
   int64_t blocks;         // fully connected: blocks of responses; rowptr is then (blocks, O + 1), one CSR each
-  // The output's rows in strips of strip_rows (see Act), strip_stride floats apart, its channels channel_stride
-  // apart; one strip: plain NCHW. Tiles do not cross strips: strip_tiles per strip, ntiles for all of them.
-  int64_t strip_rows, strip_stride, channel_stride;
+  // The output's rows in strips of strip_rows (last_rows in the last one; see Act), strip_stride floats apart, its
+  // channels channel_stride apart; one strip: plain NCHW. Tiles do not cross strips: strip_tiles per strip (the
+  // last strip's past its rows are empty), ntiles for all of them.
+  int64_t strip_rows, last_rows, strip_stride, channel_stride;
   int64_t strip_tiles, ntiles;
   int64_t span, nblocks;  // dictionary planes taken in nblocks blocks of `span` offsets (nblocks 1: all at once)
   bool relu;
@@ -508,12 +510,13 @@ Planes& kept_planes(const PlaneLayout& layout) {
 inline bool small_plane(int64_t H, int64_t W) { return H * W <= 256; }
 
 // The strips of rows an output plane of Ho x Wo is tiled in (TapArgs::strip_rows; a tile does not cross from one
-// to the next): its top and bottom halves for planes of an even number of rows, at least 8, and at least 14x14
-// positions (ResNet's smallest even planes; at 14x14 the halves take as many tiles as the whole plane, 2). At
-// batch 1 with threads, a plan keeps such activations in those strips (see Act) and each thread takes one. It
-// depends on the shape only, as the bits do: a narrow tile sums its taps in interleaved chains, so where the tiles
-// start decides how each output's sum is taken (and a plane in strips is not summed in chunks, dict_chunks).
-inline int64_t tile_strips(int64_t Ho, int64_t Wo) { return Ho % 2 == 0 && Ho >= 8 && Ho * Wo >= 196 ? 2 : 1; }
+// to the next): its top and bottom halves (the top one a row longer for an odd number) for planes of at least 8
+// rows and 13x13 positions (AlexNet's smallest planes; at 13x13 and 14x14 the halves take as many tiles as the
+// whole plane, 2). At batch 1 with threads, a plan keeps such activations in those strips (see Act) and each
+// thread takes one. It depends on the shape only, as the bits do: a narrow tile sums its taps in interleaved
+// chains, so where the tiles start decides how each output's sum is taken (and a plane in strips is not summed in
+// chunks, dict_chunks).
+inline int64_t tile_strips(int64_t Ho, int64_t Wo) { return Ho >= 8 && Ho * Wo >= 169 ? 2 : 1; }
 
 // The chunks of input channels a stride-1 layer's dictionary is summed in: each chunk's responses into planes of
 // their own, then added in chunk order (so the sums, and the bits, depend on the layer's shape only, never on the
@@ -617,24 +620,37 @@ at::Tensor residual_like(const std::optional<at::Tensor>& residual, int64_t N, i
 }
 
 // An image split over threads (batch 1) between the steps of a plan is kept in those two strips, each laid out as
-// an image of its own, (strips, C, H / strips, W); one strip is a plain NCHW tensor. The thread that computes the
-// rows of a strip writes, and its GEMMs then read (a strip as an image), memory of its own: with plain planes
-// split by positions, each core's hardware prefetcher runs on from its half of a channel's rows into the other
-// core's half and takes its lines (benchmarks/thread_split_speed.py: a 28x28 half read back 3.4-4.6x slower
-// than with the other core idle; 1 KB between the halves took most of that away).
+// an image of its own, (strips, C, R, W) with R = ceil(H / strips) (the last strip's rows past H unused); one
+// strip is a plain NCHW tensor. The thread that computes the rows of a strip writes, and its GEMMs then read (a
+// strip as an image), memory of its own: with plain planes split by positions, each core's hardware prefetcher
+// runs on from its half of a channel's rows into the other core's half and takes its lines
+// (benchmarks/thread_split_speed.py: a 28x28 half read back 3.4-4.6x slower than with the other core idle; 1 KB
+// between the halves took most of that away).
 struct Act {
   at::Tensor t;
   int64_t strips = 1;
-  int64_t height() const { return t.size(2) * strips; }
+  int64_t H = 0;  // the image's rows, with strips
+  int64_t height() const { return strips > 1 ? H : t.size(2); }
 };
 
-bool g_strips = true;
-
-// Switch strips off (or on again); returns the previous setting. Tests compare the results both ways.
-bool set_strips(bool on) {
-  const bool was = g_strips;
-  g_strips = on;
+// 0: activations stay plain; 1: strips; 2: strips, with the rows a shorter last strip leaves unused filled with
+// NaN, so that a test sees any kernel that reads them. Returns the previous setting.
+int64_t g_strips = 1;
+int64_t set_strips(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 2, "set_strips: mode must be 0, 1 or 2");
+  const int64_t was = g_strips;
+  g_strips = mode;
   return was;
+}
+
+// An activation of `strips` strips of R rows each, C channels of width W, the image H rows high (R = H, one strip:
+// a plain tensor of N images).
+at::Tensor empty_strips(int64_t N, int64_t strips, int64_t C, int64_t R, int64_t H, int64_t W,
+                        const at::TensorOptions& options) {
+  at::Tensor t = at::empty({N * strips, C, R, W}, options);
+  if (g_strips == 2 && strips * R > H)
+    t[strips - 1].narrow(1, H - (strips - 1) * R, strips * R - H).fill_(std::numeric_limits<float>::quiet_NaN());
+  return t;
 }
 
 // The strips a plan keeps an activation of N x H x W in.
@@ -646,9 +662,17 @@ int64_t strips_for(int64_t N, int64_t H, int64_t W) {
 Act restrip(const Act& a, int64_t strips) {
   if (a.strips == strips) return a;
   const int64_t C = a.t.size(1), H = a.height(), W = a.t.size(3);
-  const at::Tensor plain = a.strips == 1 ? a.t : a.t.permute({1, 0, 2, 3}).reshape({1, C, H, W});
-  if (strips == 1) return {plain, 1};
-  return {plain.reshape({C, strips, H / strips, W}).permute({1, 0, 2, 3}).contiguous(), strips};
+  const at::Tensor plain =
+      a.strips == 1 ? a.t
+                    : a.t.permute({1, 0, 2, 3}).reshape({1, C, a.strips * a.t.size(2), W}).narrow(2, 0, H).contiguous();
+  if (strips == 1) return {plain};
+  const int64_t R = (H + strips - 1) / strips;
+  at::Tensor t = empty_strips(1, strips, C, R, H, W, plain.options());
+  for (int64_t s = 0; s < strips; ++s) {
+    const int64_t rows = std::min(R, H - s * R);
+    t[s].narrow(1, 0, rows).copy_(plain[0].narrow(1, s * R, rows));
+  }
+  return {t, strips, H};
 }
 
 // A residual in strips, for an output of O x Ho x Wo in as many.
@@ -760,7 +784,9 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   // An input in strips is read strip by strip by the dictionary's GEMM (as images); the first layer's own
   // dictionary kernel reads it plain.
   const Act src = in.strips > 1 && C <= kPhaseDictMaxC ? restrip(in, 1) : in;
-  const int64_t in_strips = src.strips, in_rows = H / in_strips;
+  // in_rows: the rows of each strip but the last (a shorter one leaves the GEMM's last image last_cols columns).
+  const int64_t in_strips = src.strips, in_rows = in_strips > 1 ? src.t.size(2) : H;
+  const int64_t last_cols = in_strips > 1 && in_rows * in_strips != H ? (H - (in_strips - 1) * in_rows) * W : 0;
   at::Tensor xc = src.t.contiguous();
   PoolGeom pg{};
   if (!pool.empty()) pg = pool_geom(pool, Ho, Wo);
@@ -778,7 +804,8 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   a.Ho = Ho;
   a.Wo = Wo;
   a.Wq = Wq;
-  a.strip_rows = Hout / tiling;
+  a.strip_rows = (Hout + tiling - 1) / tiling;
+  a.last_rows = Hout - (tiling - 1) * a.strip_rows;
   a.strip_stride = out_strips > 1 ? O * a.strip_rows * Wout : a.strip_rows * Wout;
   a.channel_stride = out_strips > 1 ? a.strip_rows * Wout : Hout * Wout;
   a.Q = ((pool.empty() ? a.strip_rows : Ho) - 1) * Wq + Wo;
@@ -799,7 +826,7 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   if (val.numel() < 9 * a.nblocks * O) a.nblocks = 1;
   a.span = per_block * Hq * Wq;
   if (!pool.empty()) {
-    out = at::empty({N * out_strips, O, pg.Ho / out_strips, pg.Wo}, x.options());
+    out = empty_strips(N, out_strips, O, out_strips > 1 ? a.strip_rows : pg.Ho, pg.Ho, pg.Wo, x.options());
     a.relu = relu;  // applied to the pooled values
     a.pool = pg;
     // Bands of about 1024 convolution lanes: the rows shared by neighbouring bands are computed twice, so bands
@@ -818,7 +845,7 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
     work = taps_per_out * lanes * a.group / isa.lanes;
     taps = u16 ? isa.pooled_u16 : isa.pooled_i32;
   } else {
-    out = at::empty({N * out_strips, O, Ho / out_strips, Wo}, x.options());
+    out = empty_strips(N, out_strips, O, out_strips > 1 ? a.strip_rows : Ho, Ho, Wo, x.options());
     if (residual)
       res = out_strips > 1 ? residual_strips(*rin, O, Ho, Wo) : residual_like(rin->t, N, O, Ho, Wo, false);
     vmask.resize(Wq);
@@ -892,9 +919,10 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
       // Chunk j of the input channels (the GEMM's image j) into the planes `stride` floats after chunk j - 1's
       // (past the zeroed tail of B); one chunk is the plain product into B, strip j of the input into its rows.
       const int64_t K = C / chunks, ldb = in_rows * W;
-      const GemmArgs g{A, P, K, xn, ldb, K * ldb, ldb, chunks * in_strips, B, Hp * Wp,
-                       chunks > 1 ? stride : in_rows * Wp, padded ? W : 0, Wp, pH * Wp + pW, nullptr, nullptr, false,
-                       nullptr, 0, 0, 0, 0, 0, chunks > 1 ? K * kMR : 0, C * kMR};
+      GemmArgs g{A, P, K, xn, ldb, K * ldb, ldb, chunks * in_strips, B, Hp * Wp, chunks > 1 ? stride : in_rows * Wp,
+                 padded ? W : 0, Wp, pH * Wp + pW, nullptr, nullptr, false, nullptr, 0, 0, 0, 0, 0,
+                 chunks > 1 ? K * kMR : 0, C * kMR};
+      g.last_cols = last_cols;
       auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
       auto add = [&](int64_t b, int64_t e) { add_chunks(B, stride, chunks, Hp, Wp, H, W, pH, pW, b, e); };
       if (chunks > 1)
@@ -909,8 +937,10 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
     } else {
       // Strip j of the input (its rows from j * in_rows on) through its part of `scatter`.
       const int64_t ldb = in_rows * W;
-      const GemmArgs g{A, P, C, xn, ldb, C * ldb, ldb, in_strips, B, S * Hq * Wq, 0, W, 0, 0, nullptr, nullptr, false,
-                       scatter.data(), sW, 0, 0, 0, 0, 0, 0, ldb};
+      GemmArgs g{A, P, C, xn, ldb, C * ldb, ldb, in_strips, B, S * Hq * Wq, 0, W, 0, 0, nullptr, nullptr, false,
+                 scatter.data(), sW};
+      g.scatter_img = ldb;
+      g.last_cols = last_cols;
       auto gemm = [&](int64_t b, int64_t e) { isa.gemm(g, b, e); };
       run_stages({{gemm_items, gemm_work, gemm}, {per_image, work, run_taps}}, par);
     }
@@ -930,7 +960,7 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
       for (int64_t n = b; n < e; ++n) image(n, planes, false);
     });
   }
-  return {out, out_strips};
+  return {out, out_strips, Hout};
 }
 
 at::Tensor lookup_conv(const at::Tensor& x, const std::optional<at::Tensor>& dict_pack,
@@ -1031,7 +1061,7 @@ Act dense_conv_act(const Act& in, const std::optional<at::Tensor>& w_pack, const
   TORCH_CHECK(bias.numel() == O, "dense conv: bias size does not match the number of output channels");
   if (gather) out_strips = G = 1;
   const at::Tensor xc = in.t.contiguous();
-  const int64_t rows = H / G, rows_o = Ho / G, in_rows = H / in.strips;
+  const int64_t rows = H / G, rows_o = Ho / G, in_rows = in.strips > 1 ? in.t.size(2) : H;
   at::Tensor out = at::empty({out_strips, O, Ho / out_strips, Wo}, xc.options()), res;
   if (residual)
     res = out_strips > 1 ? residual_strips(*residual, O, Ho, Wo)
@@ -1049,7 +1079,7 @@ Act dense_conv_act(const Act& in, const std::optional<at::Tensor>& w_pack, const
     g.in_strip = C * in_rows * W;
   }
   run_gemm(g);
-  return {out, out_strips};
+  return {out, out_strips, Ho};
 }
 
 // ATen's convolution (a dense form our GEMM does not cover: kernels over several positions), then what the block
@@ -1228,5 +1258,5 @@ TORCH_LIBRARY(lcnn_lookup, m) {
   m.def("isa() -> str", &isa_name);
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("set_min_task_work(int work) -> int", &set_min_task_work);
-  m.def("set_strips(bool on) -> bool", &set_strips);
+  m.def("set_strips(int mode) -> int", &set_strips);
 }

@@ -260,8 +260,20 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
   int64_t tail_key = -1;
   // The item's (image, block, panel) are stepped along rather than divided out of its number each time.
   int64_t panel = begin % panels, blk = (begin / panels) % blocks, img = begin / (panels * blocks);
-  for (int64_t it = begin; it < end; ++it) {
-    const int64_t j0 = blk * kGemmCols, cols = std::min<int64_t>(kGemmCols, g.ncols - j0), nv = (cols + L - 1) / L;
+  auto next_item = [&]() {
+    if (++panel == panels) {
+      panel = 0;
+      if (++blk == blocks) {
+        blk = 0;
+        ++img;
+      }
+    }
+  };
+  for (int64_t it = begin; it < end; next_item(), ++it) {
+    // The last image may have fewer columns (a shorter last strip, see Act): the items past them are empty.
+    const int64_t ncols = g.last_cols && img + 1 == g.images ? g.last_cols : g.ncols;
+    const int64_t j0 = blk * kGemmCols, cols = std::min<int64_t>(kGemmCols, ncols - j0), nv = (cols + L - 1) / L;
+    if (cols <= 0) continue;
     const float* b = g.b + img * g.b_img + j0;
     int64_t ldb = g.ldb, kfull = g.K;
     if (!g.in_W && blk + 1 < blocks)
@@ -284,20 +296,13 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
       // narrow block of AlexNet-fast's 13x13 dictionaries (169 = 3 x 48 + 25 columns) was copied for each of its 4
       // panels, and one thread doing all 16 items that way took 39 us against 30 us in one call. The image's data
       // ends after column ncols of row K - 1; rows from kfull on would read past it.
-      const int64_t end = (g.K - 1) * g.ldb + g.ncols, reach = j0 + nv * L;
+      const int64_t end = (g.K - 1) * g.ldb + ncols, reach = j0 + nv * L;
       kfull = end < reach ? 0 : std::min(g.K, (end - reach) / g.ldb + 1);
     }
     const float* a = g.a + img * g.a_img + panel * (g.a_panel ? g.a_panel : g.K * kMR);
     if (nv >= kGemmVectors) gemm_tile<kGemmVectors>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
     else if (nv == 2) gemm_tile<2>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
     else gemm_tile<1>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
-    if (++panel == panels) {
-      panel = 0;
-      if (++blk == blocks) {
-        blk = 0;
-        ++img;
-      }
-    }
   }
 }
 
@@ -358,11 +363,14 @@ inline __attribute__((always_inline)) void tile_acc(const TapArgs& a, int64_t& k
 // channels share it (a 64-bit division costs about as much as a tap).
 struct TileGeom {
   int64_t q0, i0, j0, next, strip, at;
+  int64_t rows, Q;  // the strip's rows, and the lanes they span, (rows - 1) * Wq + Wo (q0 >= Q: an empty tile)
 };
 
 inline TileGeom tile_geom(const TapArgs& a, int64_t t) {
   const int64_t strip = t / a.strip_tiles, q0 = (t - strip * a.strip_tiles) * kTileVectors * L, i0 = q0 / a.Wq;
-  return {q0, i0, q0 - i0 * a.Wq, (q0 + kTileVectors * L) / a.Wq * a.Wo, strip, strip * a.strip_rows * a.Wq + q0};
+  const int64_t rows = (strip + 1) * a.strip_tiles == a.ntiles ? a.last_rows : a.strip_rows;
+  return {q0, i0, q0 - i0 * a.Wq, (q0 + kTileVectors * L) / a.Wq * a.Wo, strip, strip * a.strip_rows * a.Wq + q0,
+          rows, (rows - 1) * a.Wq + a.Wo};
 }
 
 // Write the valid lanes of the V vectors of a tile (lanes q0 .. q0 + V*L of the padded plane) to the output
@@ -382,7 +390,7 @@ inline __attribute__((always_inline)) void store_tile(const TapArgs& a, float* p
     }
     const int64_t q = q0 + L * v;
     uint32_t mask = a.vmask[j];
-    const int64_t rem = a.Q - q;
+    const int64_t rem = tg.Q - q;
     if (rem < L) mask &= rem > 0 ? (1u << rem) - 1 : 0;
     if (!mask) continue;
     const __mmask16 packed = static_cast<__mmask16>((1u << __builtin_popcount(mask)) - 1);
@@ -397,7 +405,7 @@ inline __attribute__((always_inline)) void store_tile(const TapArgs& a, float* p
   alignas(64) float lanes[V * L];
 #pragma GCC unroll 8
   for (int v = 0; v < V; ++v) *reinterpret_cast<vec*>(lanes + v * L) = acc[v];
-  const int64_t stop = std::min<int64_t>(V * L, a.Q - q0);
+  const int64_t stop = std::min<int64_t>(V * L, tg.Q - q0);
   for (int64_t l = 0, i = tg.i0, j = tg.j0; l < stop; ++l) {
     if (j < a.Wo) {
       float x = lanes[l] + bias;
@@ -422,8 +430,8 @@ inline __attribute__((always_inline)) void finish_tile(const TapArgs& a, int64_t
   const float* res = a.res ? a.res + plane_off : nullptr;
   store_tile<V>(a, plane, res, tg, acc, a.bias[o]);
   const int64_t next = tg.next;
-  if (next < a.strip_rows * a.Wo) {
-    const int64_t stop = std::min<int64_t>(a.strip_rows * a.Wo, next + kTileVectors * L);
+  if (next < tg.rows * a.Wo) {
+    const int64_t stop = std::min<int64_t>(tg.rows * a.Wo, next + kTileVectors * L);
     for (int64_t f = next; f < stop; f += 16) {
       __builtin_prefetch(plane + f, 1, 3);
       if (res) __builtin_prefetch(res + f, 0, 3);
@@ -489,9 +497,11 @@ inline void taps_impl(const TapArgs& a, int64_t begin, int64_t end) {
     t = (begin / per_tile) % a.ntiles;
   }
   TileGeom tg = tile_geom(a, t);
-  int64_t vectors = (std::min<int64_t>(kTileVectors * L, a.Q - tg.q0) + L - 1) / L;
+  int64_t vectors = (std::min<int64_t>(kTileVectors * L, tg.Q - tg.q0) + L - 1) / L;
   for (int64_t it = begin; it < end; ++it) {
-    if (a.nblocks > 1) {
+    if (vectors <= 0) {
+      // A tile past the end of a shorter last strip (see TileGeom): nothing to compute.
+    } else if (a.nblocks > 1) {
       const int64_t o0 = c * a.group, o1 = std::min(a.O, o0 + a.group);
       switch (vectors) {
         case 8: blocked_tile<8, I>(a, n, o0, o1, tg); break;
@@ -535,7 +545,7 @@ inline void taps_impl(const TapArgs& a, int64_t begin, int64_t end) {
       continue;  // the same tile
     }
     tg = tile_geom(a, t);
-    vectors = (std::min<int64_t>(kTileVectors * L, a.Q - tg.q0) + L - 1) / L;
+    vectors = (std::min<int64_t>(kTileVectors * L, tg.Q - tg.q0) + L - 1) / L;
   }
 }
 
