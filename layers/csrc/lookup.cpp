@@ -107,7 +107,9 @@ struct TapArgs {
   const void* idx;
   const float* val;
   const float* bias;
-  int64_t N, O, Ho, Wo, Wq, Q;  // Q: lanes spanned by one strip of an output plane, (strip_rows - 1) * Wq + Wo
+  // Q: lanes spanned by the first strip of an output plane, (strip_rows - 1) * Wq + Wo (with pooling: by the whole
+  // convolution plane, (Ho - 1) * Wq + Wo)
+  int64_t N, O, Ho, Wo, Wq, Q;
   int64_t blocks;         // fully connected: blocks of responses; rowptr is then (blocks, O + 1), one CSR each
   // The output's rows in strips of strip_rows (last_rows in the last one; see Act), strip_stride floats apart, its
   // channels channel_stride apart; one strip: plain NCHW. Tiles do not cross strips: strip_tiles per strip (the
