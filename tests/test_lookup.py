@@ -258,13 +258,14 @@ def test_threads_give_identical_results(cpp, batch):
     forms of every layer, whole networks, pooled / residual / fully connected layers). The second run at 2 threads
     reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first). At
     batch 1 and 2 threads activations are kept in strips: AlexNet's 27x27 and 13x13 ones (a shorter second strip,
-    whose unused row is NaN here) and the ResNets' on 256 and 72 pixels, 64x64, 32x32, 16x16 and 18x18 (pooled,
-    residual and shortcut layers writing them, stride-2 layers and shortcuts reading them, 18 rows in strips of 9
-    too, whose second strip starts on the other stride phase); the bits are those of plain activations too."""
+    whose unused row is NaN here) and the ResNets' on 256, 72 and 100 pixels, 64x64, 32x32, 16x16, 18x18, 25x25 and
+    13x13 (pooled, residual and shortcut layers writing them, stride-2 layers and shortcuts reading them, 18 rows in
+    strips of 9 and 25 in strips of 13 and 12 too, whose second strip starts on the other stride phase); the bits are
+    those of plain activations too."""
     gen = torch.Generator().manual_seed(3 + batch)
     nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen))]
     nets += [(resnet_lcnn_small(0.1, gen, size), torch.randn(batch, 3, size, size, generator=gen))
-             for size in (64, 256, 72)]
+             for size in (64, 256, 72, 100)]
     previous = torch.ops.lcnn_lookup.set_min_task_work(1)  # split every loop, however small
     strips = torch.ops.lcnn_lookup.set_strips(2)  # NaN in the rows a shorter last strip leaves unused
     try:
