@@ -795,14 +795,15 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   const int64_t Hout = pool.empty() ? Ho : pg.Ho, Wout = pool.empty() ? Wo : pg.Wo;
   // The output in the residual's strips (a plan's residual has them whenever the output would); those strips
   // must be the tiling's.
-  const int64_t tiling = pool.empty() ? tile_strips(Ho, Wo) : strips ? strips_for(N, Hout, Wout) : 1;
+  const int64_t wanted = strips ? strips_for(N, Hout, Wout) : 1;
+  const int64_t tiling = pool.empty() ? tile_strips(Ho, Wo) : wanted;
   const Act* rin = residual;
   Act plain_res;
   if (residual && residual->strips != 1 && residual->strips != tiling) {
     plain_res = restrip(*residual, 1);
     rin = &plain_res;
   }
-  const int64_t out_strips = rin ? rin->strips : strips ? strips_for(N, Hout, Wout) : 1;
+  const int64_t out_strips = rin ? rin->strips : wanted;
   a.Ho = Ho;
   a.Wo = Wo;
   a.Wq = Wq;

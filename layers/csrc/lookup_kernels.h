@@ -687,14 +687,19 @@ inline void pooled_impl(const TapArgs& a, int64_t begin, int64_t end) {
         default: pooled_tile<1, I>(a, o0, o1, q0, dst, stride); break;
       }
     }
+    // Where pooled row i0 starts in the output's strips (the rows after it are stepped, not divided out per row).
+    const int64_t strip0 = i0 / a.strip_rows, local0 = i0 - strip0 * a.strip_rows;
     for (int64_t o = o0; o < o1; ++o) {
       const float* conv = rows + (o - o0) * stride;
       float* plane = a.out + n * a.O * pg.Ho * pg.Wo + o * a.channel_stride;
-      for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t i = i0, strip = strip0, local = local0; i < i1; ++i, ++local) {
+        if (local == a.strip_rows) {
+          ++strip;
+          local = 0;
+        }
         int64_t h0, h1;
         pool_rows(pg, i, a.Ho, h0, h1);
-        const int64_t strip = i / a.strip_rows;
-        float* row = plane + strip * a.strip_stride + (i - strip * a.strip_rows) * pg.Wo;
+        float* row = plane + strip * a.strip_stride + local * pg.Wo;
         pool_row(pg, conv + (h0 - r0) * a.Wq, a.Wq, a.Wo, 0, h1 - h0, row, col, a.bias[o], a.relu);
       }
     }
