@@ -227,6 +227,7 @@ typedef void (*TapFn)(const TapArgs&, int64_t, int64_t);
 typedef void (*PoolFn)(const PoolArgs&, int64_t, int64_t);
 typedef void (*GemvFn)(const GemvArgs&, int64_t, int64_t);
 typedef void (*PhaseDictFn)(const PhaseDictArgs&, int64_t, int64_t);
+typedef int64_t (*NonzerosFn)(const float*, int64_t, float*, int64_t*);
 
 struct Isa {
   const char* name;
@@ -237,12 +238,13 @@ struct Isa {
   PoolFn pool, pool_nhwc;
   GemvFn gemv;
   PhaseDictFn phase_dict;
+  NonzerosFn nonzeros;
 };
 
 #define LCNN_ISA_ENTRY(NS)                                                                                      \
   {#NS, NS::L, NS::kGemmCols, NS::gemm, NS::taps_u16, NS::taps_i32, NS::pooled_u16, NS::pooled_i32,            \
    NS::fc_batch_u16, NS::fc_batch_i32, NS::gather_u16, NS::gather_i32, NS::pool, NS::pool_nhwc, NS::gemv,       \
-   NS::phase_dict}
+   NS::phase_dict, NS::nonzeros}
 
 const Isa kIsas[] = {LCNN_ISA_ENTRY(avx512), LCNN_ISA_ENTRY(avx2), LCNN_ISA_ENTRY(base)};
 
@@ -304,9 +306,13 @@ void parallel_items(int64_t items, int64_t work_per_item, const F& f) {
 }
 
 // Items of one step of a layer, and the work of one item in vector operations.
+// `whole`: each thread's segment is taken in one call, for a kernel that streams its range: AlexNet LCNN-fast's fc6
+// at batch 1 and 2 threads (its GEMM, then the taps of 4096 outputs over 3 blocks of responses) took 202-231 us with
+// the taps in chunks of 29 outputs, 191-194 in two segments, 200-201 before both stages shared a region.
 struct Stage {
   int64_t items, work;
   c10::function_ref<void(int64_t, int64_t)> fn;
+  bool whole = false;
 };
 
 // Stages run in order, each complete before the next starts (the taps read what the dictionary wrote). With
@@ -327,52 +333,78 @@ void run_stages(std::initializer_list<Stage> stages, bool par) {
       if (st.items > 0) st.fn(0, st.items);
     return;
   }
+  // Each counter on a cache line of its own: a thread takes chunks of its own segment from its own line, and
+  // adds what it did to a stage's count once, when no chunk of that stage is left to take (with the counters side
+  // by side and a count shared by all added to per chunk, every chunk moved those lines between the cores).
+  struct alignas(64) Counter {
+    std::atomic<int64_t> v;
+  };
   const size_t n = stages.size();
-  std::vector<std::atomic<int64_t>> next(n * threads), done(n);
+  std::vector<Counter> next(n * threads), done(n);
   size_t i = 0;
   for (const Stage& st : stages) {
-    for (int64_t k = 0; k < threads; ++k) next[i * threads + k] = st.items * k / threads;
-    done[i++] = 0;
+    for (int64_t k = 0; k < threads; ++k) next[i * threads + k].v = st.items * k / threads;
+    done[i++].v = 0;
   }
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t) {
     size_t i = 0;
     for (const Stage& st : stages) {
       // Chunks of a few tasks' worth, so that what is left of a slow thread's segment can be shared out.
-      const int64_t grain = std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work) / 4);
+      const int64_t grain = st.whole ? st.items : std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work) / 4);
+      int64_t mine = 0;
       for (int64_t j = 0; j < threads; ++j) {
         const int64_t k = (first + j) % threads, end = st.items * (k + 1) / threads;
-        for (int64_t b; (b = next[i * threads + k].fetch_add(grain)) < end;) {
+        for (int64_t b; (b = next[i * threads + k].v.fetch_add(grain)) < end;) {
           const int64_t e = std::min(end, b + grain);
           st.fn(b, e);
-          done[i].fetch_add(e - b);
+          mine += e - b;
         }
       }
-      while (done[i].load(std::memory_order_acquire) < st.items) _mm_pause();
+      done[i].v.fetch_add(mine);
+      while (done[i].v.load(std::memory_order_acquire) < st.items) _mm_pause();
       ++i;
     }
   });
 }
 
-void run_gemm(const GemmArgs& g) {
-  const Isa& isa = kIsas[g_isa];
-  const int64_t cb = isa.gemm_cols, panels = (g.M + kMR - 1) / kMR, blocks = (g.ncols + cb - 1) / cb;
-  const int64_t items = g.images * panels * blocks, work = g.K * kMR * cb / isa.lanes;
-  const int64_t threads = usable_threads();
-  if (threads > 1 && blocks < 4 * threads && panels >= threads && g.ncols % cb) {
+// The items run_gemm splits a GEMM into: a block of columns of a panel of rows each, or whole panels with all
+// their blocks.
+struct GemmItems {
+  const GemmArgs& g;
+  GemmFn fn;
+  int64_t panels, blocks, items, work;
+  bool by_panel;
+
+  explicit GemmItems(const GemmArgs& g) : g(g), fn(kIsas[g_isa].gemm) {
+    const Isa& isa = kIsas[g_isa];
+    const int64_t cb = isa.gemm_cols, threads = usable_threads();
+    panels = (g.M + kMR - 1) / kMR;
+    blocks = (g.ncols + cb - 1) / cb;
+    work = g.K * kMR * cb / isa.lanes;
     // Few column blocks, the last one narrow (a 1x1 convolution over a 7x7 input has 48 + 1 columns): items in
     // their own order, panel by panel, would hand one thread the full blocks and the other the narrow one. Split
     // by panels, each thread gets a share of the panels with all their blocks.
-    parallel_items(g.images * panels, work * blocks, [&](int64_t b, int64_t e) {
-      while (b < e) {
-        const int64_t img = b / panels, p0 = b - img * panels, p1 = std::min(panels, p0 + e - b);
-        for (int64_t blk = 0; blk < blocks; ++blk)
-          isa.gemm(g, (img * blocks + blk) * panels + p0, (img * blocks + blk) * panels + p1);
-        b += p1 - p0;
-      }
-    });
-    return;
+    by_panel = threads > 1 && blocks < 4 * threads && panels >= threads && g.ncols % cb;
+    items = g.images * panels * (by_panel ? 1 : blocks);
+    if (by_panel) work *= blocks;
   }
-  parallel_items(items, work, [&](int64_t b, int64_t e) { isa.gemm(g, b, e); });
+
+  void run(int64_t b, int64_t e) const {
+    if (!by_panel) {
+      fn(g, b, e);
+      return;
+    }
+    while (b < e) {
+      const int64_t img = b / panels, p0 = b - img * panels, p1 = std::min(panels, p0 + e - b);
+      for (int64_t blk = 0; blk < blocks; ++blk) fn(g, (img * blocks + blk) * panels + p0, (img * blocks + blk) * panels + p1);
+      b += p1 - p0;
+    }
+  }
+};
+
+void run_gemm(const GemmArgs& g) {
+  const GemmItems gi(g);
+  parallel_items(gi.items, gi.work, [&](int64_t b, int64_t e) { gi.run(b, e); });
 }
 
 // Output size of a max pooling, with PyTorch's (= Torch7's) ceil-mode rule.
@@ -419,59 +451,79 @@ at::Tensor max_pool(const at::Tensor& x, std::vector<int64_t> pool, bool relu) {
   return out;
 }
 
-// y = bias + W x (ReLU) for one input vector x (K values) with W given transposed as wt (K, M).
-void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, bool relu,
-                     float* y) {
-  thread_local std::vector<float> vals;
-  thread_local std::vector<int64_t> rows;
-  if (static_cast<int64_t>(vals.size()) < K) {
-    vals.resize(K);
-    rows.resize(K);
+// y = bias + W x (ReLU) for one input vector x (K values) with W given transposed as wt (K, M), over the nonzero
+// entries of x only. Made on the calling thread, which finds those entries; run as two stages of run_stages (see
+// gemv_skip_zeros), after which a caller may add stages of its own to the same parallel region.
+struct SparseGemv {
+  const float *vals, *wt, *bias;
+  const int64_t* rows;
+  float *sums, *y;
+  int64_t nnz, M, parts, chunk, chunks;
+  bool relu;
+  GemvFn fn;
+
+  SparseGemv(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, bool relu, float* y)
+      : wt(wt), bias(bias), y(y), M(M), relu(relu), fn(kIsas[g_isa].gemv) {
+    // The items may run on other threads, whose own vectors these are not.
+    thread_local std::vector<float> vals_buf, sums_buf;
+    thread_local std::vector<int64_t> rows_buf;
+    if (static_cast<int64_t>(rows_buf.size()) < K + 16) rows_buf.resize(K + 16);
+    float* v = scratch(vals_buf, K + 16);
+    nnz = kIsas[g_isa].nonzeros(x, K, v, rows_buf.data());
+    vals = v;
+    rows = rows_buf.data();
+    // A product with one vector is bound by reading the weights from memory, and every thread adds bandwidth.
+    // Past 512 nonzero inputs they are cut into parts of consecutive rows, each part summed on its own and the
+    // parts then added in order, so that a thread streams whole rows of its own parts rather than a slice of every
+    // row (only when there are fewer parts than threads are the outputs sliced as well). AlexNet LCNN-fast at batch
+    // 1 and 2 threads (fc7's dictionary, 4096 -> 512, and fc8, 4096 -> 1000, about 8 parts each) took 0.906 ms
+    // against 0.968 with slices only, 8 rounds of 40 forwards alternating in one process, and 1.351 against 1.347
+    // at 1 thread; AlexNet LCNN-accurate 4.891 against 4.970 at 2 threads, 9.703 against 9.622 at 1. Parts of
+    // 1024 rows were as fast there, but a number of parts the threads cannot share evenly (3 at 2 threads) leaves
+    // one thread twice the rows of another; with small parts the difference is at most one part, and then every
+    // part's outputs are cut in slices as well, so that the items share out evenly: AlexNet LCNN-fast's fc7
+    // dictionary in 7 parts took the two threads 88.5 and 68.1 us, 79.7 and 82.3 in 14 items. The parts depend on
+    // the input only, and an output's sum over a part is the same in any slice, so the sums do not change with
+    // the thread count.
+    const int64_t threads = usable_threads();
+    parts = std::clamp<int64_t>(nnz / kGemvPartRows, 1, kGemvMaxParts);
+    int64_t slices = (threads + parts - 1) / parts;
+    if (parts % threads) slices = std::max(slices, threads / std::gcd(parts, threads));
+    chunk = std::min(kGemvChunk, ((M + slices - 1) / slices + 15) / 16 * 16);
+    chunks = (M + chunk - 1) / chunk;
+    sums = parts == 1 ? y : scratch(sums_buf, parts * M);
   }
-  // Without a branch: after a ReLU about half the inputs are zero, in no order a predictor could learn (a branch
-  // here took ~30 us of fc7's and fc8's products with 4096 inputs at batch 1).
-  int64_t nnz = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    vals[nnz] = x[k];
-    rows[nnz] = k;
-    nnz += x[k] != 0.f;
-  }
-  // A product with one vector is bound by reading the weights from memory, and every thread adds bandwidth. Past
-  // 512 nonzero inputs they are cut into parts of consecutive rows, each part summed on its own and the parts then
-  // added in order, so that a thread streams whole rows of its own parts rather than a slice of every row (only
-  // when there are fewer parts than threads are the outputs sliced as well). AlexNet LCNN-fast at batch 1 and 2
-  // threads (fc7's dictionary, 4096 -> 512, and fc8, 4096 -> 1000, about 8 parts each) took 0.906 ms against
-  // 0.968 with slices only, 8 rounds of 40 forwards alternating in one process, and 1.351 against 1.347 at 1
-  // thread; AlexNet LCNN-accurate 4.891 against 4.970 at 2 threads, 9.703 against 9.622 at 1. Parts of 1024 rows
-  // were as fast there, but a number of parts the threads cannot share evenly (3 at 2 threads) leaves one thread
-  // twice the rows of another; with small parts the difference is at most one part, and then every part's outputs
-  // are cut in slices as well, so that the items share out evenly: AlexNet LCNN-fast's fc7 dictionary in 7 parts
-  // took the two threads 88.5 and 68.1 us, 79.7 and 82.3 in 14 items. The parts depend on the input only, and an
-  // output's sum over a part is the same in any slice, so the sums do not change with the thread count.
-  const int64_t threads = usable_threads();
-  const int64_t parts = std::clamp<int64_t>(nnz / kGemvPartRows, 1, kGemvMaxParts);
-  int64_t slices = (threads + parts - 1) / parts;
-  if (parts % threads) slices = std::max(slices, threads / std::gcd(parts, threads));
-  const int64_t chunk = std::min(kGemvChunk, ((M + slices - 1) / slices + 15) / 16 * 16);
-  const int64_t chunks = (M + chunk - 1) / chunk;
-  const GemvFn fn = kIsas[g_isa].gemv;
-  // The items may run on other threads, whose own `vals` and `rows` are other vectors.
-  const float* vp = vals.data();
-  const int64_t* rp = rows.data();
-  thread_local std::vector<float> sums_buf;
-  float* sums = parts == 1 ? y : scratch(sums_buf, parts * M);
-  parallel_items(parts * chunks, nnz / parts * chunk / 16, [&](int64_t b, int64_t e) {
+
+  // Stage 1: items are (part, chunk of outputs).
+  int64_t product_items() const { return parts * chunks; }
+  int64_t product_work() const { return nnz / parts * chunk / 16; }
+  void products(int64_t b, int64_t e) const {
     for (int64_t it = b; it < e; ++it) {
       const int64_t part = it / chunks, k0 = nnz * part / parts, k1 = nnz * (part + 1) / parts;
-      const GemvArgs g{vp + k0, rp + k0, k1 - k0, wt, sums + part * M, M, chunk, nnz - k0};
+      const GemvArgs g{vals + k0, rows + k0, k1 - k0, wt, sums + part * M, M, chunk, nnz - k0};
       fn(g, it % chunks, it % chunks + 1);
     }
-  });
-  for (int64_t m = 0; m < M; ++m) {
-    float v = bias ? bias[m] : 0.f;
-    for (int64_t part = 0; part < parts; ++part) v += sums[part * M + m];
-    y[m] = relu ? std::max(v, 0.f) : v;
   }
+
+  // Stage 2: items are 16 outputs each, whose parts are added in order (with one part, the sums are y itself).
+  // On the calling thread alone after the products, this took 2-3 us of fc7's and fc8's.
+  int64_t sum_items() const { return (M + 15) / 16; }
+  int64_t sum_work() const { return parts; }
+  void add_parts(int64_t b, int64_t e) const {
+    for (int64_t m = 16 * b; m < std::min(M, 16 * e); ++m) {
+      float v = bias ? bias[m] : 0.f;
+      for (int64_t part = 0; part < parts; ++part) v += sums[part * M + m];
+      y[m] = relu ? std::max(v, 0.f) : v;
+    }
+  }
+};
+
+void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, bool relu,
+                     float* y) {
+  const SparseGemv mv(x, K, wt, M, bias, relu, y);
+  auto products = [&](int64_t b, int64_t e) { mv.products(b, e); };
+  auto add_parts = [&](int64_t b, int64_t e) { mv.add_parts(b, e); };
+  run_stages({{mv.product_items(), mv.product_work(), products}, {mv.sum_items(), mv.sum_work(), add_parts}}, true);
 }
 
 // A buffer of dictionary planes, and the layout whose zeros it holds, at which address (the buffer may have moved
@@ -740,24 +792,15 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   if (fc) {
     if (in.strips > 1) return lookup_conv_act(restrip(in, 1), dict_pack, dict_t, rowptr, idx, val, bias, geom, relu,
                                               pool, residual, strips);
-    // Dictionary responses (P, H*W, N), batch innermost.
+    // Dictionary responses (P, H*W, N), batch innermost, in a buffer the calling thread keeps. At batch 1 the
+    // input and output are batch-innermost as they are: each ATen call between the kernels (a permute, a view, an
+    // allocation) finds the dispatcher's code and data evicted by the layer before, and took 1-7 us there
+    // (AlexNet LCNN-fast's fc6 spent 7 us in permuting and viewing its 9216 inputs, at 1 and 2 threads).
     const int64_t rows = P * H * W;
-    at::Tensor buf = at::empty({rows * N + pad}, x.options());
-    float* B = buf.data_ptr<float>();
-    if (gemv) {
-      check_float(*dict_t, "transposed dictionary");
-      TORCH_CHECK(dict_t->dim() == 2 && dict_t->size(0) == C && dict_t->size(1) == P,
-                  "lookup conv: transposed dictionary must be (C, P)");
-      at::Tensor xc = x.contiguous();
-      gemv_skip_zeros(xc.data_ptr<float>(), C, dict_t->data_ptr<float>(), P, nullptr, false, B);
-    } else {
-      at::Tensor xt = batch_innermost(x);
-      const GemmArgs g{A, P, C, xt.data_ptr<float>(), H * W * N, 0, H * W * N, 1, B,
-                       H * W * N, 0, 0, 0, 0, nullptr, nullptr, false};
-      run_gemm(g);
-    }
+    thread_local std::vector<float> responses;
+    float* B = scratch(responses, rows * N + pad);
     std::memset(B + rows * N, 0, sizeof(float) * pad);
-    at::Tensor out = at::empty({O, N}, x.options());
+    at::Tensor out = N == 1 ? at::empty({1, O, 1, 1}, x.options()) : at::empty({O, N}, x.options());
     at::Tensor res;
     if (residual) res = residual_like(restrip(*residual, 1).t, N, O, 1, 1, true);
     a.buf = B;
@@ -765,18 +808,34 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
     a.res = res.defined() ? res.data_ptr<float>() : nullptr;
     a.Ho = a.Wo = 1;
     a.blocks = blocks;
-    if (N == 1) {
-      // An output costs more than its taps (a gather's latency, the sum across lanes, the store): counted on its
-      // taps alone, fc7's 4096 outputs of ~8 taps (25 us) stayed on one thread while the other waited (split,
-      // 12.7 and 14.0 us per thread).
-      const TapFn fn = u16 ? isa.gather_u16 : isa.gather_i32;
-      parallel_items(O, taps_per_out + kGatherOutputWork, [&](int64_t b, int64_t e) { fn(a, b, e); });
+    // At batch 1 an output costs more than its taps (a gather's latency, the sum across lanes, the store): counted
+    // on its taps alone, fc7's 4096 outputs of ~8 taps (25 us) stayed on one thread while the other waited (split,
+    // 12.7 and 14.0 us per thread).
+    const TapFn fn = N == 1 ? (u16 ? isa.gather_u16 : isa.gather_i32) : (u16 ? isa.fc_batch_u16 : isa.fc_batch_i32);
+    auto run_taps = [&](int64_t b, int64_t e) { fn(a, b, e); };
+    const Stage taps{O, N == 1 ? taps_per_out + kGatherOutputWork : taps_per_out * ((N + 15) / 16), run_taps, true};
+    // The dictionary's stages and the taps share one parallel region.
+    if (gemv) {
+      check_float(*dict_t, "transposed dictionary");
+      TORCH_CHECK(dict_t->dim() == 2 && dict_t->size(0) == C && dict_t->size(1) == P,
+                  "lookup conv: transposed dictionary must be (C, P)");
+      const at::Tensor xc = x.contiguous();
+      const SparseGemv mv(xc.data_ptr<float>(), C, dict_t->data_ptr<float>(), P, nullptr, false, B);
+      auto products = [&](int64_t b, int64_t e) { mv.products(b, e); };
+      auto add_parts = [&](int64_t b, int64_t e) { mv.add_parts(b, e); };
+      run_stages({{mv.product_items(), mv.product_work(), products}, {mv.sum_items(), mv.sum_work(), add_parts}, taps},
+                 true);
     } else {
-      const TapFn fn = u16 ? isa.fc_batch_u16 : isa.fc_batch_i32;
-      parallel_items(O, taps_per_out * ((N + 15) / 16), [&](int64_t b, int64_t e) { fn(a, b, e); });
+      const at::Tensor xt = N == 1 ? x.contiguous() : batch_innermost(x);
+      const GemmArgs g{A, P, C, xt.data_ptr<float>(), H * W * N, 0, H * W * N, 1, B,
+                       H * W * N, 0, 0, 0, 0, nullptr, nullptr, false};
+      const GemmItems gi(g);
+      auto gemm = [&](int64_t b, int64_t e) { gi.run(b, e); };
+      run_stages({{gi.items, gi.work, gemm}, taps}, true);
     }
-    if (!pool.empty()) return {max_pool(from_batch_innermost(out), pool, relu)};
-    return {from_batch_innermost(out)};
+    if (N > 1) out = from_batch_innermost(out);
+    if (!pool.empty()) return {max_pool(out, pool, relu)};
+    return {out};
   }
 
   // Per image: dictionary responses into its stride-phase planes (P*S, Hq, Wq), then the taps. A batch gives each

@@ -1016,6 +1016,35 @@ void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
   }
 }
 
+// The nonzero entries of x[0, K) and their positions, in order, into vals and rows (each with room for K + 16);
+// returns how many. NaN counts as nonzero, -0 as zero, as `x != 0` has them. The AVX-512 form compresses 16 lanes
+// in a register and stores them whole (the lanes past the count are overwritten by the next store, or unused): a
+// compressing store straight to memory is microcoded on AMD's Zen 4.
+int64_t nonzeros(const float* x, int64_t K, float* vals, int64_t* rows) {
+  int64_t nnz = 0, k = 0;
+#if LCNN_VB == 64
+  const __m512i first8 = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  for (; k + 16 <= K; k += 16) {
+    const __m512 v = _mm512_loadu_ps(x + k);
+    const __mmask16 m = _mm512_cmpneq_ps_mask(v, _mm512_setzero_ps());
+    const __mmask8 lo = static_cast<__mmask8>(m), hi = static_cast<__mmask8>(m >> 8);
+    const __m512i at = _mm512_add_epi64(first8, _mm512_set1_epi64(k));
+    _mm512_storeu_ps(vals + nnz, _mm512_maskz_compress_ps(m, v));
+    _mm512_storeu_si512(rows + nnz, _mm512_maskz_compress_epi64(lo, at));
+    const int64_t nlo = __builtin_popcount(lo);
+    _mm512_storeu_si512(rows + nnz + nlo, _mm512_maskz_compress_epi64(hi, _mm512_add_epi64(at, _mm512_set1_epi64(8))));
+    nnz += nlo + __builtin_popcount(hi);
+  }
+#endif
+  // Without a branch: after a ReLU about half the inputs are zero, in no order a predictor could learn.
+  for (; k < K; ++k) {
+    vals[nnz] = x[k];
+    rows[nnz] = k;
+    nnz += x[k] != 0.f;
+  }
+  return nnz;
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Stride phases of a dictionary over few input channels.
 
