@@ -350,7 +350,8 @@ void run_stages(std::initializer_list<Stage> stages, bool par) {
     size_t i = 0;
     for (const Stage& st : stages) {
       // Chunks of a few tasks' worth, so that what is left of a slow thread's segment can be shared out.
-      const int64_t grain = st.whole ? st.items : std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work) / 4);
+      const int64_t grain =
+          st.whole ? st.items : std::max<int64_t>(1, g_min_task_work / std::max<int64_t>(1, st.work) / 4);
       int64_t mine = 0;
       for (int64_t j = 0; j < threads; ++j) {
         const int64_t k = (first + j) % threads, end = st.items * (k + 1) / threads;
@@ -396,7 +397,8 @@ struct GemmItems {
     }
     while (b < e) {
       const int64_t img = b / panels, p0 = b - img * panels, p1 = std::min(panels, p0 + e - b);
-      for (int64_t blk = 0; blk < blocks; ++blk) fn(g, (img * blocks + blk) * panels + p0, (img * blocks + blk) * panels + p1);
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        fn(g, (img * blocks + blk) * panels + p0, (img * blocks + blk) * panels + p1);
       b += p1 - p0;
     }
   }
@@ -518,6 +520,7 @@ struct SparseGemv {
   }
 };
 
+// The product in a region of its own (a dense fully connected layer at batch 1).
 void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, bool relu,
                      float* y) {
   const SparseGemv mv(x, K, wt, M, bias, relu, y);

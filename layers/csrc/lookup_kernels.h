@@ -1036,7 +1036,8 @@ int64_t nonzeros(const float* x, int64_t K, float* vals, int64_t* rows) {
     nnz += nlo + __builtin_popcount(hi);
   }
 #endif
-  // Without a branch: after a ReLU about half the inputs are zero, in no order a predictor could learn.
+  // Without a branch: after a ReLU about half the inputs are zero, in no order a predictor could learn (a branch
+  // here took ~30 us of fc7's and fc8's products with 4096 inputs at batch 1).
   for (; k < K; ++k) {
     vals[nnz] = x[k];
     rows[nnz] = k;
