@@ -795,13 +795,12 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   if (fc) {
     if (in.strips > 1) return lookup_conv_act(restrip(in, 1), dict_pack, dict_t, rowptr, idx, val, bias, geom, relu,
                                               pool, residual, strips);
-    // Dictionary responses (P, H*W, N), batch innermost, in a buffer the calling thread keeps. At batch 1 the
-    // input and output are batch-innermost as they are: each ATen call between the kernels (a permute, a view, an
-    // allocation) finds the dispatcher's code and data evicted by the layer before, and took 1-7 us there
+    // Dictionary responses (P, H*W, N), batch innermost. At batch 1 the input and output are batch-innermost as
+    // they are: each ATen call between the kernels finds the dispatcher's code and data evicted by the layer before
     // (AlexNet LCNN-fast's fc6 spent 7 us in permuting and viewing its 9216 inputs, at 1 and 2 threads).
     const int64_t rows = P * H * W;
-    thread_local std::vector<float> responses;
-    float* B = scratch(responses, rows * N + pad);
+    at::Tensor buf = at::empty({rows * N + pad}, x.options());
+    float* B = buf.data_ptr<float>();
     std::memset(B + rows * N, 0, sizeof(float) * pad);
     at::Tensor out = N == 1 ? at::empty({1, O, 1, 1}, x.options()) : at::empty({O, N}, x.options());
     at::Tensor res;
