@@ -334,8 +334,9 @@ void run_stages(std::initializer_list<Stage> stages, bool par) {
     return;
   }
   // Each counter on a cache line of its own: a thread takes chunks of its own segment from its own line, and
-  // adds what it did to a stage's count once, when no chunk of that stage is left to take (with the counters side
-  // by side and a count shared by all added to per chunk, every chunk moved those lines between the cores).
+  // adds what it did to a stage's count once, when no chunk of that stage is left to take (side by side, and with
+  // a count shared by all added to per chunk, those lines would go from core to core at every chunk; that cost was
+  // not measured on its own).
   struct alignas(64) Counter {
     std::atomic<int64_t> v;
   };
@@ -655,8 +656,12 @@ const float* packed_data(const std::optional<at::Tensor>& t, int64_t M, int64_t 
   return a.data_ptr<float>();
 }
 
-// The batch-innermost (C, H*W*N) copy of an NCHW tensor (a view when it is laid out that way already).
+// The batch-innermost (C, H*W*N) copy of an NCHW tensor (a view when it is laid out that way already), for its
+// data. One image is batch-innermost as it is, and is returned without the permute and view: each ATen call
+// between the kernels finds the dispatcher's code and data evicted by the layer before (AlexNet LCNN-fast's fc6
+// spent 7 us in permuting and viewing its 9216 inputs, at 1 and 2 threads).
 at::Tensor batch_innermost(const at::Tensor& x) {
+  if (x.size(0) == 1) return x.contiguous();
   at::Tensor t = x.permute({1, 2, 3, 0});
   return (t.is_contiguous() ? t : t.contiguous()).view({x.size(1), -1});
 }
@@ -795,9 +800,7 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
   if (fc) {
     if (in.strips > 1) return lookup_conv_act(restrip(in, 1), dict_pack, dict_t, rowptr, idx, val, bias, geom, relu,
                                               pool, residual, strips);
-    // Dictionary responses (P, H*W, N), batch innermost. At batch 1 the input and output are batch-innermost as
-    // they are: each ATen call between the kernels finds the dispatcher's code and data evicted by the layer before
-    // (AlexNet LCNN-fast's fc6 spent 7 us in permuting and viewing its 9216 inputs, at 1 and 2 threads).
+    // Dictionary responses (P, H*W, N), batch innermost (so is one image's output as it is; see batch_innermost).
     const int64_t rows = P * H * W;
     at::Tensor buf = at::empty({rows * N + pad}, x.options());
     float* B = buf.data_ptr<float>();
@@ -828,7 +831,7 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
       run_stages({{mv.product_items(), mv.product_work(), products}, {mv.sum_items(), mv.sum_work(), add_parts}, taps},
                  true);
     } else {
-      const at::Tensor xt = N == 1 ? x.contiguous() : batch_innermost(x);
+      const at::Tensor xt = batch_innermost(x);
       const GemmArgs g{A, P, C, xt.data_ptr<float>(), H * W * N, 0, H * W * N, 1, B,
                        H * W * N, 0, 0, 0, 0, nullptr, nullptr, false};
       const GemmItems gi(g);

@@ -1018,8 +1018,8 @@ void gemv(const GemvArgs& g, int64_t begin, int64_t end) {
 
 // The nonzero entries of x[0, K) and their positions, in order, into vals and rows (each with room for K + 16);
 // returns how many. NaN counts as nonzero, -0 as zero, as `x != 0` has them. The AVX-512 form compresses 16 lanes
-// in a register and stores them whole (the lanes past the count are overwritten by the next store, or unused): a
-// compressing store straight to memory is microcoded on AMD's Zen 4.
+// in a register and stores them whole (the lanes past the count are overwritten by the next store, or unused):
+// compressing stores straight to memory are reported slow on AMD's Zen 4 (not measured here).
 int64_t nonzeros(const float* x, int64_t K, float* vals, int64_t* rows) {
   int64_t nnz = 0, k = 0;
 #if LCNN_VB == 64
@@ -1032,7 +1032,8 @@ int64_t nonzeros(const float* x, int64_t K, float* vals, int64_t* rows) {
     _mm512_storeu_ps(vals + nnz, _mm512_maskz_compress_ps(m, v));
     _mm512_storeu_si512(rows + nnz, _mm512_maskz_compress_epi64(lo, at));
     const int64_t nlo = __builtin_popcount(lo);
-    _mm512_storeu_si512(rows + nnz + nlo, _mm512_maskz_compress_epi64(hi, _mm512_add_epi64(at, _mm512_set1_epi64(8))));
+    const __m512i at_hi = _mm512_add_epi64(at, _mm512_set1_epi64(8));
+    _mm512_storeu_si512(rows + nnz + nlo, _mm512_maskz_compress_epi64(hi, at_hi));
     nnz += nlo + __builtin_popcount(hi);
   }
 #endif
