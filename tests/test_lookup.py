@@ -258,10 +258,10 @@ def test_threads_give_identical_results(cpp, batch):
     forms of every layer, whole networks, pooled / residual / fully connected layers). The second run at 2 threads
     reuses the dictionary planes an image split over threads keeps per layout (their zeros from the first). At
     batch 1 and 2 threads activations are kept in strips: AlexNet's 27x27 and 13x13 ones (a shorter second strip,
-    whose unused row is NaN here) and the ResNets' on 256, 72 and 100 pixels, 64x64, 32x32, 16x16, 18x18, 25x25 and
-    13x13 (pooled, residual and shortcut layers writing them, stride-2 layers and shortcuts reading them, 18 rows in
-    strips of 9 and 25 in strips of 13 and 12 too, whose second strip starts on the other stride phase); the bits are
-    those of plain activations too."""
+    whose unused row is NaN here, zeros otherwise) and the ResNets' on 256, 72 and 100 pixels, 64x64, 32x32, 16x16,
+    18x18, 25x25 and 13x13 (pooled, residual and shortcut layers writing them, stride-2 layers and shortcuts reading
+    them, 18 rows in strips of 9 and 25 in strips of 13 and 12 too, whose second strip starts on the other stride
+    phase); the bits are those of plain activations too."""
     gen = torch.Generator().manual_seed(3 + batch)
     nets = [(alexnet_lcnn_small(0.05, gen), torch.randn(batch, 3, 224, 224, generator=gen))]
     nets += [(resnet_lcnn_small(0.1, gen, size), torch.randn(batch, 3, size, size, generator=gen))
@@ -282,6 +282,33 @@ def test_threads_give_identical_results(cpp, batch):
     finally:
         torch.ops.lcnn_lookup.set_min_task_work(previous)
         torch.ops.lcnn_lookup.set_strips(strips)
+
+
+@pytest.mark.parametrize('net', ['alexnet', 'resnet'])
+def test_unused_strip_rows_hold_no_denormals(cpp, net):
+    """At batch 1 and 2 threads the dictionary's GEMM multiplies (and never stores) the rows a shorter last strip
+    leaves unused. They are zeroed: left as allocated they held what freed memory held, at times denormal floats,
+    and each multiplication of one takes a microcode assist (AlexNet LCNN-fast's 13x13 dictionary GEMMs then took
+    50-250 us per thread instead of 10-15). With the freed memory full of denormals, no thread multiplies one."""
+    gen = torch.Generator().manual_seed(31)
+    size = 224 if net == 'alexnet' else 100  # the ResNet's 25x25 planes in strips of 13 and 12
+    model = alexnet_lcnn_small(0.05, gen, width=16) if net == 'alexnet' else resnet_lcnn_small(0.1, gen, size)
+    x = torch.randn(1, 3, size, size, generator=gen)
+    compiled = lookup.compile(model, path='lookup')
+    op = torch.ops.lcnn_lookup
+
+    def forward():
+        # Blocks of the sizes the forward allocates, full of denormals, freed just before it: the allocator hands
+        # them out again.
+        junk = [torch.full((n,), 1e-40) for n in range(1 << 10, 1 << 16, 1 << 9)]
+        del junk
+        op.denormal_operands(True)
+        compiled(x)
+        return op.denormal_operands(True)
+
+    with torch.no_grad():
+        compiled(x)
+        assert not any(at_threads([1, 2, 2, 2], forward))
 
 
 @pytest.mark.parametrize('size,stride', [((14, 14), 2), ((13, 13), 2), ((7, 7), 1), ((20, 20), 3),

@@ -36,6 +36,8 @@
 // a build cached on one machine never executes unsupported instructions on another.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/_log_softmax_cpu_dispatch.h>
+#include <ATen/ops/_softmax_cpu_dispatch.h>
 #include <c10/util/FunctionRef.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
@@ -696,7 +698,8 @@ struct Act {
 };
 
 // 0: activations stay plain; 1: strips; 2: strips, with the rows a shorter last strip leaves unused filled with
-// NaN, so that a test sees any kernel that reads them. Returns the previous setting.
+// NaN instead of zeros (see empty_strips), so that a test sees any output computed from them. Returns the previous
+// setting.
 int64_t g_strips = 1;
 int64_t set_strips(int64_t mode) {
   TORCH_CHECK(mode >= 0 && mode <= 2, "set_strips: mode must be 0, 1 or 2");
@@ -706,13 +709,37 @@ int64_t set_strips(int64_t mode) {
 }
 
 // An activation of `strips` strips of R rows each, C channels of width W, the image H rows high (R = H, one strip:
-// a plain tensor of N images).
+// a plain tensor of N images). The rows a shorter last strip leaves unused are zeroed: no output is computed from
+// them, but the dictionary's GEMM reads them, in the lanes of a full vector past the strip's last column, and
+// multiplies them. Left as at::empty gives them, they held whatever an earlier allocation left there, at times
+// denormal floats, each of which costs its multiplications a microcode assist: at batch 1 and 2 threads,
+// AlexNet LCNN-fast's 13x13 dictionary GEMMs took 50-250 us per thread instead of 10-15 in about half of the
+// processes (which layer, and whether, followed the heap's layout; with denormals flushed to zero they were
+// normal again), the "outliers" of the 2-thread timings.
 at::Tensor empty_strips(int64_t N, int64_t strips, int64_t C, int64_t R, int64_t H, int64_t W,
                         const at::TensorOptions& options) {
   at::Tensor t = at::empty({N * strips, C, R, W}, options);
-  if (g_strips == 2 && strips * R > H)
-    t[strips - 1].narrow(1, H - (strips - 1) * R, strips * R - H).fill_(std::numeric_limits<float>::quiet_NaN());
+  if (strips * R > H) {
+    const float fill = g_strips == 2 ? std::numeric_limits<float>::quiet_NaN() : 0.f;
+    const int64_t used = H - (strips - 1) * R;
+    for (int64_t n = 0; n < N; ++n) {
+      float* last = t.data_ptr<float>() + (n * strips + strips - 1) * C * R * W;
+      for (int64_t c = 0; c < C; ++c) std::fill(last + (c * R + used) * W, last + (c + 1) * R * W, fill);
+    }
+  }
   return t;
+}
+
+// Whether any thread of torch's pool has multiplied a denormal float since the flags were last cleared (its
+// denormal-operand flag, MXCSR.DE); `clear` clears them. For tests: see empty_strips.
+bool denormal_operands(bool clear) {
+  std::atomic<bool> seen{false};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    const unsigned csr = _mm_getcsr();
+    if (csr & 0x2u) seen = true;
+    if (clear) _mm_setcsr(csr & ~0x2u);
+  });
+  return seen;
 }
 
 // The strips a plan keeps an activation of N x H x W in.
@@ -1163,6 +1190,19 @@ at::Tensor aten_conv(const at::Tensor& x, const at::Tensor& weight, const std::o
   return relu ? out.relu_() : out;
 }
 
+// t's data under new sizes (run_steps' reshape). A contiguous t is aliased without a call through the dispatcher:
+// after the fully connected layers have streamed their weights through the caches, the dispatcher's code and data
+// come back from memory on every forward, and reshape (a view) took 9-13 us of AlexNet LCNN-fast's forward at
+// batch 1, the alias 1.4-2.7 us (an instrumented build, 1 and 2 threads). The alias is not marked as a view of t,
+// which the plan drops.
+at::Tensor reshaped(const at::Tensor& t, const std::vector<int64_t>& sizes) {
+  if (!t.is_contiguous() || c10::multiply_integers(sizes) != t.numel()) return t.reshape(sizes);
+  at::Tensor r = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(t.storage()), t.key_set(), t.dtype());
+  r.unsafeGetTensorImpl()->set_storage_offset(t.storage_offset());
+  r.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+  return r;
+}
+
 // A chain of the kernels above in one call (layers/lookup.py's _Plan): at batch 1 the Python and the dispatch
 // around each kernel call cost as much as a small layer, and they run on one thread while the others wait.
 // `code` is a list of instructions, each [kind, src, dst, res, relu, H, W, tensor slots..., geometry count,
@@ -1171,7 +1211,8 @@ at::Tensor aten_conv(const at::Tensor& x, const at::Tensor& weight, const std::o
 // top of the stack instead of the current tensor (a block's shortcut); res 1 pops the stack top as the residual.
 // H and W are the input size the step was planned for (its tap offsets depend on it). A slot is an index into
 // `tensors`, or -1 for none. Kinds 4-9 are the modules a network ends with (its classifier), each the one ATen
-// call the module's forward makes, so the results are those of the modules: 4 average pooling [9, kH, kW, sH, sW, pH,
+// call the module's forward makes (for a reshape and a softmax, what that call comes to: see reshaped, and the
+// kernels called below), so the results are those of the modules: 4 average pooling [9, kH, kW, sH, sW, pH,
 // pW, ceil, count_include_pad, divisor or 0], 5 a reshape [count, sizes...], 6 linear [weight slot, bias slot],
 // 7 log-softmax [dim], 8 softmax [dim], 9 ReLU. Run from Python after the plan, ResNet-18 LCNN-fast's four
 // (average pooling, View, Linear, log-softmax) took 85 us longer at batch 1 and 2 threads (1.628 against 1.542 ms,
@@ -1214,7 +1255,7 @@ at::Tensor run_steps(const at::Tensor& x, const std::vector<std::optional<at::Te
         t = at::avg_pool2d(t, {p[0], p[1]}, {p[2], p[3]}, {p[4], p[5]}, p[6] != 0, p[7] != 0,
                            p[8] ? std::optional<int64_t>(p[8]) : std::nullopt);
       } else if (kind == 5) {
-        t = t.reshape(list());
+        t = reshaped(t, list());
       } else if (kind == 6) {
         const std::optional<at::Tensor> w = tensor(), b = tensor();
         TORCH_CHECK(w, "run_plan: a linear step lacks its weight");
@@ -1223,7 +1264,9 @@ at::Tensor run_steps(const at::Tensor& x, const std::vector<std::optional<at::Te
         t = at::relu(t);
       } else {
         const int64_t dim = next();
-        t = kind == 7 ? at::log_softmax(t, dim) : at::softmax(t, dim);
+        // The CPU kernels that at::log_softmax and at::softmax end in for a float tensor (the same bits), called
+        // without the dispatcher's layers above them (see reshaped): 1-2 us less of the log-softmax's ~10.
+        t = kind == 7 ? at::cpu::_log_softmax(t, dim, false) : at::cpu::_softmax(t, dim, false);
       }
       cur = {t};
       continue;
@@ -1326,4 +1369,5 @@ TORCH_LIBRARY(lcnn_lookup, m) {
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("set_min_task_work(int work) -> int", &set_min_task_work);
   m.def("set_strips(int mode) -> int", &set_strips);
+  m.def("denormal_operands(bool clear) -> bool", &denormal_operands);
 }
