@@ -298,8 +298,8 @@ def test_unused_strip_rows_hold_no_denormals(cpp, net):
     op = torch.ops.lcnn_lookup
 
     def forward():
-        # Blocks of the sizes the forward allocates, full of denormals, freed just before it: the allocator hands
-        # them out again.
+        # Blocks of 4-256 KB (the sizes of the forward's activations) full of denormals, freed just before it: the
+        # allocator hands them out again.
         junk = [torch.full((n,), 1e-40) for n in range(1 << 10, 1 << 16, 1 << 9)]
         del junk
         op.denormal_operands(True)
