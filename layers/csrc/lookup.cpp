@@ -457,8 +457,8 @@ at::Tensor max_pool(const at::Tensor& x, std::vector<int64_t> pool, bool relu) {
 }
 
 // y = bias + W x (ReLU) for one input vector x (K values) with W given transposed as wt (K, M), over the nonzero
-// entries of x only. Made on the calling thread, which finds those entries; run as two stages of run_stages (see
-// gemv_skip_zeros), after which a caller may add stages of its own to the same parallel region.
+// entries of x only. Made on the calling thread, which finds those entries; run as two stages of run_stages, and a
+// caller's stage after them in the same parallel region.
 struct SparseGemv {
   const float *vals, *wt, *bias;
   const int64_t* rows;
@@ -521,15 +521,21 @@ struct SparseGemv {
       y[m] = relu ? std::max(v, 0.f) : v;
     }
   }
+
+  // Both stages, then `then` if given, in one parallel region.
+  void run(const Stage* then = nullptr) const {
+    auto product_fn = [&](int64_t b, int64_t e) { products(b, e); };
+    auto sum_fn = [&](int64_t b, int64_t e) { add_parts(b, e); };
+    const Stage first{product_items(), product_work(), product_fn}, second{sum_items(), sum_work(), sum_fn};
+    if (then) run_stages({first, second, *then}, true);
+    else run_stages({first, second}, true);
+  }
 };
 
 // The product in a region of its own (a dense fully connected layer at batch 1).
 void gemv_skip_zeros(const float* x, int64_t K, const float* wt, int64_t M, const float* bias, bool relu,
                      float* y) {
-  const SparseGemv mv(x, K, wt, M, bias, relu, y);
-  auto products = [&](int64_t b, int64_t e) { mv.products(b, e); };
-  auto add_parts = [&](int64_t b, int64_t e) { mv.add_parts(b, e); };
-  run_stages({{mv.product_items(), mv.product_work(), products}, {mv.sum_items(), mv.sum_work(), add_parts}}, true);
+  SparseGemv(x, K, wt, M, bias, relu, y).run();
 }
 
 // A buffer of dictionary planes, and the layout whose zeros it holds, at which address (the buffer may have moved
@@ -852,11 +858,7 @@ Act lookup_conv_act(const Act& in, const std::optional<at::Tensor>& dict_pack, c
       TORCH_CHECK(dict_t->dim() == 2 && dict_t->size(0) == C && dict_t->size(1) == P,
                   "lookup conv: transposed dictionary must be (C, P)");
       const at::Tensor xc = x.contiguous();
-      const SparseGemv mv(xc.data_ptr<float>(), C, dict_t->data_ptr<float>(), P, nullptr, false, B);
-      auto products = [&](int64_t b, int64_t e) { mv.products(b, e); };
-      auto add_parts = [&](int64_t b, int64_t e) { mv.add_parts(b, e); };
-      run_stages({{mv.product_items(), mv.product_work(), products}, {mv.sum_items(), mv.sum_work(), add_parts}, taps},
-                 true);
+      SparseGemv(xc.data_ptr<float>(), C, dict_t->data_ptr<float>(), P, nullptr, false, B).run(&taps);
     } else {
       const at::Tensor xt = batch_innermost(x);
       const GemmArgs g{A, P, C, xt.data_ptr<float>(), H * W * N, 0, H * W * N, 1, B,
