@@ -50,7 +50,7 @@ _LDFLAGS = ['-fopenmp']
 # A build of the kernels takes 1-2 minutes on 2 cores; a lock file much older than that was left by a build that
 # was killed (torch removes it on errors and Ctrl-C, not on SIGTERM or SIGKILL).
 _STALE_LOCK_SECONDS = 600
-_state = {'backend': None, 'generation': 0}
+_state = {'backend': None, 'kernels': None, 'generation': 0}
 
 
 class LookupInferenceError(Exception):
@@ -62,7 +62,8 @@ class LookupInferenceError(Exception):
 
 
 def _build_extension():
-    """Compile (or load from torch's extension cache) the C++ kernels and register torch.ops.lcnn_lookup."""
+    """Compile (or load from torch's extension cache) the C++ kernels: registers torch.ops.lcnn_lookup and returns
+    the module that holds the Plan class."""
     from torch.utils import cpp_extension
     if shutil.which('ninja') is None:
         # `pip install ninja` puts the binary next to the interpreter, which is not on PATH in an unactivated venv.
@@ -78,8 +79,8 @@ def _build_extension():
     if not library.exists() or library.stat().st_mtime < newest:
         print(f'lookup kernels: compiling them into {build} (once per checkout, torch version and change of '
               f'layers/csrc; about a minute)', file=sys.stderr, flush=True)
-    cpp_extension.load(name=build.name, sources=[str(_CSRC)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
-                       is_python_module=False, verbose=False, build_directory=str(build))
+    return cpp_extension.load(name=build.name, sources=[str(_CSRC)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                              is_python_module=True, verbose=False, build_directory=str(build))
 
 
 def _build_directory():
@@ -116,14 +117,6 @@ def _wait_for_lock(lock):
         time.sleep(1)
 
 
-def _ops_loaded():
-    try:
-        torch.ops.lcnn_lookup.isa
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
 def resolve_backend(requested=None):
     """The kernel backend: 'cpp' (the compiled kernels) or 'torch' (pure-torch fallback, slower, same results).
 
@@ -137,8 +130,8 @@ def resolve_backend(requested=None):
         return 'torch'
     if _state['backend'] is None:
         try:
-            if not _ops_loaded():
-                _build_extension()
+            if _state.get('kernels') is None:
+                _state['kernels'] = _build_extension()
             _state['backend'] = 'cpp'
         except LookupInferenceError:
             raise
@@ -720,7 +713,7 @@ class _Plan:
         self.hook_dicts = [d for m in network.modules() if m is not network
                            for d in (m._forward_hooks, m._forward_pre_hooks)]
         # Converted for the kernels once, not on every call (see lookup.cpp's Plan).
-        self.run = torch.classes.lcnn_lookup.Plan(self.tensors, self.code, self.per_image).run if self.code else None
+        self.run = _state['kernels'].Plan(self.tensors, self.code, self.per_image).run if self.code else None
 
     def _classifier_step(self, m, size, slot):
         """Append m as one of run_plan's classifier instructions (the same ATen call its forward makes) and return

@@ -883,7 +883,7 @@ def test_run_plan_checks_its_instructions(cpp):
     plan = plan_for(compiled, x)
 
     def run(x, code, per_image=0):
-        return torch.classes.lcnn_lookup.Plan(plan.tensors, code, per_image).run(x)
+        return lookup._state['kernels'].Plan(plan.tensors, code, per_image).run(x)
 
     with pytest.raises(RuntimeError, match='planned for 64x64'):
         run(torch.randn(1, 3, 72, 72), plan.code)
@@ -1168,7 +1168,7 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
 
     monkeypatch.delenv('LCNN_LOOKUP_BACKEND', raising=False)
     monkeypatch.setattr(lookup, '_build_extension', no_compiler)
-    monkeypatch.setattr(lookup, '_ops_loaded', lambda: False)
+    monkeypatch.setitem(lookup._state, 'kernels', None)
     monkeypatch.setitem(lookup._state, 'backend', None)
     gen = torch.Generator().manual_seed(10)
     model = nn.Sequential(psc(4, 9, 3, 2, 1, 5, 0.2, gen), nn.ReLU(), nn.MaxPool2d(2)).eval()
@@ -1202,7 +1202,7 @@ def test_a_killed_build_s_lock_is_named_not_waited_on(monkeypatch, tmp_path):
     lock = _extension_dir(monkeypatch, tmp_path, calls) / 'lock'
     lock.touch()
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    monkeypatch.setattr(lookup, '_ops_loaded', lambda: False)
+    monkeypatch.setitem(lookup._state, 'kernels', None)
     monkeypatch.setitem(lookup._state, 'backend', None)
     with pytest.raises(LookupInferenceError, match=re.escape(f'{lock} is 60 minutes old') + '.*delete that file'):
         lookup.resolve_backend('auto')  # not the pure-torch fallback: deleting the file is all it takes

@@ -39,7 +39,7 @@
 #include <ATen/ops/_log_softmax_cpu_dispatch.h>
 #include <ATen/ops/_softmax_cpu_dispatch.h>
 #include <c10/util/FunctionRef.h>
-#include <torch/custom_class.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
@@ -1304,7 +1304,7 @@ at::Tensor run_steps(const at::Tensor& x, const std::vector<std::optional<at::Te
 // A plan's tensors and instructions, converted from Python once (lookup.py's _Plan keeps one): passed as lists on
 // every call, ResNet-18 LCNN-fast's 93 tensors and 460 numbers took ~20 us to convert, on the calling thread, per
 // forward at batch 1 (a call of the bound method run takes 1.2 us).
-struct Plan : torch::CustomClassHolder {
+struct Plan {
   std::vector<std::optional<at::Tensor>> tensors;
   std::vector<int64_t> code;
   int64_t per_image;
@@ -1319,10 +1319,10 @@ struct Plan : torch::CustomClassHolder {
 // images through all those layers, so an image's activations stay in its core's L2 from layer to layer instead of
 // each layer streaming the whole batch's (12.8 MB per layer in ResNet-18 at 56x56 and batch 16) through memory.
 // The fully connected layers after them run on the whole batch, where every tap read serves all images.
-at::Tensor run_plan(const at::Tensor& x, const c10::intrusive_ptr<Plan>& plan) {
-  const std::vector<std::optional<at::Tensor>>& tensors = plan->tensors;
-  const std::vector<int64_t>& code = plan->code;
-  const int64_t per_image = plan->per_image;
+at::Tensor run_plan(const Plan& plan, const at::Tensor& x) {
+  const std::vector<std::optional<at::Tensor>>& tensors = plan.tensors;
+  const std::vector<int64_t>& code = plan.code;
+  const int64_t per_image = plan.per_image;
   TORCH_CHECK(x.dim() == 4, "run_plan: the input must be 4-D, got ", x.sizes());
   const int64_t N = x.size(0), threads = usable_threads();
   at::Tensor cur = x;
@@ -1357,14 +1357,20 @@ TORCH_LIBRARY(lcnn_lookup, m) {
   m.def("max_pool(Tensor x, int[] pool, bool relu) -> Tensor", &max_pool);
   m.def("aten_conv(Tensor x, Tensor weight, Tensor? bias, int[] geom, bool relu, int[] pool, Tensor? residual) "
         "-> Tensor", &aten_conv);
-  // Plan(tensors, code, per_image).run(x). A method: a class object passed to an operator costs 7-8 us per call,
-  // most of it an exception that PyTorch throws and catches while looking for __torch_function__ on it.
-  m.class_<Plan>("Plan")
-      .def(torch::init<std::vector<std::optional<at::Tensor>>, std::vector<int64_t>, int64_t>())
-      .def("run", [](const c10::intrusive_ptr<Plan>& plan, const at::Tensor& x) { return run_plan(x, plan); });
   m.def("isa() -> str", &isa_name);
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("set_min_task_work(int work) -> int", &set_min_task_work);
   m.def("set_strips(int mode) -> int", &set_strips);
   m.def("denormal_operands(bool clear) -> bool", &denormal_operands);
+}
+
+// The module cpp_extension.load returns: Plan(tensors, code, per_image).run(x). A pybind11 class, not a TorchScript
+// one: at batch 1 the call runs with caches cold (the fully connected layers of the forward before have streamed
+// their weights through them), and there a TorchScript method's call took 13-18 us to reach run_plan and 10-20 us
+// to hand its result back, this one 2-3 and 7-13 (AlexNet LCNN-fast, 1 and 2 threads). The GIL is released while the
+// kernels run, as PyTorch's operators do.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Plan>(m, "Plan")
+      .def(pybind11::init<std::vector<std::optional<at::Tensor>>, std::vector<int64_t>, int64_t>())
+      .def("run", &run_plan, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
