@@ -872,6 +872,30 @@ def test_network_plan_follows_changes(cpp):
             compiled(x.double())
 
 
+def test_plans_run_from_several_python_threads_at_once(cpp):
+    """The plan's run releases the GIL while the kernels work: forwards of two inputs from two Python threads at once
+    (each with its own buffers and its own team of torch threads) give the bits of each forward alone."""
+    gen = torch.Generator().manual_seed(29)
+    compiled = lookup.compile(resnet_lcnn_small(0.1, gen), path='lookup')
+    xs = [torch.randn(1, 3, 64, 64, generator=gen) for _ in range(2)]
+    with torch.no_grad():
+        alone = [compiled(x) for x in xs]
+    start, outs = threading.Barrier(2), [[], []]
+
+    def forwards(k):
+        start.wait()
+        with torch.no_grad():
+            outs[k] += [compiled(xs[k]) for _ in range(50)]
+
+    threads = [threading.Thread(target=forwards, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [len(o) for o in outs] == [50, 50]
+    assert all(torch.equal(y, alone[k]) for k in range(2) for y in outs[k])
+
+
 def test_run_plan_checks_its_instructions(cpp):
     """A plan is checked as it runs: a step planned for another input size, a residual without its stack entry, or
     a classifier step inside a residual block, is refused rather than computed from wrong tap offsets."""
