@@ -50,6 +50,9 @@ _LDFLAGS = ['-fopenmp']
 # A build of the kernels takes 1-2 minutes on 2 cores; a lock file much older than that was left by a build that
 # was killed (torch removes it on errors and Ctrl-C, not on SIGTERM or SIGKILL).
 _STALE_LOCK_SECONDS = 600
+# What a build of the kernels needs (pybind11 comes with torch; its bindings include Python.h).
+_BUILD_NEEDS = (f'a C++ compiler (g++), ninja and the Python headers (Debian and Ubuntu: python'
+                f'{sys.version_info.major}.{sys.version_info.minor}-dev)')
 _state = {'backend': None, 'kernels': None, 'generation': 0}
 
 
@@ -140,11 +143,11 @@ def resolve_backend(requested=None):
             _state['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'
             if requested == 'auto':
                 warnings.warn(f'lookup kernels could not be built ({_state["error"]}); using the pure-torch '
-                              f'fallback, which is much slower. Install a C++ compiler (g++) and ninja to get the '
-                              f'fast path.', RuntimeWarning, stacklevel=2)
+                              f'fallback, which is much slower. Install {_BUILD_NEEDS} to get the fast path.',
+                              RuntimeWarning, stacklevel=2)
     if requested == 'cpp' and _state['backend'] != 'cpp':
-        raise LookupInferenceError(f'lookup kernels could not be built ({_state["error"]}): install a C++ '
-                                   f'compiler (g++) and ninja, or use backend torch')
+        raise LookupInferenceError(f'lookup kernels could not be built ({_state["error"]}): install {_BUILD_NEEDS}, '
+                                   f'or use backend torch')
     return _state['backend']
 
 

@@ -1202,11 +1202,13 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
         first = lookup.compile(model, path='lookup')
         second = lookup.compile(model)
     assert len(caught) == 1 and 'pure-torch fallback' in str(caught[0].message)
+    assert 'g++), ninja and the Python headers (Debian and Ubuntu: python3.' in str(caught[0].message)
     assert lookup.lookup_layers(first)[0].backend == 'torch'
     with torch.no_grad():
         close(first(x), model(x))
         close(second(x), model(x))
-    with pytest.raises(LookupInferenceError, match='could not be built'):
+    with pytest.raises(LookupInferenceError, match='could not be built.*install a C.. compiler .g..., ninja and the '
+                                                   'Python headers'):
         lookup.resolve_backend('cpp')
 
 
