@@ -286,11 +286,10 @@ def test_threads_give_identical_results(cpp, batch):
 
 @pytest.mark.parametrize('net', ['alexnet', 'resnet'])
 def test_unused_strip_rows_hold_no_denormals(cpp, net):
-    """At batch 1 and 2 threads the rows a shorter last strip leaves unused hold what freed memory held, at times
-    denormal floats, and each multiplication of one takes a microcode assist (AlexNet LCNN-fast's 13x13 dictionary
-    GEMMs then took 50-250 us per thread instead of 10-15): the dictionary's GEMM, whose full vectors past the
-    strip's last column reach into them, masks its loads there. With the freed memory full of denormals, no thread
-    multiplies one."""
+    """At batch 1 and 2 threads the dictionary's GEMM multiplies (and never stores) the rows a shorter last strip
+    leaves unused. They are zeroed: left as allocated they held what freed memory held, at times denormal floats,
+    and each multiplication of one takes a microcode assist (AlexNet LCNN-fast's 13x13 dictionary GEMMs then took
+    50-250 us per thread instead of 10-15). With the freed memory full of denormals, no thread multiplies one."""
     gen = torch.Generator().manual_seed(31)
     size = 224 if net == 'alexnet' else 100  # the ResNet's 25x25 planes in strips of 13 and 12
     model = alexnet_lcnn_small(0.05, gen, width=16) if net == 'alexnet' else resnet_lcnn_small(0.1, gen, size)

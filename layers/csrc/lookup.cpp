@@ -704,7 +704,8 @@ struct Act {
 };
 
 // 0: activations stay plain; 1: strips; 2: strips, with the rows a shorter last strip leaves unused filled with
-// NaN (see empty_strips), so that a test sees any output computed from them. Returns the previous setting.
+// NaN instead of zeros (see empty_strips), so that a test sees any output computed from them. Returns the previous
+// setting.
 int64_t g_strips = 1;
 int64_t set_strips(int64_t mode) {
   TORCH_CHECK(mode >= 0 && mode <= 2, "set_strips: mode must be 0, 1 or 2");
@@ -714,18 +715,22 @@ int64_t set_strips(int64_t mode) {
 }
 
 // An activation of `strips` strips of R rows each, C channels of width W, the image H rows high (R = H, one strip:
-// a plain tensor of N images). The rows a shorter last strip leaves unused hold whatever an earlier allocation left
-// there, at times denormal floats, which cost each multiplication a microcode assist: nothing computes with them
-// (the dictionary's GEMM masks its loads there, see gemm in lookup_kernels.h). In test mode 2 they are NaN.
+// a plain tensor of N images). The rows a shorter last strip leaves unused are zeroed: no output is computed from
+// them, but the dictionary's GEMM reads them, in the lanes of a full vector past the strip's last column, and
+// multiplies them. Left as at::empty gives them, they held whatever an earlier allocation left there, at times
+// denormal floats, each of which costs its multiplications a microcode assist: at batch 1 and 2 threads,
+// AlexNet LCNN-fast's 13x13 dictionary GEMMs took 50-250 us per thread instead of 10-15 in about half of the
+// processes (which layer, and whether, followed the heap's layout; with denormals flushed to zero they were
+// normal again), the "outliers" of the 2-thread timings.
 at::Tensor empty_strips(int64_t N, int64_t strips, int64_t C, int64_t R, int64_t H, int64_t W,
                         const at::TensorOptions& options) {
   at::Tensor t = at::empty({N * strips, C, R, W}, options);
-  if (strips * R > H && g_strips == 2) {
+  if (strips * R > H) {
+    const float fill = g_strips == 2 ? std::numeric_limits<float>::quiet_NaN() : 0.f;
     const int64_t used = H - (strips - 1) * R;
     for (int64_t n = 0; n < N; ++n) {
       float* last = t.data_ptr<float>() + (n * strips + strips - 1) * C * R * W;
-      for (int64_t c = 0; c < C; ++c)
-        std::fill(last + (c * R + used) * W, last + (c + 1) * R * W, std::numeric_limits<float>::quiet_NaN());
+      for (int64_t c = 0; c < C; ++c) std::fill(last + (c * R + used) * W, last + (c + 1) * R * W, fill);
     }
   }
   return t;

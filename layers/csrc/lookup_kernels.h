@@ -295,14 +295,9 @@ void gemm(const GemmArgs& g, int64_t begin, int64_t end) {
       // once per call of this function, and at 2 threads run_stages hands a small GEMM out an item per call: the
       // narrow block of AlexNet-fast's 13x13 dictionaries (169 = 3 x 48 + 25 columns) was copied for each of its 4
       // panels, and one thread doing all 16 items that way took 39 us against 30 us in one call. The image's data
-      // ends after column ncols of row K - 1; rows from kfull on would read past it. In the last image of a
-      // shorter last strip (ncols < g.ncols) every row's full vector would read the strip's unused rows, which
-      // hold an earlier allocation's floats: at times denormals, whose multiplications each take a microcode
-      // assist (at batch 1 and 2 threads, AlexNet LCNN-fast's 13x13 dictionary GEMMs took 50-250 us per thread
-      // instead of 10-15 in about half of the processes, as the heap's layout had it). Zeroing those rows instead
-      // took 2-9 us per layer on the calling thread, whose stores missed the caches: 19 us per forward there.
+      // ends after column ncols of row K - 1; rows from kfull on would read past it.
       const int64_t end = (g.K - 1) * g.ldb + ncols, reach = j0 + nv * L;
-      kfull = ncols < g.ncols || end < reach ? 0 : std::min(g.K, (end - reach) / g.ldb + 1);
+      kfull = end < reach ? 0 : std::min(g.K, (end - reach) / g.ldb + 1);
     }
     const float* a = g.a + img * g.a_img + panel * (g.a_panel ? g.a_panel : g.K * kMR);
     if (nv >= kGemmVectors) gemm_tile<kGemmVectors>(g, a, b, ldb, kfull, img, panel * kMR, j0, cols);
