@@ -133,7 +133,7 @@ def resolve_backend(requested=None):
         return 'torch'
     if _state['backend'] is None:
         try:
-            if _state.get('kernels') is None:
+            if _state['kernels'] is None:
                 _state['kernels'] = _build_extension()
             _state['backend'] = 'cpp'
         except LookupInferenceError:

@@ -5,6 +5,7 @@ import os
 import pickle
 import random
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -872,17 +873,46 @@ def test_network_plan_follows_changes(cpp):
 
 
 def test_plans_run_from_several_python_threads_at_once(cpp):
-    """The plan's run releases the GIL while the kernels work: forwards of two inputs from two Python threads at once
-    (each with its own buffers and its own team of torch threads) give the bits of each forward alone."""
+    """The plan's run releases the GIL while the kernels work: another Python thread keeps running meanwhile, and
+    forwards of two inputs from two Python threads at once (each with its own buffers and its own team of torch
+    threads) give the bits of each forward alone."""
     gen = torch.Generator().manual_seed(29)
     compiled = lookup.compile(resnet_lcnn_small(0.1, gen), path='lookup')
+    big = torch.randn(512, 3, 64, 64, generator=gen)
     xs = [torch.randn(1, 3, 64, 64, generator=gen) for _ in range(2)]
     with torch.no_grad():
         alone = [compiled(x) for x in xs]
-    start, outs = threading.Barrier(2), [[], []]
+        compiled(big)
+        start = time.perf_counter()
+        compiled(big)
+        forward = time.perf_counter() - start
+
+    def big_forwards():
+        with torch.no_grad():
+            for _ in range(20):
+                compiled(big)
+
+    def gaps_while(target):
+        # The gaps between this thread's wake-ups while target runs in another thread: with the GIL held by every
+        # forward, most of them would last a forward.
+        worker, gaps = threading.Thread(target=target), []
+        worker.start()
+        last = time.perf_counter()
+        while worker.is_alive():
+            time.sleep(1e-4)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        worker.join()
+        return gaps
+
+    gaps = at_threads([1], lambda: gaps_while(big_forwards))[0]
+    assert statistics.median(gaps) < forward / 3, (statistics.median(gaps), forward)
+
+    begin, outs = threading.Barrier(2), [[], []]
 
     def forwards(k):
-        start.wait()
+        begin.wait()
         with torch.no_grad():
             outs[k] += [compiled(xs[k]) for _ in range(50)]
 
